@@ -1,0 +1,199 @@
+"""Random-weight MusicGen checkpoints in the transformers format, with the released architectures.
+
+Real weights cannot be downloaded on the project's machines, so tests and benchmarks use these: the
+loading code is the real one, and random weights change no timing. The weights are *unit-gain*
+(see ``_make_sensitive``) so that different prompts, melodies and previous tokens really change the
+output; with transformers' default init (std 0.02 embeddings, zero EnCodec codebooks) every prompt
+gives the same tokens and every token the same audio, and parity tests built on that prove nothing.
+
+    python -m benchmarks.checkpoints melody benchmarks/cache/melody        # full size, ~6 GB
+    python -m benchmarks.checkpoints tiny-melody /tmp/tiny                  # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+# Spec 1.1: (hidden, layers, heads, codebooks, conditioning)
+FULL_SIZE = {
+    "small": (1024, 24, 16, 4, "cross"),
+    "medium": (1536, 48, 24, 4, "cross"),
+    "large": (2048, 48, 32, 4, "cross"),
+    "melody": (1536, 48, 24, 4, "prefix"),
+    "melody-large": (2048, 48, 32, 4, "prefix"),
+    "stereo-small": (1024, 24, 16, 8, "cross"),
+    "stereo-medium": (1536, 48, 24, 8, "cross"),
+    "stereo-large": (2048, 48, 32, 8, "cross"),
+    "stereo-melody": (1536, 48, 24, 8, "prefix"),
+    "stereo-melody-large": (2048, 48, 32, 8, "prefix"),
+}
+TINY = {
+    "tiny-melody": (32, 2, 2, 4, "prefix"),
+    "tiny-melody-stereo": (32, 2, 2, 8, "prefix"),
+    "tiny-text": (32, 2, 2, 4, "cross"),
+    "tiny-text-stereo": (32, 2, 2, 8, "cross"),
+}
+ARCHITECTURES = {**FULL_SIZE, **TINY}
+
+# t5-base (every released checkpoint uses it, spec 1.1) and a tiny stand-in.
+T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
+T5_TINY = dict(vocab_size=512, d_model=24, d_kv=12, d_ff=48, num_layers=2, num_heads=2)
+# facebook/encodec_32khz (spec 1.2) and a reduced codec that keeps the 640-sample hop and 2048 codes.
+ENCODEC_32K = dict(hidden_size=128, num_filters=64)
+ENCODEC_TINY = dict(hidden_size=16, num_filters=4)
+
+_WORDS = {
+    "mood": ["happy", "sad", "calm", "energetic", "dark", "bright", "dreamy", "epic", "warm", "gentle"],
+    "genre": ["rock", "jazz", "techno", "folk", "ambient", "hip hop", "classical", "reggae", "blues", "pop"],
+    "inst": ["piano", "guitar", "drums", "violin", "synth", "bass", "flute", "trumpet", "cello", "organ"],
+    "extra": ["with a steady beat", "at a slow tempo", "for a film scene", "in the eighties style",
+              "with heavy reverb", "and soft vocals", "at 120 bpm", "with a catchy melody"],
+}
+
+
+def corpus() -> list[str]:
+    """A small deterministic corpus of music descriptions for the on-the-spot tokenizer."""
+    lines = []
+    for i, mood in enumerate(_WORDS["mood"]):
+        for j, genre in enumerate(_WORDS["genre"]):
+            inst = _WORDS["inst"][(i + 3 * j) % len(_WORDS["inst"])]
+            extra = _WORDS["extra"][(2 * i + j) % len(_WORDS["extra"])]
+            lines.append(f"A {mood} {genre} track with {inst} {extra}.")
+    lines += ["80s pop track with bassy drums and synth", "90s rock song with loud guitars and heavy drums",
+              "a light and cheerly EDM track, with syncopated drums, aery pads, and strong emotions",
+              "lofi slow bpm electro chill with organic samples"]
+    return lines
+
+
+def train_tokenizer(vocab_size: int):
+    """A T5-style fast tokenizer: Unigram over Metaspace pieces, ``</s>`` appended, pad id 0."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(r"\s+", " ")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", shrinking_factor=0.9
+    )
+    tok.train_from_iterator(corpus() * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    tok.enable_padding(pad_id=0, pad_token="<pad>")
+    return tok
+
+
+def build_config(arch: str):
+    """The transformers config of one architecture (no weights)."""
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenMelodyConfig, T5Config
+    from transformers.models.musicgen.configuration_musicgen import MusicgenDecoderConfig
+    from transformers.models.musicgen_melody.configuration_musicgen_melody import MusicgenMelodyDecoderConfig
+
+    hidden, layers, heads, codebooks, conditioning = ARCHITECTURES[arch]
+    tiny = arch in TINY
+    t5 = T5Config(**(T5_TINY if tiny else T5_BASE), feed_forward_proj="relu", is_encoder_decoder=False,
+                  use_cache=False, relative_attention_num_buckets=32, relative_attention_max_distance=128)
+    codec = EncodecConfig(
+        sampling_rate=32000, audio_channels=1, codebook_size=2048, upsampling_ratios=[8, 5, 4, 4],
+        target_bandwidths=[2.2], norm_type="weight_norm", normalize=False, use_causal_conv=False,
+        pad_mode="reflect", compress=2, num_residual_layers=1, num_lstm_layers=2, dilation_growth_rate=2,
+        kernel_size=7, last_kernel_size=7, residual_kernel_size=3, trim_right_ratio=1.0,
+        use_conv_shortcut=False, chunk_length_s=None, overlap=None,
+        **(ENCODEC_TINY if tiny else ENCODEC_32K),
+    )
+    decoder_kwargs = dict(
+        vocab_size=2048, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        ffn_dim=4 * hidden, num_codebooks=codebooks, audio_channels=2 if codebooks == 8 else 1,
+        max_position_embeddings=2048, activation_function="gelu", dropout=0.0, pad_token_id=2048,
+        bos_token_id=2048, decoder_start_token_id=2048,
+    )
+    if conditioning == "prefix":
+        decoder = MusicgenMelodyDecoderConfig(**decoder_kwargs)
+        config = MusicgenMelodyConfig(text_encoder=t5, audio_encoder=codec, decoder=decoder,
+                                      num_chroma=12, chroma_length=235)
+    else:
+        decoder = MusicgenDecoderConfig(**decoder_kwargs)
+        config = MusicgenConfig(text_encoder=t5, audio_encoder=codec, decoder=decoder)
+    config.decoder_start_token_id = 2048
+    config.pad_token_id = 2048
+    return config
+
+
+def _make_sensitive(model, seed: int) -> None:
+    """Unit-gain random weights so that every input visibly moves the output (module docstring)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal_(tensor, std):
+        with torch.no_grad():
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * std)
+
+    decoder = model.decoder
+    for name, param in decoder.named_parameters():
+        if "embed_tokens" in name:
+            normal_(param, 1.0)
+        elif name.endswith("weight") and param.dim() == 2:
+            normal_(param, 1.0 / math.sqrt(param.shape[1]))
+    for proj_name in ("enc_to_dec_proj", "audio_enc_to_dec_proj"):
+        proj = getattr(model, proj_name, None)
+        if proj is not None:
+            fan_in = proj.weight.shape[1]
+            normal_(proj.weight, 1.0 if proj_name == "audio_enc_to_dec_proj" else 1.0 / math.sqrt(fan_in))
+            normal_(proj.bias, 0.5)
+    for layer in model.audio_encoder.quantizer.layers:
+        normal_(layer.codebook.embed, 1.0)
+        layer.codebook.embed_avg.copy_(layer.codebook.embed)
+        layer.codebook.cluster_size.fill_(1.0)
+
+
+def build_checkpoint(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
+    """Write a transformers-format checkpoint of ``arch`` with random weights into ``out_dir``."""
+    import torch
+    from transformers import GenerationConfig, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+    from transformers import PreTrainedTokenizerFast
+
+    if arch not in ARCHITECTURES:
+        raise SystemExit(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = build_config(arch)
+    torch.manual_seed(seed)
+    cls = MusicgenMelodyForConditionalGeneration if ARCHITECTURES[arch][4] == "prefix" else MusicgenForConditionalGeneration
+    model = cls(config).eval()
+    _make_sensitive(model, seed)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=2048, pad_token_id=2048, bos_token_id=2048, do_sample=True,
+        guidance_scale=3.0, max_length=1500,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+
+    tok = train_tokenizer(T5_TINY["vocab_size"] if arch in TINY else 1000)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=512, padding_side="right")
+    fast.save_pretrained(out)
+    if ARCHITECTURES[arch][4] == "prefix":
+        (out / "preprocessor_config.json").write_text(json.dumps({
+            "feature_extractor_type": "MusicgenMelodyFeatureExtractor", "processor_class": "MusicgenMelodyProcessor",
+            "feature_size": 12, "sampling_rate": 32000, "hop_length": 4096, "chunk_length": 30,
+            "n_fft": 16384, "num_chroma": 12, "padding_value": 0.0, "return_attention_mask": False,
+            "stem_indices": [3, 2],
+        }, indent=2) + "\n")
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("arch", choices=sorted(ARCHITECTURES))
+    parser.add_argument("out_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(build_checkpoint(args.arch, args.out_dir, args.seed))
+
+
+if __name__ == "__main__":
+    main()

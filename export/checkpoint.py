@@ -1,0 +1,114 @@
+"""Find and load a transformers MusicGen checkpoint: a local folder or a hub id in the local cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runtime.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPES = {"musicgen": "cross", "musicgen_melody": "prefix"}
+
+
+@dataclass
+class Checkpoint:
+    folder: Path
+    name: str
+    revision: str | None
+    config: dict
+    conditioning: str
+    weight_files: list[Path]
+
+    def weights_sha256(self) -> dict[str, str]:
+        out = {}
+        for path in self.weight_files:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 22):
+                    digest.update(block)
+            out[path.name] = digest.hexdigest()
+        return out
+
+
+def resolve(checkpoint: str, allow_pickle: bool = False) -> Checkpoint:
+    """Locate the checkpoint and check, before loading anything, that we can export it."""
+    folder = Path(checkpoint)
+    revision = None
+    if not folder.exists():
+        if checkpoint.count("/") != 1 or checkpoint.startswith((".", "/")):
+            raise ExportError(f"checkpoint {checkpoint!r}: no such folder, and not a hub id of the form 'owner/name'")
+        try:
+            from huggingface_hub import snapshot_download
+
+            try:
+                folder = Path(snapshot_download(checkpoint, local_files_only=True))
+            except Exception:  # not cached: try the network (the user's machine may be online)
+                folder = Path(snapshot_download(checkpoint, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        except Exception as exc:
+            raise ExportError(f"checkpoint {checkpoint!r}: not a local folder and not in the Hugging Face cache "
+                              f"(download failed: {type(exc).__name__})") from None
+        revision = folder.name
+    if not folder.is_dir():
+        raise ExportError(f"checkpoint {checkpoint!r}: not a folder")
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ExportError(f"checkpoint {checkpoint!r}: no config.json; not a transformers checkpoint")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"checkpoint {checkpoint!r}: unreadable config.json ({exc})") from None
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ExportError(f"checkpoint {checkpoint!r}: model_type {model_type!r} is not a MusicGen checkpoint "
+                          f"(expected one of {sorted(MODEL_TYPES)})")
+    audio_type = (config.get("audio_encoder") or {}).get("model_type")
+    if audio_type != "encodec":
+        raise ExportError(f"checkpoint {checkpoint!r}: unsupported audio encoder {audio_type!r} (only 'encodec')")
+    text_type = (config.get("text_encoder") or {}).get("model_type")
+    if text_type != "t5":
+        raise ExportError(f"checkpoint {checkpoint!r}: unsupported text encoder {text_type!r} (only 't5')")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(folder.glob("*.bin"))
+        if not pickles:
+            raise ExportError(f"checkpoint {checkpoint!r}: missing weight files (no *.safetensors in {folder})")
+        if not allow_pickle:
+            raise ExportError(f"checkpoint {checkpoint!r}: weights are pickle files ({pickles[0].name}), which can run "
+                              "code when loaded; pass --allow-pickle if you trust them")
+        weights = pickles
+    return Checkpoint(folder=folder, name=checkpoint, revision=revision, config=config,
+                      conditioning=MODEL_TYPES[model_type], weight_files=weights)
+
+
+def load_model(ckpt: Checkpoint):
+    """The transformers model in eval mode, fp32, eager attention (what validation compares against)."""
+    from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+
+    cls = MusicgenMelodyForConditionalGeneration if ckpt.conditioning == "prefix" else MusicgenForConditionalGeneration
+    use_safetensors = ckpt.weight_files[0].suffix == ".safetensors"
+    try:
+        model = cls.from_pretrained(ckpt.folder, use_safetensors=use_safetensors)
+    except Exception as exc:  # corrupt or mismatched weights
+        raise ExportError(f"checkpoint {ckpt.name!r}: cannot load weights ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]})") from None
+    return model.float().eval()
+
+
+def load_tokenizer_json(ckpt: Checkpoint) -> str:
+    """The fast tokenizer as JSON text, converted from ``spiece.model`` when that is all there is."""
+    path = ckpt.folder / "tokenizer.json"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(ckpt.folder, use_fast=True)
+        return tok.backend_tokenizer.to_str()
+    except Exception as exc:
+        raise ExportError(f"checkpoint {ckpt.name!r}: no tokenizer.json and the slow tokenizer could not be "
+                          f"converted ({type(exc).__name__})") from None

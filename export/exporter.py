@@ -1,0 +1,344 @@
+"""Checkpoint -> model folder: four validated ONNX graphs, the tokenizer and the manifest.
+
+The folder is built in a temporary sibling and renamed into place only when everything has been
+exported and validated, so an interrupted or failed export never leaves a folder that looks done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..runtime.errors import ExportError
+from ..runtime.manifest import (
+    MANIFEST_NAME, PRECISIONS, ChromaParams, GenerationDefaults, GraphInfo, Manifest, sha256_file,
+)
+from . import checkpoint as ckpt_mod
+from . import validate
+from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder
+
+log = logging.getLogger(__name__)
+
+EXPORT_PRECISIONS = ("fp32", "fp16")  # int8/int4 are the speed issue's; the manifest already knows them
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom
+
+
+@dataclass
+class GraphSpec:
+    """Everything needed to export and validate one graph."""
+
+    name: str
+    module: torch.nn.Module
+    example: tuple
+    input_names: list[str]
+    output_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    cases: list[tuple] = field(default_factory=list)  # validation inputs beyond the example
+
+
+def _past_names(prefix: str, layers: int) -> list[str]:
+    return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+
+
+def graph_specs(model, conditioning: str) -> list[GraphSpec]:
+    """Wrappers, example inputs, names and dynamic axes of the four graphs of one checkpoint."""
+    cfg = model.config
+    gen = torch.Generator().manual_seed(7)
+    K = cfg.decoder.num_codebooks
+    H = cfg.decoder.num_attention_heads
+    d = cfg.decoder.hidden_size
+    hd = d // H
+    L = cfg.decoder.num_hidden_layers
+    vocab = cfg.text_encoder.vocab_size
+    text_encoder = TextEncoder(model, conditioning).eval()
+    decoder = Decoder(model, conditioning).eval()
+    batch_axes = {0: "batch_x_cfg"}
+
+    def text_inputs(batch, length, frames=None):
+        ids, mask = validate.random_text(batch, length, vocab, gen)
+        if conditioning == "prefix":
+            return (ids, mask, validate.random_onehot_chroma(batch, frames, cfg.num_chroma, gen))
+        return (ids, mask)
+
+    te_names = ["input_ids", "attention_mask"]
+    te_axes = {"input_ids": {0: "batch_x_cfg", 1: "text_length"}, "attention_mask": {0: "batch_x_cfg", 1: "text_length"}}
+    if conditioning == "prefix":
+        te_names.append("chroma")
+        te_axes["chroma"] = {0: "batch_x_cfg", 1: "chroma_frames"}
+        te_out = ["encoder_hidden_states"]
+        te_axes["encoder_hidden_states"] = {0: "batch_x_cfg", 1: "prefix_length"}
+        te_cases = [text_inputs(1, 3, 300), text_inputs(4, 9, 1), text_inputs(3, 6, 235)]
+        te_example = text_inputs(2, 7, 11)
+    else:
+        te_out = _past_names("cross", L)
+        te_axes.update({n: {0: "batch_x_cfg", 2: "text_length"} for n in te_out})
+        te_cases = [text_inputs(1, 3), text_inputs(4, 9)]
+        te_example = text_inputs(2, 7)
+
+    past_in = _past_names("past", L)
+    present_out = _past_names("present", L)
+
+    def decoder_inputs(batch, new_len, past_len, prefix_len=0, text_len=6):
+        ids = torch.randint(0, cfg.decoder.vocab_size + 1, (batch, K, new_len), generator=gen)
+        if conditioning == "prefix":
+            cond = (torch.randn(batch, prefix_len, d, generator=gen),)
+        else:
+            mask = torch.ones(batch, text_len, dtype=torch.int64)
+            mask[-1] = 0  # a CFG null row: fully masked
+            if batch > 1:
+                mask[0, text_len // 2:] = 0
+            cond = (mask, *[torch.randn(batch, H, text_len, hd, generator=gen) for _ in range(2 * L)])
+        past = [torch.randn(batch, H, past_len, hd, generator=gen) for _ in range(2 * L)]
+        return (ids, *cond, *past)
+
+    de_names = ["input_ids"]
+    de_axes = {"input_ids": {0: "batch_x_cfg", 2: "new_length"}}
+    if conditioning == "prefix":
+        de_names.append("prefix_embeds")
+        de_axes["prefix_embeds"] = {0: "batch_x_cfg", 1: "prefix_length"}
+        de_example = decoder_inputs(2, 1, 0, prefix_len=12)
+        de_cases = [decoder_inputs(2, 1, 13), decoder_inputs(6, 3, 0, prefix_len=20), decoder_inputs(1, 1, 40),
+                    decoder_inputs(4, 2, 5, prefix_len=3)]
+    else:
+        cross = _past_names("cross", L)
+        de_names += ["encoder_attention_mask", *cross]
+        de_axes["encoder_attention_mask"] = {0: "batch_x_cfg", 1: "text_length"}
+        de_axes.update({n: {0: "batch_x_cfg", 2: "text_length"} for n in cross})
+        de_example = decoder_inputs(2, 1, 0)
+        de_cases = [decoder_inputs(2, 1, 13, text_len=3), decoder_inputs(6, 3, 0, text_len=9),
+                    decoder_inputs(1, 1, 40, text_len=1)]
+    de_names += past_in
+    de_axes.update({n: {0: "batch_x_cfg", 2: "past_length"} for n in past_in})
+    de_axes["logits"] = batch_axes
+    de_axes.update({n: {0: "batch_x_cfg", 2: "total_length"} for n in present_out})
+
+    codec = model.audio_encoder
+    bandwidth = codec.config.target_bandwidths[0]
+    Kc = codec.quantizer.get_num_quantizers_for_bandwidth(bandwidth)
+    hop = int(np.prod(codec.config.upsampling_ratios))
+    audio_decoder = AudioDecoder(codec).eval()
+    audio_encoder = AudioEncoder(codec, bandwidth).eval()
+
+    def codes(batch, frames):
+        return (torch.randint(0, codec.config.codebook_size, (batch, Kc, frames), generator=gen),)
+
+    def wave(batch, samples):
+        return (torch.randn(batch, 1, samples, generator=gen) * 0.1,)
+
+    return [
+        GraphSpec("text_encoder", text_encoder, te_example, te_names, te_out, te_axes, te_cases),
+        GraphSpec("decoder", decoder, de_example, de_names, ["logits", *present_out], de_axes, de_cases),
+        GraphSpec("audio_decoder", audio_decoder, codes(2, 10), ["audio_codes"], ["audio_values"],
+                  {"audio_codes": {0: "batch", 2: "frames"}, "audio_values": {0: "batch", 2: "samples"}},
+                  [codes(1, 5), codes(3, 37), codes(1, 150)]),
+        GraphSpec("audio_encoder", audio_encoder, wave(2, hop * 10), ["audio_values"], ["audio_codes"],
+                  {"audio_values": {0: "batch", 2: "samples"}, "audio_codes": {0: "batch", 2: "frames"}},
+                  [wave(1, hop * 5), wave(3, hop * 7 + 123), wave(1, hop * 40 - 1)]),
+    ]
+
+
+def _export_graph(spec: GraphSpec, path: Path, opset: int) -> None:
+    import onnx
+
+    # Export into a scratch folder: for graphs over 2 GB torch scatters one file per tensor there.
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        raw = Path(scratch) / path.name
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                spec.module, spec.example, str(raw), input_names=spec.input_names,
+                output_names=spec.output_names, dynamic_axes=spec.dynamic_axes, opset_version=opset,
+                dynamo=False, do_constant_folding=True,
+            )
+        _save(onnx.load(str(raw), load_external_data=True), path)
+
+
+def _save(model, path: Path) -> None:
+    """One ``NAME.onnx.data`` file for graphs near the protobuf limit; everything inline otherwise."""
+    import onnx
+
+    if sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _to_fp16(path: Path) -> None:
+    """fp16 weights and compute, fp32 inputs/outputs (CUDA tier; layer norms and softmax kept safe by ORT)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path), load_external_data=True)
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    _save(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True), path)
+
+
+def _files_of(folder: Path, name: str) -> list[Path]:
+    files = [folder / f"{name}.onnx"]
+    data = folder / f"{name}.onnx.data"
+    if data.exists():
+        files.append(data)
+    return files
+
+
+def _validate_graph(spec: GraphSpec, path: Path, precision: str) -> None:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    tol = validate.TOLERANCES[precision][spec.name]
+    if spec.name == "audio_encoder":
+        tol = validate.CODE_MISMATCH[precision]
+    for n, case in enumerate([spec.example, *spec.cases]):
+        feeds = {name: t.numpy() for name, t in zip(spec.input_names, case)}
+        got = session.run(spec.output_names, feeds)
+        with torch.no_grad():
+            want = spec.module(*case)
+        want = want if isinstance(want, tuple) else (want,)
+        shape = ", ".join(f"{k}={tuple(v.shape)}" for k, v in list(feeds.items())[:2])
+        validate.compare(spec.name, spec.output_names, got, want, tol, f" (case {n}: {shape})")
+
+
+def export(
+    checkpoint: str,
+    out_dir: str | os.PathLike,
+    precision: str = "fp32",
+    opset: int = 17,
+    validate_graphs: bool = True,
+    force: bool = False,
+    allow_pickle: bool = False,
+    progress: Callable[[str], None] | None = None,
+    _fail_after: str | None = None,
+) -> Path:
+    """Export ``checkpoint`` into ``out_dir``; returns the folder. ``_fail_after`` is a test hook."""
+    progress = progress or (lambda msg: log.info(msg))
+    if precision not in EXPORT_PRECISIONS:
+        raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(EXPORT_PRECISIONS)}")
+    if not (14 <= opset <= 21):
+        raise ExportError(f"opset {opset} is not supported; choose an opset in [14, 21]")
+    out = Path(out_dir)
+    if out.exists() and not force:
+        raise ExportError(f"output folder {str(out)!r} already exists; pass --force to replace it")
+    t0 = time.perf_counter()
+
+    def step(msg: str) -> None:
+        progress(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
+
+    ckpt = ckpt_mod.resolve(checkpoint, allow_pickle=allow_pickle)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    need = int(sum(p.stat().st_size for p in ckpt.weight_files) * 1.2) + (50 << 20)
+    free = shutil.disk_usage(out.parent).free
+    if free < need:
+        raise ExportError(f"not enough disk space in {str(out.parent)!r}: {free >> 20} MB free, "
+                          f"about {need >> 20} MB needed")
+    step(f"loading {checkpoint} ({ckpt.conditioning} conditioning)")
+    model = ckpt_mod.load_model(ckpt)
+    tokenizer_json = ckpt_mod.load_tokenizer_json(ckpt)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished folder private
+    try:
+        specs = graph_specs(model, ckpt.conditioning)
+        by_name = {s.name: s for s in specs}
+        if validate_graphs:
+            step("checking the export wrappers against transformers")
+            validate.check_wrappers_against_transformers(
+                model, by_name["text_encoder"].module, by_name["decoder"].module, ckpt.conditioning, 1e-3)
+            validate.check_codec_against_transformers(
+                model.audio_encoder, by_name["audio_decoder"].module, by_name["audio_encoder"].module, 1e-4, 0.01)
+        graphs = {}
+        for spec in specs:
+            path = tmp / f"{spec.name}.onnx"
+            step(f"exporting {spec.name}")
+            graph_precision = precision
+            _export_graph(spec, path, opset)
+            if precision == "fp16" and spec.name in ("text_encoder", "decoder"):
+                _to_fp16(path)
+            elif precision == "fp16":
+                graph_precision = "fp32"  # the codec stays fp32 (design.md: not measured harmless yet)
+            if validate_graphs:
+                step(f"validating {spec.name} against its torch module")
+                _validate_graph(spec, path, graph_precision)
+            files = _files_of(tmp, spec.name)
+            graphs[spec.name] = GraphInfo(
+                file=path.name, precision=graph_precision, inputs=tuple(spec.input_names),
+                outputs=tuple(spec.output_names), files={f.name: sha256_file(f) for f in files},
+                size_bytes=sum(f.stat().st_size for f in files),
+            )
+            if _fail_after == spec.name:
+                raise ExportError(f"injected failure after {spec.name}")
+        (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        manifest = build_manifest(model, ckpt, graphs)
+        (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    step(f"done: {out}")
+    return out
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def build_manifest(model, ckpt, graphs: dict[str, GraphInfo]) -> Manifest:
+    cfg = model.config
+    dec = cfg.decoder
+    K = dec.num_codebooks
+    stereo = dec.audio_channels == 2
+    delays = tuple(k // 2 for k in range(K)) if stereo else tuple(range(K))
+    codec = cfg.audio_encoder
+    chroma = None
+    if ckpt.conditioning == "prefix":
+        chroma = ChromaParams(sample_rate=codec.sampling_rate, num_chroma=cfg.num_chroma,
+                              chroma_length=cfg.chroma_length)
+    gen_cfg = {}
+    gen_path = ckpt.folder / "generation_config.json"
+    if gen_path.is_file():
+        import json
+
+        gen_cfg = json.loads(gen_path.read_text())
+    defaults = GenerationDefaults(guidance_scale=float(gen_cfg.get("guidance_scale", 3.0)))
+    return Manifest(
+        conditioning=ckpt.conditioning,
+        hidden_size=dec.hidden_size,
+        num_layers=dec.num_hidden_layers,
+        num_heads=dec.num_attention_heads,
+        num_codebooks=K,
+        audio_channels=dec.audio_channels,
+        delays=delays,
+        graphs=graphs,
+        text_hidden_size=cfg.text_encoder.d_model,
+        codebook_size=dec.vocab_size,
+        special_token_id=dec.pad_token_id,
+        sample_rate=codec.sampling_rate,
+        hop_length=int(np.prod(codec.upsampling_ratios)),
+        max_duration=30.0,
+        max_positions=None,
+        chroma=chroma,
+        defaults=defaults,
+        source={"checkpoint": ckpt.name, "revision": ckpt.revision, "weights_sha256": ckpt.weights_sha256(),
+                "transformers": __import__("transformers").__version__, "torch": torch.__version__},
+    )

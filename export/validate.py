@@ -1,0 +1,112 @@
+"""Two checks before a graph is trusted: wrapper == transformers, then ONNX == wrapper.
+
+Failures raise :class:`ExportError` naming the graph, the output and the max difference, the way
+optimum's exporter reports them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..runtime.errors import ExportError
+
+# Max |onnx - torch| per output kind, fp32 graphs. Logits are O(1..10); the bound is ~1e4 x float
+# epsilon at that scale, far below what would flip a greedy token except at true ties.
+TOLERANCES = {
+    "fp32": {"text_encoder": 1e-4, "decoder": 2e-3, "audio_decoder": 1e-4, "audio_encoder": 0.0},
+    "fp16": {"text_encoder": 5e-2, "decoder": 2.5e-1, "audio_decoder": 5e-3, "audio_encoder": 0.05},
+}
+# Codes come from an argmin; a few near-ties may flip between runtimes. Fraction of codes allowed to differ.
+CODE_MISMATCH = {"fp32": 0.01, "fp16": 0.1}
+
+
+def _max_diff(a, b) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def compare(graph: str, names, got, want, tol: float, case: str = "") -> None:
+    for name, g, w in zip(names, got, want):
+        g = np.asarray(g)
+        w = w.detach().cpu().numpy() if isinstance(w, torch.Tensor) else np.asarray(w)
+        if g.shape != w.shape:
+            raise ExportError(f"validation failed: graph {graph}, output {name}{case}: shape {g.shape} != torch {w.shape}")
+        if np.issubdtype(w.dtype, np.integer):
+            frac = float(np.mean(g != w)) if w.size else 0.0
+            if frac > tol:
+                raise ExportError(f"validation failed: graph {graph}, output {name}{case}: {frac:.2%} of codes "
+                                  f"differ (allowed {tol:.2%})")
+            continue
+        diff = _max_diff(g, w)
+        if not diff <= tol:
+            raise ExportError(f"validation failed: graph {graph}, output {name}{case}: max abs difference "
+                              f"{diff:.3g} > tolerance {tol:.3g}")
+
+
+def random_text(batch: int, length: int, vocab: int, gen: torch.Generator):
+    """Token ids ending in </s> (id 1) with unequal lengths, and their mask."""
+    ids = torch.randint(3, vocab, (batch, length), generator=gen)
+    mask = torch.ones(batch, length, dtype=torch.int64)
+    for b in range(batch):
+        n = max(1, length - b)  # row b has b padded positions
+        ids[b, n - 1] = 1
+        ids[b, n:] = 0
+        mask[b, n:] = 0
+    return ids, mask
+
+
+def random_onehot_chroma(batch: int, frames: int, num_chroma: int, gen: torch.Generator):
+    idx = torch.randint(0, num_chroma, (batch, frames), generator=gen)
+    return torch.nn.functional.one_hot(idx, num_chroma).float()
+
+
+@torch.no_grad()
+def check_wrappers_against_transformers(model, text_encoder, decoder, conditioning: str, tol: float) -> None:
+    """Run transformers' own forward on a whole sequence, and the wrappers as the runtime will use them
+    (first call with two columns, then one column at a time through the explicit past); every
+    last-position logit must agree."""
+    gen = torch.Generator().manual_seed(1234)
+    cfg = model.config
+    K = cfg.decoder.num_codebooks
+    batch, text_len, steps = 2, 5, 5
+    ids, mask = random_text(batch, text_len, cfg.text_encoder.vocab_size, gen)
+    seq = torch.randint(0, cfg.decoder.vocab_size, (batch, K, steps), generator=gen)
+    seq[:, :, 0] = cfg.decoder.bos_token_id
+    kwargs = dict(input_ids=ids, attention_mask=mask, decoder_input_ids=seq.reshape(batch * K, steps))
+    if conditioning == "prefix":
+        chroma = random_onehot_chroma(batch, 7, cfg.num_chroma, gen)
+        kwargs["input_features"] = chroma
+        cond = (text_encoder(ids, mask, chroma),)
+    else:
+        cond = (mask, *text_encoder(ids, mask))
+    ref = model(**kwargs).logits
+    ref = ref.reshape(batch, K, -1, ref.shape[-1])[:, :, -steps:]
+    H = cfg.decoder.num_attention_heads
+    hd = cfg.decoder.hidden_size // H
+    past = [torch.zeros(batch, H, 0, hd)] * (2 * decoder.num_layers)
+    first = 2
+    out = decoder(seq[:, :, :first], *cond, *past)
+    compare("decoder (torch wrapper vs transformers)", ["logits"], [out[0]], [ref[:, :, first - 1]], tol, " at the first call")
+    past = list(out[1:])
+    if conditioning == "prefix":
+        cond = (torch.zeros(batch, 0, cfg.decoder.hidden_size),)
+    for j in range(first, steps):
+        out = decoder(seq[:, :, j:j + 1], *cond, *past)
+        compare("decoder (torch wrapper vs transformers)", ["logits"], [out[0]], [ref[:, :, j]], tol, f" at step {j}")
+        past = list(out[1:])
+
+
+@torch.no_grad()
+def check_codec_against_transformers(codec, audio_decoder, audio_encoder, tol: float, mismatch: float) -> None:
+    gen = torch.Generator().manual_seed(99)
+    K = codec.quantizer.get_num_quantizers_for_bandwidth(codec.config.target_bandwidths[0])
+    codes = torch.randint(0, codec.config.codebook_size, (2, K, 9), generator=gen)
+    ref = codec.decode(codes[None], [None]).audio_values
+    compare("audio_decoder (torch wrapper vs transformers)", ["audio_values"], [audio_decoder(codes)], [ref], tol)
+    audio = torch.randn(2, 1, 640 * 6 + 100, generator=gen) * 0.1
+    ref_codes = codec.encode(audio, bandwidth=codec.config.target_bandwidths[0]).audio_codes[0]
+    compare("audio_encoder (torch wrapper vs transformers)", ["audio_codes"], [audio_encoder(audio)], [ref_codes], mismatch)
