@@ -1,0 +1,55 @@
+"""Generation options: one frozen dataclass, validated in one place, errors that state the rule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from .errors import InvalidInputError
+
+MIN_FRAMES = 4  # the codec's first reflect-padded convolution needs more frames than its half-kernel
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    duration: float = 15.0
+    top_k: int = 250
+    top_p: float = 0.0
+    temperature: float = 1.0
+    guidance_scale: float = 3.0
+    greedy: bool = False
+    seed: int | None = None
+
+    def updated(self, **changes) -> "GenerationOptions":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def frames(self, frame_rate: float) -> int:
+        """audiocraft's ``int(duration * frame_rate)`` (truncation, spec 4.3)."""
+        return int(self.duration * frame_rate)
+
+    def check(self, max_duration: float, frame_rate: float, codebook_size: int) -> "GenerationOptions":
+        def number(name, value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+
+        number("duration", self.duration)
+        min_duration = MIN_FRAMES / frame_rate
+        if not (min_duration <= self.duration <= max_duration):
+            raise InvalidInputError(
+                f"duration must be between {min_duration:g} and {max_duration:g} seconds for this model, "
+                f"got {self.duration!r} (generation past {max_duration:g} s is not supported yet)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= codebook_size:
+            raise InvalidInputError(f"top_k must be an integer in [1, {codebook_size}], got {self.top_k!r}")
+        number("top_p", self.top_p)
+        if not 0.0 <= self.top_p <= 1.0:
+            raise InvalidInputError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p!r}")
+        number("temperature", self.temperature)
+        if not self.greedy and self.temperature <= 0:
+            raise InvalidInputError(f"temperature must be > 0 when sampling (use greedy decoding instead), "
+                                    f"got {self.temperature!r}")
+        number("guidance_scale", self.guidance_scale)
+        if self.guidance_scale < 0:
+            raise InvalidInputError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise InvalidInputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        return self

@@ -1,0 +1,51 @@
+"""onnxruntime sessions: provider choice and loading with errors a user can act on."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .errors import InvalidInputError, ModelFolderError
+
+log = logging.getLogger(__name__)
+
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+_ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def resolve_providers(providers=None) -> list[str]:
+    """``None``/"auto" -> CUDA when onnxruntime-gpu sees a GPU, else CPU; "cpu"; "cuda" (or an explicit
+    onnxruntime provider list). Unknown names and CUDA without a GPU are clear errors."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers is None or providers == "auto":
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    names = [providers] if isinstance(providers, str) else list(providers)
+    resolved = []
+    for name in names:
+        ort_name = _ORT_NAMES.get(str(name).lower(), name)
+        if ort_name not in _ORT_NAMES.values() and ort_name not in available:
+            raise InvalidInputError(f"provider {name!r} is unknown; choose one of {', '.join(PROVIDER_CHOICES)}")
+        if ort_name not in available:
+            raise InvalidInputError(f"provider {name!r} is not available here (onnxruntime offers "
+                                    f"{', '.join(available)}); for CUDA install musicgen-onnx[gpu] on a machine with a GPU")
+        resolved.append(ort_name)
+    if "CPUExecutionProvider" not in resolved:
+        resolved.append("CPUExecutionProvider")
+    return resolved
+
+
+def open_session(path: Path, providers: list[str], threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelFolderError(f"{path}: onnxruntime cannot load this graph ({first})") from None
