@@ -222,6 +222,7 @@ def export(
     force: bool = False,
     allow_pickle: bool = False,
     progress: Callable[[str], None] | None = None,
+    source_label: str | None = None,
     _fail_after: str | None = None,
 ) -> Path:
     """Export ``checkpoint`` into ``out_dir``; returns the folder. ``_fail_after`` is a test hook."""
@@ -283,7 +284,7 @@ def export(
             if _fail_after == spec.name:
                 raise ExportError(f"injected failure after {spec.name}")
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        manifest = build_manifest(model, ckpt, graphs)
+        manifest = build_manifest(model, ckpt, graphs, source_label)
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         _replace(tmp, out)
     except BaseException:
@@ -303,7 +304,7 @@ def _replace(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def build_manifest(model, ckpt, graphs: dict[str, GraphInfo]) -> Manifest:
+def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], source_label: str | None = None) -> Manifest:
     cfg = model.config
     dec = cfg.decoder
     K = dec.num_codebooks
@@ -339,6 +340,6 @@ def build_manifest(model, ckpt, graphs: dict[str, GraphInfo]) -> Manifest:
         max_positions=None,
         chroma=chroma,
         defaults=defaults,
-        source={"checkpoint": ckpt.name, "revision": ckpt.revision, "weights_sha256": ckpt.weights_sha256(),
+        source={"checkpoint": source_label or ckpt.name, "revision": ckpt.revision, "weights_sha256": ckpt.weights_sha256(),
                 "transformers": __import__("transformers").__version__, "torch": torch.__version__},
     )

@@ -37,11 +37,17 @@ ProgressFn = Callable[[int, int], None]
 class _StderrProgress:
     """``steps done/total, steps/s`` on one refreshed stderr line."""
 
-    def __init__(self):
+    def __init__(self, interval: float = 0.2):
         self.start = time.perf_counter()
+        self.interval = interval
+        self.last = -interval
 
     def __call__(self, done: int, total: int) -> None:
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        now = time.perf_counter()
+        if done != total and now - self.last < self.interval:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
         end = "\n" if done == total else ""
         sys.stderr.write(f"\rgenerating: {done}/{total} steps, {rate:.1f} steps/s{end}")
         sys.stderr.flush()

@@ -1,0 +1,158 @@
+"""The ``musicgen-onnx`` command: export, generate, info.
+
+User errors (:class:`MusicGenError`) print one line and exit with code 2; ``generate`` and ``info``
+never import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .runtime.errors import MusicGenError
+
+BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-melody"
+
+
+class _Command(click.Command):
+    """Turns every :class:`MusicGenError` into ``error: <one line>`` and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MusicGenError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group()
+@click.version_option(package_name="musicgen-onnx")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the library does (to stderr).")
+def main(verbose: bool) -> None:
+    """Export MusicGen checkpoints to ONNX and generate music without PyTorch."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+
+
+@main.command(cls=_Command)
+@click.argument("checkpoint")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--precision", default="fp32", show_default=True, help="fp32 (reference) or fp16 (CUDA).")
+@click.option("--opset", default=17, show_default=True, type=int)
+@click.option("--no-validate", is_flag=True, help="Skip checking each graph against its torch module.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--allow-pickle", is_flag=True, help="Accept pickle (*.bin) weights; they can run code when loaded.")
+def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle):
+    """Export CHECKPOINT (a local folder or a hub id in the Hugging Face cache) to OUT_DIR."""
+    try:
+        from .export.exporter import export as run_export
+    except ImportError as exc:
+        raise MusicGenError(f"export needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
+    run_export(checkpoint, out_dir, precision=precision, opset=opset, validate_graphs=not no_validate,
+               force=force, allow_pickle=allow_pickle, progress=lambda msg: click.echo(msg, err=True))
+
+
+@main.command(cls=_Command)
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--model", "model_dir", type=click.Path(), default=None,
+              help="Exported model folder (default: the bundled tiny model, random weights).")
+@click.option("--melody", multiple=True, type=click.Path(), help="Melody file: one for all prompts or one per prompt.")
+@click.option("--duration", type=float, default=None, help="Seconds of audio (model default: 15).")
+@click.option("--seed", type=int, default=None)
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--temperature", type=float, default=None)
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (default 3).")
+@click.option("--greedy", is_flag=True, help="Argmax decoding (deterministic, what parity tests use).")
+@click.option("--normalize", type=click.Choice(["loudness", "peak", "none"]), default="loudness", show_default=True)
+@click.option("-o", "--output", type=click.Path(), default=None, help="Output file (one prompt); format from suffix.")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Folder for one file per prompt.")
+@click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperature, guidance, greedy,
+             normalize, output, out_dir, provider, quiet):
+    """Generate music for each PROMPT and write audio files."""
+    from .runtime.audio import WRITE_FORMATS, normalize as normalize_audio, write_audio
+    from .runtime.errors import InvalidInputError
+    from .runtime.musicgen import MusicGen
+
+    if output and out_dir:
+        raise InvalidInputError("give either --output or --out-dir, not both")
+    if output and len(prompts) > 1:
+        raise InvalidInputError(f"--output names one file but {len(prompts)} prompts were given; use --out-dir")
+    targets = _targets(prompts, output, out_dir)
+    for target in targets:  # refuse before spending minutes on generation
+        if target.suffix.lower() not in WRITE_FORMATS:
+            raise InvalidInputError(f"output file {str(target)!r}: unknown format {target.suffix!r}; "
+                                    f"use one of {', '.join(WRITE_FORMATS)}")
+        if not target.parent.is_dir():
+            raise InvalidInputError(f"output file {str(target)!r}: folder {str(target.parent)!r} does not exist")
+    if model_dir is None:
+        model_dir = BUNDLED_MODEL
+        click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music",
+                   err=True)
+    t0 = time.perf_counter()
+    model = MusicGen.from_pretrained(model_dir, providers=provider)
+    load_s = time.perf_counter() - t0
+    audio = model.generate(list(prompts), melody=list(melody) or None, duration=duration, seed=seed,
+                           top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance,
+                           greedy=greedy or None, progress=not quiet)
+    for wav, target in zip(audio, targets):
+        write_audio(target, normalize_audio(wav, model.sample_rate, normalize), model.sample_rate)
+        click.echo(str(target))
+    if not quiet:
+        seconds = audio.shape[-1] / model.sample_rate
+        total = time.perf_counter() - t0
+        click.echo(f"{len(targets)} x {seconds:.2f} s of audio in {total:.2f} s (model load {load_s:.2f} s)", err=True)
+
+
+def _targets(prompts, output, out_dir) -> list[Path]:
+    if output:
+        return [Path(output)]
+    folder = Path(out_dir) if out_dir else Path(".")
+    if out_dir:
+        folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, prompt in enumerate(prompts):
+        slug = "".join(c if c.isalnum() else "_" for c in prompt.lower())[:40].strip("_") or "prompt"
+        names.append(folder / f"{i:02d}_{slug}.wav")
+    return names
+
+
+@main.command(cls=_Command)
+@click.argument("folder", type=click.Path())
+@click.option("--no-hash", is_flag=True, help="Check that files exist with their sizes, skip sha256 (fast on big models).")
+def info(folder, no_hash):
+    """Describe an exported model folder and verify its files."""
+    from .runtime.manifest import load_manifest, verify_files
+
+    m = load_manifest(folder)
+    verify_files(folder, m, hash_files=not no_hash)
+    src = m.source or {}
+    d = m.defaults
+    lines = [
+        f"model folder   {folder}",
+        f"source         {src.get('checkpoint', '?')}" + (f" @ {src['revision']}" if src.get("revision") else ""),
+        f"family         {m.family} ({'prefix' if m.is_melody else 'cross-attention'} conditioning)",
+        f"decoder        {m.num_layers} layers, {m.num_heads} heads, hidden {m.hidden_size}, "
+        f"{m.num_codebooks} codebooks x {m.codebook_size}, delays {list(m.delays)}",
+        f"audio          {m.sample_rate} Hz, {m.audio_channels} channel(s), {m.frame_rate:g} frames/s, "
+        f"max {m.max_duration:g} s",
+    ]
+    if m.chroma:
+        c = m.chroma
+        lines.append(f"chroma         n_fft {c.n_fft}, hop {c.hop_length}, {c.num_chroma} bins, {c.chroma_length} frames")
+    lines.append(f"defaults       duration {d.duration:g} s, top_k {d.top_k}, top_p {d.top_p:g}, "
+                 f"temperature {d.temperature:g}, guidance {d.guidance_scale:g}, sampling {d.use_sampling}")
+    for name, g in m.graphs.items():
+        lines.append(f"graph          {name:<14} {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}")
+    lines.append("files          " + ("sizes verified" if no_hash else "sizes and sha256 verified"))
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

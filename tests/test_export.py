@@ -1,0 +1,191 @@
+"""Export: each family validates, the manifest round-trips, failures leave nothing, errors are clear."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from musicgen_onnx.export.exporter import export
+from musicgen_onnx.runtime.errors import ExportError, ModelFolderError
+from musicgen_onnx.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, load_manifest, verify_files
+
+from conftest import BUNDLED, FAMILIES
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_each_family_exports_and_validates(arch, exported):
+    folder = exported(arch)  # export() ran every validation and would have raised
+    m = load_manifest(folder)
+    verify_files(folder, m)
+    assert sorted(m.graphs) == ["audio_decoder", "audio_encoder", "decoder", "text_encoder"]
+    assert m.is_melody == arch.startswith("tiny-melody")
+    assert m.audio_channels == (2 if "stereo" in arch else 1)
+    assert list(m.delays) == ([0, 0, 1, 1, 2, 2, 3, 3] if "stereo" in arch else [0, 1, 2, 3])
+    dec = onnx.load(str(folder / "decoder.onnx"), load_external_data=False)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in dec.graph.input}
+    assert dims["input_ids"] == ["batch_x_cfg", m.num_codebooks, "new_length"]
+    assert dims["past.0.key"] == ["batch_x_cfg", m.num_heads, "past_length", m.head_dim]
+    if m.is_melody:
+        assert dims["prefix_embeds"] == ["batch_x_cfg", "prefix_length", m.hidden_size]
+    else:
+        assert dims["encoder_attention_mask"] == ["batch_x_cfg", "text_length"]
+        assert "cross.0.key" in dims  # cross K/V are inputs: computed once by the text encoder
+        te = onnx.load(str(folder / "text_encoder.onnx"))
+        assert [o.name for o in te.graph.output][:2] == ["cross.0.key", "cross.0.value"]
+
+
+def test_manifest_round_trip_and_version_check(exported, tmp_path):
+    m = load_manifest(exported("tiny-text"))
+    again = Manifest.from_dict(json.loads(m.to_json()))
+    assert again == m
+    data = m.to_dict()
+    data["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(ModelFolderError, match="format version"):
+        Manifest.from_dict(data)
+    bad = m.to_dict()
+    bad["num_layers"] = 10**9  # a crafted manifest must not make the runtime allocate from it
+    with pytest.raises(ModelFolderError, match="num_layers"):
+        Manifest.from_dict(bad)
+    bad = m.to_dict()
+    bad["graphs"]["decoder"]["file"] = "../../etc/passwd"
+    with pytest.raises(ModelFolderError, match="plain name"):
+        Manifest.from_dict(bad)
+
+
+@pytest.mark.parametrize("stage", ["text_encoder", "decoder", "audio_encoder"])
+def test_failure_mid_export_leaves_nothing(stage, checkpoint_dir, tmp_path):
+    out = tmp_path / "model"
+    with pytest.raises(ExportError, match="injected"):
+        export(str(checkpoint_dir("tiny-text")), out, _fail_after=stage)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # the temporary sibling is gone too
+
+
+def test_force_replaces_and_existing_folder_is_refused(checkpoint_dir, tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(ExportError, match="already exists"):
+        export(str(checkpoint_dir("tiny-text")), out)
+    assert (out / "keep.txt").exists()
+    export(str(checkpoint_dir("tiny-text")), out, force=True, validate_graphs=False)
+    assert (out / MANIFEST_NAME).exists() and not (out / "keep.txt").exists()
+
+
+def _copy_ckpt(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_export_errors(checkpoint_dir, tmp_path):
+    src = checkpoint_dir("tiny-text")
+    with pytest.raises(ExportError, match="precision 'int3'"):
+        export(str(src), tmp_path / "a", precision="int3")
+    with pytest.raises(ExportError, match="no such folder"):
+        export(str(tmp_path / "missing"), tmp_path / "a")
+    other = _copy_ckpt(src, tmp_path / "bert")
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "bert"}))
+    with pytest.raises(ExportError, match="model_type 'bert' is not a MusicGen checkpoint"):
+        export(str(other), tmp_path / "a")
+    codec = _copy_ckpt(src, tmp_path / "dac")
+    cfg["audio_encoder"]["model_type"] = "dac"
+    (codec / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ExportError, match="unsupported audio encoder 'dac'"):
+        export(str(codec), tmp_path / "a")
+    noweights = _copy_ckpt(src, tmp_path / "noweights")
+    (noweights / "model.safetensors").unlink()
+    with pytest.raises(ExportError, match="missing weight files"):
+        export(str(noweights), tmp_path / "a")
+    (noweights / "pytorch_model.bin").write_bytes(b"not really")
+    with pytest.raises(ExportError, match="--allow-pickle"):
+        export(str(noweights), tmp_path / "a")
+    corrupt = _copy_ckpt(src, tmp_path / "corrupt")
+    (corrupt / "model.safetensors").write_bytes(b"\0" * 100)
+    with pytest.raises(ExportError, match="cannot load weights"):
+        export(str(corrupt), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_no_disk_space_is_a_clear_error(checkpoint_dir, tmp_path, monkeypatch):
+    import shutil as sh
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10, 10, 1000))
+    with pytest.raises(ExportError, match="not enough disk space"):
+        export(str(checkpoint_dir("tiny-text")), tmp_path / "a")
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "musicgen_onnx.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_cli_export_errors_are_one_line_exit_2(checkpoint_dir, tmp_path):
+    r = _cli("export", str(checkpoint_dir("tiny-text")), str(tmp_path / "x"), "--precision", "int3")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "precision 'int3'" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("export", str(tmp_path / "nope"), str(tmp_path / "x"))
+    assert r.returncode == 2 and "no such folder" in r.stderr
+
+
+def test_cli_export_then_info(checkpoint_dir, tmp_path):
+    out = tmp_path / "m"
+    r = _cli("export", str(checkpoint_dir("tiny-melody-stereo")), str(out))
+    assert r.returncode == 0, r.stderr
+    for stage in ("loading", "exporting decoder", "validating decoder", "done"):
+        assert stage in r.stderr
+    r = _cli("info", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "melody, stereo" in r.stdout and "sha256 verified" in r.stdout and "decoder" in r.stdout
+
+
+def test_info_refuses_broken_folders(exported, tmp_path):
+    folder = shutil.copytree(exported("tiny-text"), tmp_path / "m")
+    data = (folder / "decoder.onnx").read_bytes()
+    (folder / "decoder.onnx").write_bytes(data[: len(data) // 2])
+    r = _cli("info", str(folder))
+    assert r.returncode == 2 and "truncated" in r.stderr
+    (folder / "decoder.onnx").write_bytes(data[:-4] + b"abcd")
+    r = _cli("info", str(folder))
+    assert r.returncode == 2 and "sha256 does not match" in r.stderr
+    (folder / "decoder.onnx").unlink()
+    r = _cli("info", str(folder))
+    assert r.returncode == 2 and "missing" in r.stderr
+    r = _cli("info", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_bundled_model_matches_what_the_exporter_builds(tmp_path):
+    """Rebuild the committed tiny model with its script: manifest numbers and graph I/O must agree."""
+    from benchmarks.bundle import build
+
+    fresh = load_manifest(build(tmp_path / "tiny", progress=lambda m: None))
+    committed = load_manifest(BUNDLED)
+
+    def shape_of(m):
+        d = m.to_dict()
+        d.pop("source")
+        for g in d["graphs"].values():
+            g.pop("files")
+            g.pop("size_bytes")
+        return d
+
+    assert shape_of(fresh) == shape_of(committed)
+    for name in committed.graphs:
+        a = onnx.load(str(BUNDLED / f"{name}.onnx"), load_external_data=False)
+        b = onnx.load(str(tmp_path / "tiny" / f"{name}.onnx"), load_external_data=False)
+        assert [str(i.type) for i in a.graph.input] == [str(i.type) for i in b.graph.input]
+        assert [str(o.type) for o in a.graph.output] == [str(o.type) for o in b.graph.output]
+    # same seed, same weights: the committed graphs compute what a fresh export computes
+    import onnxruntime as ort
+
+    feeds = {"audio_codes": np.arange(4 * 6, dtype=np.int64).reshape(1, 4, 6)}
+    run = lambda p: ort.InferenceSession(str(p / "audio_decoder.onnx")).run(None, feeds)[0]
+    np.testing.assert_allclose(run(BUNDLED), run(tmp_path / "tiny"), atol=1e-6)
