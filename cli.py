@@ -147,7 +147,7 @@ def info(folder, no_hash):
         c = m.chroma
         lines.append(f"chroma         n_fft {c.n_fft}, hop {c.hop_length}, {c.num_chroma} bins, {c.chroma_length} frames")
     lines.append(f"defaults       duration {d.duration:g} s, top_k {d.top_k}, top_p {d.top_p:g}, "
-                 f"temperature {d.temperature:g}, guidance {d.guidance_scale:g}, sampling {d.use_sampling}")
+                 f"temperature {d.temperature:g}, guidance {d.guidance_scale:g}, greedy {d.greedy}")
     for name, g in m.graphs.items():
         lines.append(f"graph          {name:<14} {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}")
     lines.append("files          " + ("sizes verified" if no_hash else "sizes and sha256 verified"))

@@ -80,6 +80,12 @@ def train_tokenizer(vocab_size: int):
         vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", shrinking_factor=0.9
     )
     tok.train_from_iterator(corpus() * 4, trainer=trainer)
+    # The trainer sums scores in parallel (last-bit noise) and orders equal scores by thread timing:
+    # round and sort, so every build gives the same file and the same ids.
+    spec = json.loads(tok.to_str())
+    vocab = [[piece, round(score, 9)] for piece, score in spec["model"]["vocab"]]
+    spec["model"]["vocab"] = vocab[:3] + sorted(vocab[3:], key=lambda piece: (-piece[1], piece[0]))
+    tok = Tokenizer.from_str(json.dumps(spec))
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
     )

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from ..runtime.errors import ExportError
+from ..runtime.options import GenerationOptions
 from ..runtime.manifest import (
-    MANIFEST_NAME, PRECISIONS, ChromaParams, GenerationDefaults, GraphInfo, Manifest, sha256_file,
+    MANIFEST_NAME, PRECISIONS, ChromaParams, GraphInfo, Manifest, sha256_file,
 )
 from . import checkpoint as ckpt_mod
 from . import validate
@@ -183,7 +184,26 @@ def _to_fp16(path: Path) -> None:
     data = path.with_name(path.name + ".data")
     if data.exists():
         data.unlink()
-    _save(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True), path)
+    fp16 = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
+                                    node_block_list=sorted(_position_nodes(model)))
+    _save(fp16, path)
+
+
+def _position_nodes(model) -> set[str]:
+    """Nodes computing the sinusoidal positions (int -> Cast -> ... -> Sin/Cos): kept fp32, because fp16
+    cannot even represent position 2049 exactly, let alone its angle."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    keep: set[str] = set()
+    stack = [t for n in model.graph.node if n.op_type in ("Sin", "Cos") for t in [*n.input]]
+    keep |= {n.name for n in model.graph.node if n.op_type in ("Sin", "Cos")}
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in keep:
+            continue
+        keep.add(node.name)
+        if node.op_type != "Cast":  # the int -> float cast is where the position path starts
+            stack.extend(node.input)
+    return keep
 
 
 def _files_of(folder: Path, name: str) -> list[Path]:
@@ -321,7 +341,7 @@ def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], source_label: str 
         import json
 
         gen_cfg = json.loads(gen_path.read_text())
-    defaults = GenerationDefaults(guidance_scale=float(gen_cfg.get("guidance_scale", 3.0)))
+    defaults = GenerationOptions(guidance_scale=float(gen_cfg.get("guidance_scale", 3.0)))
     return Manifest(
         conditioning=ckpt.conditioning,
         hidden_size=dec.hidden_size,

@@ -117,6 +117,10 @@ class Decoder(nn.Module):
         if self.conditioning == "cross":
             enc_mask = cond[0]
             cross_bias = torch.where(enc_mask[:, None, None, :] > 0, 0.0, torch.finfo(torch.float32).min).to(x.dtype)
+            # A row with no text at all (the CFG null rows) attends to nothing: its context is 0, as in
+            # transformers (uniform weights over all-zero values) but without relying on -inf arithmetic,
+            # which fp16 cannot do.
+            has_text = (enc_mask.sum(dim=1) > 0).to(x.dtype)[:, None, None]
 
         presents = []
         for i, layer in enumerate(self.layers):
@@ -130,7 +134,7 @@ class Decoder(nn.Module):
             if self.conditioning == "cross":
                 h = layer.encoder_attn_layer_norm(x)
                 q = _split_heads(layer.encoder_attn.q_proj(h), self.num_heads)
-                ctx = _attend(q, cond[1 + 2 * i], cond[2 + 2 * i], cross_bias)
+                ctx = _attend(q, cond[1 + 2 * i], cond[2 + 2 * i], cross_bias) * has_text
                 x = x + layer.encoder_attn.out_proj(ctx)
             h = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))

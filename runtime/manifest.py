@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelFolderError
+from .options import GenerationOptions
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "musicgen_onnx.json"
@@ -56,18 +57,6 @@ class ChromaParams:
 
 
 @dataclass(frozen=True)
-class GenerationDefaults:
-    """audiocraft's defaults (spec 1.4), which are this project's defaults."""
-
-    duration: float = 15.0
-    top_k: int = 250
-    top_p: float = 0.0
-    temperature: float = 1.0
-    guidance_scale: float = 3.0
-    use_sampling: bool = True
-
-
-@dataclass(frozen=True)
 class Manifest:
     conditioning: str
     hidden_size: int
@@ -85,7 +74,7 @@ class Manifest:
     max_duration: float = 30.0
     max_positions: int | None = None
     chroma: ChromaParams | None = None
-    defaults: GenerationDefaults = GenerationDefaults()
+    defaults: GenerationOptions = GenerationOptions()  # audiocraft's defaults (spec 1.4)
     tokenizer: str = "tokenizer.json"
     source: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -141,7 +130,7 @@ class Manifest:
                 for name, info in data["graphs"].items()
             }
             kwargs["chroma"] = ChromaParams(**data["chroma"]) if data.get("chroma") else None
-            kwargs["defaults"] = GenerationDefaults(**data.get("defaults", {}))
+            kwargs["defaults"] = GenerationOptions(**data.get("defaults", {}))
             manifest = cls(**kwargs)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelFolderError(f"{where}: malformed manifest ({exc})") from None

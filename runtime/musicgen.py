@@ -72,10 +72,7 @@ class MusicGen:
         self._past_names = [n for n in dec.inputs if n.startswith("past.")]
         self._present_names = [n for n in dec.outputs if n.startswith("present.")]
         self._cross_names = [n for n in m.graphs["text_encoder"].outputs if n.startswith("cross.")]
-        d = m.defaults
-        self.options = GenerationOptions(duration=d.duration, top_k=d.top_k, top_p=d.top_p,
-                                         temperature=d.temperature, guidance_scale=d.guidance_scale,
-                                         greedy=not d.use_sampling)
+        self.options = m.defaults
 
     # ------------------------------------------------------------------ loading
     @classmethod

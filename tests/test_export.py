@@ -189,3 +189,33 @@ def test_bundled_model_matches_what_the_exporter_builds(tmp_path):
     feeds = {"audio_codes": np.arange(4 * 6, dtype=np.int64).reshape(1, 4, 6)}
     run = lambda p: ort.InferenceSession(str(p / "audio_decoder.onnx")).run(None, feeds)[0]
     np.testing.assert_allclose(run(BUNDLED), run(tmp_path / "tiny"), atol=1e-6)
+
+
+def test_fp16_export_validates_and_is_recorded(checkpoint_dir, tmp_path):
+    out = export(str(checkpoint_dir("tiny-text")), tmp_path / "fp16", precision="fp16")
+    m = load_manifest(out)
+    assert m.graphs["decoder"].precision == "fp16" and m.graphs["text_encoder"].precision == "fp16"
+    assert m.graphs["audio_decoder"].precision == "fp32"  # the codec stays fp32
+    dec = onnx.load(str(out / "decoder.onnx"))
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in dec.graph.initializer)
+    assert {i.type.tensor_type.elem_type for i in dec.graph.input if i.name.startswith("past")} == {onnx.TensorProto.FLOAT}
+
+
+def test_hub_id_resolves_through_the_local_cache(checkpoint_dir, tmp_path, monkeypatch):
+    """An 'owner/name' id is looked up in the Hugging Face cache (offline here), exactly as on a user's machine."""
+    from musicgen_onnx.export.checkpoint import resolve
+
+    cache = tmp_path / "hub"
+    snap = cache / "models--facebook--musicgen-tiny" / "snapshots" / "0123abc"
+    shutil.copytree(checkpoint_dir("tiny-text"), snap)
+    (cache / "models--facebook--musicgen-tiny" / "refs").mkdir()
+    (cache / "models--facebook--musicgen-tiny" / "refs" / "main").write_text("0123abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    ckpt = resolve("facebook/musicgen-tiny")
+    assert ckpt.folder == snap and ckpt.revision == "0123abc" and ckpt.conditioning == "cross"
+    with pytest.raises(ExportError, match="not in the Hugging Face cache"):
+        resolve("facebook/not-there")

@@ -259,3 +259,28 @@ def test_failed_write_keeps_the_existing_file(tmp_path, monkeypatch):
         audio_mod.write_audio(target, np.zeros((1, 100), np.float32), 32000)
     assert target.read_bytes() == b"precious"
     assert list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.parametrize("suffix, subtype", [(".flac", "PCM_16"), (".ogg", "VORBIS"), (".mp3", "MPEG_LAYER_III"),
+                                             (".wav", "FLOAT")])
+def test_melody_files_of_every_readable_format(model, tmp_path, suffix, subtype):
+    sr = 44100
+    t = np.arange(sr * 2) / sr
+    path = tmp_path / f"m{suffix}"
+    sf.write(str(path), np.stack([np.sin(2 * np.pi * 440 * t)] * 2, 1) * 0.3, sr, subtype=subtype)
+    from musicgen_onnx.runtime.audio import load_audio
+
+    wav, rate = load_audio(path)
+    assert rate == sr and wav.shape[0] == 2
+    audio = model.generate(["x"], melody=str(path), duration=0.2)
+    assert audio.shape == (1, 1, 6400)
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg", ".mp3"])
+def test_output_formats(tmp_path, suffix):
+    from musicgen_onnx.runtime.audio import write_audio
+
+    wav = (0.3 * np.sin(np.arange(32000) * 0.05))[None].astype(np.float32)
+    path = write_audio(tmp_path / f"out{suffix}", wav, 32000)
+    info = sf.info(str(path))
+    assert info.samplerate == 32000 and abs(info.frames - 32000) < 2000  # lossy codecs pad
