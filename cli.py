@@ -46,14 +46,17 @@ def main(verbose: bool) -> None:
 @click.option("--no-validate", is_flag=True, help="Skip checking each graph against its torch module.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle (*.bin) weights; they can run code when loaded.")
-def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle):
+@click.option("--kv-cache", type=click.Choice(["static", "concat"]), default="static", show_default=True,
+              help="static: in-place cache buffers (GroupQueryAttention; CPU fp32, CUDA fp16); concat: portable graph.")
+def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, kv_cache):
     """Export CHECKPOINT (a local folder or a hub id in the Hugging Face cache) to OUT_DIR."""
     try:
         from .export.exporter import export as run_export
     except ImportError as exc:
         raise MusicGenError(f"export needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
     run_export(checkpoint, out_dir, precision=precision, opset=opset, validate_graphs=not no_validate,
-               force=force, allow_pickle=allow_pickle, progress=lambda msg: click.echo(msg, err=True))
+               force=force, allow_pickle=allow_pickle, kv_cache=kv_cache,
+               progress=lambda msg: click.echo(msg, err=True))
 
 
 @main.command(cls=_Command)
@@ -139,7 +142,7 @@ def info(folder, no_hash):
         f"source         {src.get('checkpoint', '?')}" + (f" @ {src['revision']}" if src.get("revision") else ""),
         f"family         {m.family} ({'prefix' if m.is_melody else 'cross-attention'} conditioning)",
         f"decoder        {m.num_layers} layers, {m.num_heads} heads, hidden {m.hidden_size}, "
-        f"{m.num_codebooks} codebooks x {m.codebook_size}, delays {list(m.delays)}",
+        f"{m.num_codebooks} codebooks x {m.codebook_size}, delays {list(m.delays)}, {m.kv_cache} KV cache",
         f"audio          {m.sample_rate} Hz, {m.audio_channels} channel(s), {m.frame_rate:g} frames/s, "
         f"max {m.max_duration:g} s",
     ]

@@ -26,7 +26,7 @@ from ..runtime.manifest import (
 )
 from . import checkpoint as ckpt_mod
 from . import validate
-from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder
+from .wrappers import KV_CACHES, AudioDecoder, AudioEncoder, Decoder, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _past_names(prefix: str, layers: int) -> list[str]:
     return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
 
 
-def graph_specs(model, conditioning: str) -> list[GraphSpec]:
+def graph_specs(model, conditioning: str, kv_cache: str = "static") -> list[GraphSpec]:
     """Wrappers, example inputs, names and dynamic axes of the four graphs of one checkpoint."""
     cfg = model.config
     gen = torch.Generator().manual_seed(7)
@@ -62,7 +62,8 @@ def graph_specs(model, conditioning: str) -> list[GraphSpec]:
     L = cfg.decoder.num_hidden_layers
     vocab = cfg.text_encoder.vocab_size
     text_encoder = TextEncoder(model, conditioning).eval()
-    decoder = Decoder(model, conditioning).eval()
+    decoder = Decoder(model, conditioning, kv_cache).eval()
+    static = kv_cache == "static"
     batch_axes = {0: "batch_x_cfg"}
 
     def text_inputs(batch, length, frames=None):
@@ -99,6 +100,10 @@ def graph_specs(model, conditioning: str) -> list[GraphSpec]:
             if batch > 1:
                 mask[0, text_len // 2:] = 0
             cond = (mask, *[torch.randn(batch, H, text_len, hd, generator=gen) for _ in range(2 * L)])
+        if static:  # a buffer with room to spare; only the first past_len positions are "filled"
+            room = past_len + prefix_len + new_len + 3
+            past = [torch.randn(batch, H, room, hd, generator=gen) for _ in range(2 * L)]
+            return (ids, *cond, torch.tensor(past_len), *past)
         past = [torch.randn(batch, H, past_len, hd, generator=gen) for _ in range(2 * L)]
         return (ids, *cond, *past)
 
@@ -108,8 +113,9 @@ def graph_specs(model, conditioning: str) -> list[GraphSpec]:
         de_names.append("prefix_embeds")
         de_axes["prefix_embeds"] = {0: "batch_x_cfg", 1: "prefix_length"}
         de_example = decoder_inputs(2, 1, 0, prefix_len=12)
-        de_cases = [decoder_inputs(2, 1, 13), decoder_inputs(6, 3, 0, prefix_len=20), decoder_inputs(1, 1, 40),
-                    decoder_inputs(4, 2, 5, prefix_len=3)]
+        de_cases = [decoder_inputs(2, 1, 13), decoder_inputs(6, 3, 0, prefix_len=20), decoder_inputs(1, 1, 40)]
+        if not static:  # GroupQueryAttention takes several new columns only on an empty past
+            de_cases.append(decoder_inputs(4, 2, 5, prefix_len=3))
     else:
         cross = _past_names("cross", L)
         de_names += ["encoder_attention_mask", *cross]
@@ -118,10 +124,13 @@ def graph_specs(model, conditioning: str) -> list[GraphSpec]:
         de_example = decoder_inputs(2, 1, 0)
         de_cases = [decoder_inputs(2, 1, 13, text_len=3), decoder_inputs(6, 3, 0, text_len=9),
                     decoder_inputs(1, 1, 40, text_len=1)]
+    if static:
+        de_names.append("past_length")
     de_names += past_in
-    de_axes.update({n: {0: "batch_x_cfg", 2: "past_length"} for n in past_in})
+    cache_axis = "max_length" if static else "past_length"
+    de_axes.update({n: {0: "batch_x_cfg", 2: cache_axis} for n in past_in})
     de_axes["logits"] = batch_axes
-    de_axes.update({n: {0: "batch_x_cfg", 2: "total_length"} for n in present_out})
+    de_axes.update({n: {0: "batch_x_cfg", 2: "max_length" if static else "total_length"} for n in present_out})
 
     codec = model.audio_encoder
     bandwidth = codec.config.target_bandwidths[0]
@@ -184,7 +193,10 @@ def _to_fp16(path: Path) -> None:
     data = path.with_name(path.name + ".data")
     if data.exists():
         data.unlink()
-    fp16 = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
+    # Everything crosses the graph boundary in fp32 except the KV cache, which stays fp16 so that the
+    # static cache's buffers are the graph's own tensors (a cast in between would defeat in-place updates).
+    io = [v.name for v in [*model.graph.input, *model.graph.output] if not v.name.startswith(("past.", "present."))]
+    fp16 = convert_float_to_float16(model, keep_io_types=io, disable_shape_infer=True,
                                     node_block_list=sorted(_position_nodes(model)))
     _save(fp16, path)
 
@@ -223,12 +235,19 @@ def _validate_graph(spec: GraphSpec, path: Path, precision: str) -> None:
     tol = validate.TOLERANCES[precision][spec.name]
     if spec.name == "audio_encoder":
         tol = validate.CODE_MISMATCH[precision]
+    input_types = {i.name: i.type for i in session.get_inputs()}
     for n, case in enumerate([spec.example, *spec.cases]):
-        feeds = {name: t.numpy() for name, t in zip(spec.input_names, case)}
+        feeds = {name: t.numpy().astype(np.float16) if input_types[name] == "tensor(float16)" else t.numpy()
+                 for name, t in zip(spec.input_names, case)}
         got = session.run(spec.output_names, feeds)
         with torch.no_grad():
             want = spec.module(*case)
         want = want if isinstance(want, tuple) else (want,)
+        if "past_length" in feeds:  # static cache: only the filled part of each buffer is defined
+            total = int(feeds["past_length"]) + (case[1].shape[1] if spec.input_names[1] == "prefix_embeds" else 0) \
+                + case[0].shape[2]
+            got = [got[0], *[g[:, :, :total] for g in got[1:]]]
+            want = (want[0], *[w[:, :, :total] for w in want[1:]])
         shape = ", ".join(f"{k}={tuple(v.shape)}" for k, v in list(feeds.items())[:2])
         validate.compare(spec.name, spec.output_names, got, want, tol, f" (case {n}: {shape})")
 
@@ -241,6 +260,7 @@ def export(
     validate_graphs: bool = True,
     force: bool = False,
     allow_pickle: bool = False,
+    kv_cache: str = "static",
     progress: Callable[[str], None] | None = None,
     source_label: str | None = None,
     _fail_after: str | None = None,
@@ -249,6 +269,8 @@ def export(
     progress = progress or (lambda msg: log.info(msg))
     if precision not in EXPORT_PRECISIONS:
         raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(EXPORT_PRECISIONS)}")
+    if kv_cache not in KV_CACHES:
+        raise ExportError(f"kv_cache {kv_cache!r} is not supported; choose one of {', '.join(KV_CACHES)}")
     if not (14 <= opset <= 21):
         raise ExportError(f"opset {opset} is not supported; choose an opset in [14, 21]")
     out = Path(out_dir)
@@ -274,7 +296,7 @@ def export(
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished folder private
     try:
-        specs = graph_specs(model, ckpt.conditioning)
+        specs = graph_specs(model, ckpt.conditioning, kv_cache)
         by_name = {s.name: s for s in specs}
         if validate_graphs:
             step("checking the export wrappers against transformers")
@@ -304,7 +326,7 @@ def export(
             if _fail_after == spec.name:
                 raise ExportError(f"injected failure after {spec.name}")
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        manifest = build_manifest(model, ckpt, graphs, source_label)
+        manifest = build_manifest(model, ckpt, graphs, kv_cache, source_label)
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         _replace(tmp, out)
     except BaseException:
@@ -324,7 +346,7 @@ def _replace(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], source_label: str | None = None) -> Manifest:
+def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, source_label: str | None = None) -> Manifest:
     cfg = model.config
     dec = cfg.decoder
     K = dec.num_codebooks
@@ -344,6 +366,7 @@ def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], source_label: str 
     defaults = GenerationOptions(guidance_scale=float(gen_cfg.get("guidance_scale", 3.0)))
     return Manifest(
         conditioning=ckpt.conditioning,
+        kv_cache=kv_cache,
         hidden_size=dec.hidden_size,
         num_layers=dec.num_hidden_layers,
         num_heads=dec.num_attention_heads,

@@ -87,17 +87,27 @@ def check_wrappers_against_transformers(model, text_encoder, decoder, conditioni
     ref = ref.reshape(batch, K, -1, ref.shape[-1])[:, :, -steps:]
     H = cfg.decoder.num_attention_heads
     hd = cfg.decoder.hidden_size // H
-    past = [torch.zeros(batch, H, 0, hd)] * (2 * decoder.num_layers)
+    static = decoder.kv_cache == "static"
+    prefix_len = cond[0].shape[1] if conditioning == "prefix" else 0
+    past = [torch.zeros(batch, H, prefix_len + steps if static else 0, hd)] * (2 * decoder.num_layers)
+    filled = 0
+
+    def call(ids, cond, past):
+        extra = (torch.tensor(filled),) if static else ()
+        return decoder(ids, *cond, *extra, *past)
+
     first = 2
-    out = decoder(seq[:, :, :first], *cond, *past)
+    out = call(seq[:, :, :first], cond, past)
     compare("decoder (torch wrapper vs transformers)", ["logits"], [out[0]], [ref[:, :, first - 1]], tol, " at the first call")
     past = list(out[1:])
+    filled = prefix_len + first
     if conditioning == "prefix":
         cond = (torch.zeros(batch, 0, cfg.decoder.hidden_size),)
     for j in range(first, steps):
-        out = decoder(seq[:, :, j:j + 1], *cond, *past)
+        out = call(seq[:, :, j:j + 1], cond, past)
         compare("decoder (torch wrapper vs transformers)", ["logits"], [out[0]], [ref[:, :, j]], tol, f" at step {j}")
         past = list(out[1:])
+        filled += 1
 
 
 @torch.no_grad()

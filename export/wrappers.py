@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from ..runtime.manifest import KV_CACHES  # noqa: F401  (re-exported for the exporter)
+
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     b, t, d = x.shape
@@ -72,23 +74,58 @@ class TextEncoder(nn.Module):
         return tuple(outs)
 
 
+class _GroupQueryAttention(torch.autograd.Function):
+    """Causal self-attention that writes the new keys/values into a preallocated cache buffer.
+
+    Exports as onnxruntime's ``com.microsoft.GroupQueryAttention`` (CPU fp32, CUDA fp16), which
+    updates the buffer in place when the runtime binds past and present to the same memory: no step
+    copies or regrows the past. The torch forward is the reference it is validated against.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, past_k, past_v, seqlens_k, total_length, num_heads):
+        new_len = q.shape[1]
+        past_len = int(total_length) - new_len
+        present_k, present_v = past_k.clone(), past_v.clone()
+        present_k[:, :, past_len:past_len + new_len] = _split_heads(k, num_heads)
+        present_v[:, :, past_len:past_len + new_len] = _split_heads(v, num_heads)
+        total = past_len + new_len
+        allowed = torch.arange(total)[None, :] <= (torch.arange(new_len) + past_len)[:, None]
+        bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min).to(q.dtype)
+        out = _attend(_split_heads(q, num_heads), present_k[:, :, :total], present_v[:, :, :total], bias)
+        return out, present_k, present_v
+
+    @staticmethod
+    def symbolic(g, q, k, v, past_k, past_v, seqlens_k, total_length, num_heads):
+        out, present_k, present_v = g.op("com.microsoft::GroupQueryAttention", q, k, v, past_k, past_v, seqlens_k,
+                                         total_length, num_heads_i=num_heads, kv_num_heads_i=num_heads, outputs=3)
+        out.setType(q.type())
+        present_k.setType(past_k.type())
+        present_v.setType(past_v.type())
+        return out, present_k, present_v
+
+
 class Decoder(nn.Module):
     """One graph for the first call (prefix + first columns, empty past) and every later step.
 
     Inputs, in order: ``input_ids [batch_x_cfg, num_codebooks, new_length]``; melody:
     ``prefix_embeds [batch_x_cfg, prefix_length, hidden]`` (length 0 on steps); text-only:
-    ``encoder_attention_mask [batch_x_cfg, text_length]`` then ``cross_key.i``/``cross_value.i``;
-    then ``past_key.i``/``past_value.i`` ``[batch_x_cfg, heads, past_length, head_dim]``.
+    ``encoder_attention_mask [batch_x_cfg, text_length]`` then ``cross.i.key``/``cross.i.value``;
+    static cache: ``past_length`` (int64 scalar, the position offset); then ``past.i.key``/
+    ``past.i.value [batch_x_cfg, heads, past_length | max_length, head_dim]``.
     Outputs: last-position ``logits [batch_x_cfg, num_codebooks, codebook_size]`` and the presents.
-    Positions are ``past_length + arange(...)``: the past length *is* the position offset here, so
-    the two can never disagree.
+
+    ``kv_cache="concat"``: presents are past + new (the portable graph; positions start at the past's
+    length). ``kv_cache="static"``: past and present are one preallocated buffer updated in place
+    (``_GroupQueryAttention``), and ``past_length`` says how much of it is filled.
     """
 
-    def __init__(self, model, conditioning: str):
+    def __init__(self, model, conditioning: str, kv_cache: str = "concat"):
         super().__init__()
         lm = model.decoder
         core = lm.model.decoder
         self.conditioning = conditioning
+        self.kv_cache = kv_cache
         self.embed = core.embed_tokens
         self.layers = core.layers
         self.norm = core.layer_norm
@@ -99,21 +136,27 @@ class Decoder(nn.Module):
 
     def forward(self, input_ids, *args):
         n_cond = 1 if self.conditioning == "prefix" else 1 + 2 * self.num_layers
-        cond, past = args[:n_cond], args[n_cond:]
+        cond, args = args[:n_cond], args[n_cond:]
+        static = self.kv_cache == "static"
+        past_len = args[0] if static else args[0].shape[2]
+        past = args[1:] if static else args
         x = self.embed[0](input_ids[:, 0])
         for k in range(1, len(self.embed)):
             x = x + self.embed[k](input_ids[:, k])
         if self.conditioning == "prefix":
             x = torch.cat([cond[0].to(x.dtype), x], dim=1)
         new_len = x.shape[1]
-        past_len = past[0].shape[2]
         positions = (torch.arange(new_len, device=x.device) + past_len).float()
         angles = positions[:, None] * self.frequencies[None, :]
         x = x + torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).to(x.dtype)
 
-        key_pos = torch.arange(past_len + new_len, device=x.device)
-        allowed = key_pos[None, :] <= (torch.arange(new_len, device=x.device) + past_len)[:, None]
-        causal = torch.where(allowed, 0.0, torch.finfo(torch.float32).min).to(x.dtype)
+        if static:
+            total = (past_len + new_len).to(torch.int32)
+            seqlens_k = (total - 1).expand(x.shape[0]).contiguous()
+        else:
+            key_pos = torch.arange(past_len + new_len, device=x.device)
+            allowed = key_pos[None, :] <= (torch.arange(new_len, device=x.device) + past_len)[:, None]
+            causal = torch.where(allowed, 0.0, torch.finfo(torch.float32).min).to(x.dtype)
         if self.conditioning == "cross":
             enc_mask = cond[0]
             cross_bias = torch.where(enc_mask[:, None, None, :] > 0, 0.0, torch.finfo(torch.float32).min).to(x.dtype)
@@ -126,11 +169,15 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             h = layer.self_attn_layer_norm(x)
             att = layer.self_attn
-            q = _split_heads(att.q_proj(h), self.num_heads)
-            k = torch.cat([past[2 * i], _split_heads(att.k_proj(h), self.num_heads)], dim=2)
-            v = torch.cat([past[2 * i + 1], _split_heads(att.v_proj(h), self.num_heads)], dim=2)
+            if static:
+                ctx, k, v = _GroupQueryAttention.apply(att.q_proj(h), att.k_proj(h), att.v_proj(h), past[2 * i],
+                                                       past[2 * i + 1], seqlens_k, total, self.num_heads)
+            else:
+                k = torch.cat([past[2 * i], _split_heads(att.k_proj(h), self.num_heads)], dim=2)
+                v = torch.cat([past[2 * i + 1], _split_heads(att.v_proj(h), self.num_heads)], dim=2)
+                ctx = _attend(_split_heads(att.q_proj(h), self.num_heads), k, v, causal)
             presents += [k, v]
-            x = x + att.out_proj(_attend(q, k, v, causal))
+            x = x + att.out_proj(ctx)
             if self.conditioning == "cross":
                 h = layer.encoder_attn_layer_norm(x)
                 q = _split_heads(layer.encoder_attn.q_proj(h), self.num_heads)

@@ -22,6 +22,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "musicgen_onnx.json"
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 CONDITIONINGS = ("prefix", "cross")  # melody checkpoints prepend; text-only ones cross-attend
+KV_CACHES = ("static", "concat")  # in-place buffers (GroupQueryAttention) or past+new concatenation
 GRAPH_NAMES = ("text_encoder", "decoder", "audio_decoder", "audio_encoder")
 
 
@@ -66,6 +67,7 @@ class Manifest:
     audio_channels: int
     delays: tuple[int, ...]
     graphs: dict[str, GraphInfo]
+    kv_cache: str = "concat"
     text_hidden_size: int = 768
     codebook_size: int = 2048
     special_token_id: int = 2048
@@ -149,6 +151,7 @@ class Manifest:
                  f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
 
         need(self.conditioning in CONDITIONINGS, f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        need(self.kv_cache in KV_CACHES, f"kv_cache must be one of {KV_CACHES}, got {self.kv_cache!r}")
         int_in("hidden_size", self.hidden_size, 1, 16384)
         int_in("num_layers", self.num_layers, 1, 256)
         int_in("num_heads", self.num_heads, 1, 256)

@@ -22,7 +22,7 @@ from .chroma import batch_chroma, null_chroma
 from .codec import AudioCodec
 from .delay import DelayPattern
 from .errors import InvalidInputError
-from .kv_cache import ConcatKVCache
+from .kv_cache import ConcatKVCache, StaticKVCache
 from .manifest import Manifest, load_manifest, verify_files
 from .options import GenerationOptions
 from .sampling import Sampler, classifier_free_guidance
@@ -72,6 +72,8 @@ class MusicGen:
         self._past_names = [n for n in dec.inputs if n.startswith("past.")]
         self._present_names = [n for n in dec.outputs if n.startswith("present.")]
         self._cross_names = [n for n in m.graphs["text_encoder"].outputs if n.startswith("cross.")]
+        past_type = next(i.type for i in self.decoder.get_inputs() if i.name == self._past_names[0])
+        self._cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
         self.options = m.defaults
 
     # ------------------------------------------------------------------ loading
@@ -244,18 +246,16 @@ class MusicGen:
         first_feeds, step_feeds = self._condition(list(descriptions), chroma, use_cfg)
         batch = len(descriptions)
         rows = 2 * batch if use_cfg else batch
-        cache = ConcatKVCache(self._past_names, self._present_names, rows, m.num_heads, m.head_dim)
+        cache = self._new_cache(rows, first_feeds, steps)
         sampler = Sampler(options.greedy, options.temperature, options.top_k, options.top_p, options.seed)
         report = _StderrProgress() if progress is True else (progress or None)
-        outputs = ["logits", *self._present_names]
 
         seq = np.full((batch, m.num_codebooks, steps), m.special_token_id, dtype=np.int64)
         column = seq[:, :, :1]
         cond = first_feeds
         for s in range(1, steps):
             ids = np.concatenate([column, column]) if use_cfg else column
-            logits, *presents = self.decoder.run(outputs, {"input_ids": ids, **cond, **cache.feeds()})
-            cache.update(presents)
+            logits = cache.run(self.decoder, {"input_ids": ids, **cond})
             cond = step_feeds
             if use_cfg:
                 logits = classifier_free_guidance(logits, options.guidance_scale)
@@ -265,6 +265,15 @@ class MusicGen:
             if report:
                 report(s, steps - 1)
         return self.pattern.undelay(seq, frames)
+
+    def _new_cache(self, rows: int, first_feeds: dict, steps: int):
+        m = self.manifest
+        if m.kv_cache == "concat":
+            return ConcatKVCache(self._past_names, self._present_names, rows, m.num_heads, m.head_dim,
+                                 self._cache_dtype)
+        prefix = first_feeds["prefix_embeds"].shape[1] if "prefix_embeds" in first_feeds else 0
+        return StaticKVCache(self._past_names, self._present_names, rows, m.num_heads, m.head_dim,
+                             max_length=prefix + steps, dtype=self._cache_dtype)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """EnCodec codes ``[B, K, T]`` -> float32 audio ``[B, channels, T * hop]``."""

@@ -34,16 +34,17 @@ def checkpoint_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(checkpoint_dir, tmp_path_factory):
-    """``exported(arch)`` -> an exported (and validated) model folder, built on first use."""
+    """``exported(arch, kv_cache)`` -> an exported (and validated) model folder, built on first use."""
     from musicgen_onnx.export.exporter import export
 
     root = tmp_path_factory.mktemp("onnx")
     done = {}
 
-    def get(arch: str) -> Path:
-        if arch not in done:
-            done[arch] = export(str(checkpoint_dir(arch)), root / arch)
-        return done[arch]
+    def get(arch: str, kv_cache: str = "static") -> Path:
+        key = (arch, kv_cache)
+        if key not in done:
+            done[key] = export(str(checkpoint_dir(arch)), root / f"{arch}-{kv_cache}", kv_cache=kv_cache)
+        return done[key]
 
     return get
 

@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from musicgen_onnx.export.exporter import export
+from musicgen_onnx.runtime import MusicGen
 from musicgen_onnx.runtime.errors import ExportError, ModelFolderError
 from musicgen_onnx.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, load_manifest, verify_files
 
@@ -30,7 +31,10 @@ def test_each_family_exports_and_validates(arch, exported):
     dec = onnx.load(str(folder / "decoder.onnx"), load_external_data=False)
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in dec.graph.input}
     assert dims["input_ids"] == ["batch_x_cfg", m.num_codebooks, "new_length"]
-    assert dims["past.0.key"] == ["batch_x_cfg", m.num_heads, "past_length", m.head_dim]
+    assert m.kv_cache == "static"
+    assert dims["past.0.key"] == ["batch_x_cfg", m.num_heads, "max_length", m.head_dim]
+    assert dims["past_length"] == []  # the explicit position offset / filled part of the buffers
+    assert any(n.op_type == "GroupQueryAttention" for n in dec.graph.node)
     if m.is_melody:
         assert dims["prefix_embeds"] == ["batch_x_cfg", "prefix_length", m.hidden_size]
     else:
@@ -38,6 +42,14 @@ def test_each_family_exports_and_validates(arch, exported):
         assert "cross.0.key" in dims  # cross K/V are inputs: computed once by the text encoder
         te = onnx.load(str(folder / "text_encoder.onnx"))
         assert [o.name for o in te.graph.output][:2] == ["cross.0.key", "cross.0.value"]
+
+
+def test_concat_cache_graph_is_plain_onnx(exported):
+    folder = exported("tiny-text", "concat")
+    dec = onnx.load(str(folder / "decoder.onnx"))
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in dec.graph.input}
+    assert dims["past.0.key"][2] == "past_length" and "past_length" not in dims
+    assert {op.domain for op in dec.opset_import} <= {"", "ai.onnx"}
 
 
 def test_manifest_round_trip_and_version_check(exported, tmp_path):
@@ -196,9 +208,14 @@ def test_fp16_export_validates_and_is_recorded(checkpoint_dir, tmp_path):
     m = load_manifest(out)
     assert m.graphs["decoder"].precision == "fp16" and m.graphs["text_encoder"].precision == "fp16"
     assert m.graphs["audio_decoder"].precision == "fp32"  # the codec stays fp32
+    # the KV cache lives in fp16 (half the memory, and in-place updates need no cast); logits stay fp32
     dec = onnx.load(str(out / "decoder.onnx"))
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in dec.graph.initializer)
-    assert {i.type.tensor_type.elem_type for i in dec.graph.input if i.name.startswith("past")} == {onnx.TensorProto.FLOAT}
+    assert [o.type.tensor_type.elem_type for o in dec.graph.output if o.name == "logits"] == [onnx.TensorProto.FLOAT]
+    ours = MusicGen.from_pretrained(out, providers="cpu")
+    audio = ours.generate(["a fp16 test"], duration=0.3, greedy=True)
+    assert audio.shape == (1, 1, 15 * 640) and np.isfinite(audio).all()
+    assert {i.type.tensor_type.elem_type for i in dec.graph.input if i.name.startswith("past.")} == {onnx.TensorProto.FLOAT16}
 
 
 def test_hub_id_resolves_through_the_local_cache(checkpoint_dir, tmp_path, monkeypatch):

@@ -40,23 +40,26 @@ def _assert_distinct(codes):
             assert not np.array_equal(flat[i], flat[j]), f"reference rows {i} and {j} are identical"
 
 
+@pytest.mark.parametrize("kv_cache", ["static", "concat"])
 @pytest.mark.parametrize("arch", FAMILIES)
 @pytest.mark.parametrize("prompts", [PROMPTS_3[:1], PROMPTS_3], ids=["batch1", "batch3"])
-def test_greedy_text_only_prompts(arch, prompts, exported, reference_model):
+def test_greedy_text_only_prompts(arch, prompts, kv_cache, exported, reference_model):
     model, tok = reference_model(arch)
     ref_codes, ref_audio = reference.generate(model, tok, prompts, FRAMES)
     if len(prompts) > 1:
         _assert_distinct(ref_codes)
-    ours = MusicGen.from_pretrained(exported(arch), providers="cpu")
+    ours = MusicGen.from_pretrained(exported(arch, kv_cache), providers="cpu")
+    assert ours.manifest.kv_cache == kv_cache
     audio, codes = ours.generate(prompts, duration=DURATION, greedy=True, guidance_scale=3.0, return_codes=True)
     np.testing.assert_array_equal(codes, ref_codes)
     assert audio.shape == ref_audio.shape
     assert np.max(np.abs(audio - ref_audio)) < AUDIO_TOL
 
 
+@pytest.mark.parametrize("kv_cache", ["static", "concat"])
 @pytest.mark.parametrize("arch", ["tiny-melody", "tiny-melody-stereo"])
 @pytest.mark.parametrize("case", ["one-per-prompt", "shared", "single"])
-def test_greedy_with_melody(arch, case, exported, reference_model):
+def test_greedy_with_melody(arch, case, kv_cache, exported, reference_model):
     model, tok = reference_model(arch)
     if case == "one-per-prompt":
         prompts, melodies = PROMPTS_3, _melodies([3.0, 5.5, 1.2])
@@ -68,7 +71,7 @@ def test_greedy_with_melody(arch, case, exported, reference_model):
     ref_codes, ref_audio = reference.generate(model, tok, prompts, FRAMES, input_features=features)
     if len(prompts) > 1:
         _assert_distinct(ref_codes)
-    ours = MusicGen.from_pretrained(exported(arch), providers="cpu")
+    ours = MusicGen.from_pretrained(exported(arch, kv_cache), providers="cpu")
     melody_arg = melodies[0] if case == "shared" else melodies
     audio, codes = ours.generate(prompts, melody=melody_arg, melody_sample_rate=32000, duration=DURATION,
                                  greedy=True, return_codes=True)
