@@ -1,4 +1,4 @@
-"""The ``musicgen-onnx`` command: export, generate, info.
+"""The ``musicgen-onnx`` command: export, generate, info, verify, bench.
 
 User errors (:class:`MusicGenError`) print one line and exit with code 2; ``generate`` and ``info``
 never import torch.
@@ -124,6 +124,60 @@ def _targets(prompts, output, out_dir) -> list[Path]:
         slug = "".join(c if c.isalnum() else "_" for c in prompt.lower())[:40].strip("_") or "prompt"
         names.append(folder / f"{i:02d}_{slug}.wav")
     return names
+
+
+@main.command(cls=_Command)
+@click.argument("folder", type=click.Path())
+@click.argument("checkpoint")
+@click.option("--frames", default=50, show_default=True, type=click.IntRange(4, 1500), help="Greedy frames to compare.")
+def verify(folder, checkpoint, frames):
+    """Check an exported FOLDER (any precision) against its source CHECKPOINT; exit 1 on a missed bound."""
+    try:
+        from .export.verify import verify as run_verify
+    except ImportError as exc:
+        raise MusicGenError(f"verify needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
+    precision, checks = run_verify(folder, checkpoint, frames)
+    click.echo(f"{folder} ({precision}) vs {checkpoint}, {frames} greedy frames, CFG 3")
+    click.echo(f"{'check':40}{'value':>12}{'bound':>12}  result")
+    for c in checks:
+        sign = ">=" if c.higher_is_better else "<="
+        click.echo(f"{c.name:40}{c.value:>12.4g}{sign:>4}{c.bound:>8.3g}  {'ok' if c.ok else 'FAIL'}")
+    if not all(c.ok for c in checks):
+        raise SystemExit(1)
+
+
+@main.command(cls=_Command)
+@click.argument("folder", type=click.Path())
+@click.option("--seconds", default=5.0, show_default=True, type=float, help="Audio to generate per run.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--provider", default="auto", show_default=True)
+@click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads (default: all cores).")
+def bench(folder, seconds, batch, provider, threads):
+    """Time generation with FOLDER on this machine: load time, steps/s, real-time factor, peak RSS."""
+    from .runtime.musicgen import MusicGen
+
+    t0 = time.perf_counter()
+    model = MusicGen.from_pretrained(folder, providers=provider, verify_hashes=False, threads=threads)
+    load = time.perf_counter() - t0
+    model.generate(["warm-up"], duration=min(seconds, 0.5))
+    t0 = time.perf_counter()
+    audio = model.generate([f"benchmark prompt {i}" for i in range(batch)], duration=seconds, seed=0)
+    total = time.perf_counter() - t0
+    steps = int(seconds * model.frame_rate) + model.manifest.max_delay
+    audio_s = audio.shape[-1] / model.sample_rate
+    click.echo(f"model          {folder} ({model.manifest.graphs['decoder'].precision}, {model.manifest.kv_cache} "
+               f"KV cache) on {model.providers[0]}")
+    click.echo(f"load           {load:.2f} s")
+    click.echo(f"generate       {batch} x {audio_s:.2f} s of audio in {total:.2f} s: {steps / total:.1f} steps/s, "
+               f"real-time factor {batch * audio_s / total:.3f}")
+    click.echo(f"peak RSS       {_peak_rss_mb():.0f} MB")
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
 @main.command(cls=_Command)

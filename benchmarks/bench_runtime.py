@@ -1,12 +1,14 @@
 """This runtime vs transformers ``generate`` on the same random-weight checkpoint, in the same run.
 
-    python -m benchmarks.bench_runtime --arch small --seconds 2 [--json out.json]
+    python -m benchmarks.bench_runtime --arch small --seconds 10 --variants fp32,int8,int4 [--json out.json]
 
 Builds (and caches under benchmarks/cache/) the full-size checkpoint and its ONNX export, then runs
 each side in its own subprocess (so peak RSS is that side's alone): load the model, greedy decode
 ``frames + 3`` steps with CFG 3 on the same prompt, decode audio. Reports steps/s, real-time factor
 (audio seconds per wall second), time to first audio (= total: neither side streams yet), load time,
-peak RSS, and ratios to PyTorch. Absolute times on a shared 2-core machine are noisy; ratios count.
+peak RSS, and ratios to PyTorch. Each variant (precision, KV cache) is also scored under teacher forcing
+on transformers' own greedy stream: max |logit diff|, mean KL and top-1 agreement against transformers
+fp32. Absolute times on a shared 2-core machine are noisy; ratios count.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ def ensure_checkpoint(arch: str) -> Path:
     return folder
 
 
-def ensure_export(arch: str, precision: str = "fp32") -> Path:
-    out = CACHE / f"{arch}-onnx-{precision}"
+def ensure_export(arch: str, variant: str = "fp32") -> Path:
+    """``variant`` is a precision, optionally with ``-concat`` for the portable KV cache graph."""
+    precision, _, kv = variant.partition("-")
+    out = CACHE / f"{arch}-onnx-{variant}"
     if not (out / "musicgen_onnx.json").exists():
         from musicgen_onnx.export.exporter import export
 
-        export(str(ensure_checkpoint(arch)), out, precision=precision, force=True,
+        export(str(ensure_checkpoint(arch)), out, precision=precision, kv_cache=kv or "static", force=True,
                progress=lambda m: print(m, file=sys.stderr))
     return out
 
@@ -52,12 +56,12 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def run_torch(checkpoint: str, frames: int, threads: int) -> dict:
+def run_torch(checkpoint: str, frames: int, threads: int, scores_path: str) -> dict:
+    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
-    sys.path.insert(0, str(ROOT / "tests"))
-    import reference
+    from musicgen_onnx.export import reference
 
     t0 = time.perf_counter()
     model, tok = reference.load(checkpoint)
@@ -65,11 +69,17 @@ def run_torch(checkpoint: str, frames: int, threads: int) -> dict:
     t0 = time.perf_counter()
     codes, audio = reference.generate(model, tok, [PROMPT], frames)
     total = time.perf_counter() - t0
-    return {"load_s": load, "generate_s": total, "audio_s": audio.shape[-1] / 32000, "peak_rss_mb": peak_rss_mb(),
+    rss = peak_rss_mb()
+    _, _, scores = reference.generate(model, tok, [PROMPT], frames, return_scores=True)  # untimed
+    np.savez(scores_path, codes=codes, scores=scores)
+    return {"load_s": load, "generate_s": total, "audio_s": audio.shape[-1] / 32000, "peak_rss_mb": rss,
             "codes": codes.tolist()}
 
 
-def run_onnx(folder: str, frames: int, threads: int) -> dict:
+def run_onnx(folder: str, frames: int, threads: int, scores_path: str) -> dict:
+    import numpy as np
+
+    from musicgen_onnx.export.verify import logit_agreement
     from musicgen_onnx.runtime import MusicGen
 
     t0 = time.perf_counter()
@@ -78,13 +88,17 @@ def run_onnx(folder: str, frames: int, threads: int) -> dict:
     t0 = time.perf_counter()
     audio, codes = model.generate([PROMPT], duration=frames / model.frame_rate, greedy=True, return_codes=True)
     total = time.perf_counter() - t0
+    rss = peak_rss_mb()
+    ref = np.load(scores_path)
+    quality = logit_agreement(ref["scores"], model.teacher_forced_logits([PROMPT], ref["codes"]))
+    weights_mb = sum(p.stat().st_size for p in Path(folder).glob("*.onnx*")) / 1e6
     return {"load_s": load, "generate_s": total, "audio_s": audio.shape[-1] / model.sample_rate,
-            "peak_rss_mb": peak_rss_mb(), "codes": codes.tolist()}
+            "peak_rss_mb": rss, "codes": codes.tolist(), "quality": quality, "weights_mb": weights_mb}
 
 
-def _subprocess(side: str, target: str, frames: int, threads: int) -> dict:
+def _subprocess(side: str, target: str, frames: int, threads: int, scores_path: str) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_runtime import run_{side}; "
-            f"print('RESULT' + json.dumps(run_{side}({target!r}, {frames}, {threads})))")
+            f"print('RESULT' + json.dumps(run_{side}({target!r}, {frames}, {threads}, {scores_path!r})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
     if r.returncode or not line:
@@ -93,38 +107,46 @@ def _subprocess(side: str, target: str, frames: int, threads: int) -> dict:
 
 
 def main(argv=None) -> None:
+    import tempfile
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="small")
-    parser.add_argument("--seconds", type=float, default=2.0, help="audio to generate (frames = 50 x seconds)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio to generate (frames = 50 x seconds)")
+    parser.add_argument("--variants", default="fp32,int8,int4", help="comma list: fp32, int8, int4, fp32-concat ...")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     frames = int(args.seconds * 50)
-    ckpt = ensure_checkpoint(args.arch)
-    folder = ensure_export(args.arch)
-    results = {"torch": _subprocess("torch", str(ckpt), frames, args.threads),
-               "onnx": _subprocess("onnx", str(folder), frames, args.threads)}
     steps = frames + 3
+    ckpt = ensure_checkpoint(args.arch)
+    variants = args.variants.split(",")
+    folders = {v: ensure_export(args.arch, v) for v in variants}
+    scores = str(Path(tempfile.mkdtemp()) / "reference.npz")
+    results = {"transformers": _subprocess("torch", str(ckpt), frames, args.threads, scores)}
+    for v in variants:
+        results[v] = _subprocess("onnx", str(folders[v]), frames, args.threads, scores)
+    ref_codes = results["transformers"].pop("codes")
     for r in results.values():
         r["steps_per_s"] = steps / r["generate_s"]
         r["rtf"] = r["audio_s"] / r["generate_s"]
         r["time_to_first_audio_s"] = r["generate_s"]
-    same = results["torch"].pop("codes") == results["onnx"].pop("codes")
-    t, o = results["torch"], results["onnx"]
-    print(f"\n{args.arch} architecture, random weights, greedy, CFG 3, {frames} frames ({steps} steps), "
-          f"{args.threads} threads, CPU; tokens identical: {same}")
-    print(f"{'':22}{'transformers':>14}{'musicgen-onnx':>15}{'ratio':>9}")
-    rows = [("steps/s", "steps_per_s", "{:.2f}", True), ("real-time factor", "rtf", "{:.3f}", True),
-            ("time to first audio s", "time_to_first_audio_s", "{:.1f}", False), ("load s", "load_s", "{:.1f}", False),
-            ("peak RSS MB", "peak_rss_mb", "{:.0f}", False)]
-    for label, key, fmt, higher_better in rows:
-        ratio = o[key] / t[key] if higher_better else t[key] / o[key]
-        print(f"{label:22}{fmt.format(t[key]):>14}{fmt.format(o[key]):>15}{ratio:>8.2f}x")
-    out = {"arch": args.arch, "frames": frames, "steps": steps, "threads": args.threads, "tokens_identical": same,
-           **results}
+        if "codes" in r:
+            r["greedy_tokens_identical"] = r.pop("codes") == ref_codes
+    t = results["transformers"]
+    print(f"\n{args.arch} architecture (random weights), {frames} frames = {args.seconds:g} s of audio, {steps} steps, "
+          f"greedy, CFG 3, batch 1, {args.threads} threads, CPU")
+    print(f"{'':16}{'steps/s':>9}{'x torch':>9}{'RTF':>7}{'TTFA s':>8}{'load s':>8}{'RSS MB':>8}"
+          f"{'weights MB':>11}{'same tokens':>12}{'top-1':>7}{'KL':>9}{'max|dl|':>9}")
+    for name, r in results.items():
+        q = r.get("quality", {})
+        print(f"{name:16}{r['steps_per_s']:>9.2f}{r['steps_per_s'] / t['steps_per_s']:>9.2f}{r['rtf']:>7.3f}"
+              f"{r['time_to_first_audio_s']:>8.1f}{r['load_s']:>8.1f}{r['peak_rss_mb']:>8.0f}"
+              f"{r.get('weights_mb', float('nan')):>11.0f}{str(r.get('greedy_tokens_identical', '-')):>12}"
+              f"{q.get('top1', float('nan')):>7.3f}{q.get('kl', float('nan')):>9.2e}{q.get('max_abs', float('nan')):>9.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2))
+        args.json.write_text(json.dumps({"arch": args.arch, "frames": frames, "steps": steps,
+                                         "threads": args.threads, **results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,11 @@ from .wrappers import KV_CACHES, AudioDecoder, AudioEncoder, Decoder, TextEncode
 
 log = logging.getLogger(__name__)
 
-EXPORT_PRECISIONS = ("fp32", "fp16")  # int8/int4 are the speed issue's; the manifest already knows them
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8", "int4")
+# int8/int4: weight-only MatMulNBits for the decoder's matmuls, block 32, symmetric, int8 compute on
+# CPU (accuracy level 4). The embeddings (Gather), the LM heads, the text encoder and the codec stay fp32.
+QUANT_BITS = {"int8": 8, "int4": 4}
+QUANT_BLOCK = 32
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom
 
 
@@ -201,6 +205,22 @@ def _to_fp16(path: Path) -> None:
     _save(fp16, path)
 
 
+def _quantize(path: Path, precision: str) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # it logs every node at INFO
+    model = onnx.load(str(path), load_external_data=True)
+    heads = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith("/heads.")]
+    quantizer = MatMulNBitsQuantizer(model, bits=QUANT_BITS[precision], block_size=QUANT_BLOCK, is_symmetric=True,
+                                     accuracy_level=4, nodes_to_exclude=heads)
+    quantizer.process()
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()
+    _save(quantizer.model.model, path)
+
+
 def _position_nodes(model) -> set[str]:
     """Nodes computing the sinusoidal positions (int -> Cast -> ... -> Sin/Cos): kept fp32, because fp16
     cannot even represent position 2049 exactly, let alone its angle."""
@@ -312,8 +332,10 @@ def export(
             _export_graph(spec, path, opset)
             if precision == "fp16" and spec.name in ("text_encoder", "decoder"):
                 _to_fp16(path)
-            elif precision == "fp16":
-                graph_precision = "fp32"  # the codec stays fp32 (design.md: not measured harmless yet)
+            elif precision in QUANT_BITS and spec.name == "decoder":
+                _quantize(path, precision)
+            elif precision != "fp32":
+                graph_precision = "fp32"  # the codec (and, quantised, the text encoder) stay fp32
             if validate_graphs:
                 step(f"validating {spec.name} against its torch module")
                 _validate_graph(spec, path, graph_precision)

@@ -16,6 +16,10 @@ from ..runtime.errors import ExportError
 TOLERANCES = {
     "fp32": {"text_encoder": 1e-4, "decoder": 2e-3, "audio_decoder": 1e-4, "audio_encoder": 0.0},
     "fp16": {"text_encoder": 5e-2, "decoder": 2.5e-1, "audio_decoder": 5e-3, "audio_encoder": 0.05},
+    # weight-only quantised decoders, on random validation inputs (logits O(5)): a sanity bound that
+    # catches a broken graph; the quality that matters is measured under teacher forcing (benchmarks).
+    "int8": {"decoder": 0.5},
+    "int4": {"decoder": 2.0},
 }
 # Codes come from an argmin; a few near-ties may flip between runtimes. Fraction of codes allowed to differ.
 CODE_MISMATCH = {"fp32": 0.01, "fp16": 0.1}

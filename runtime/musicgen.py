@@ -238,16 +238,38 @@ class MusicGen:
     def generate_codes(self, descriptions: Sequence[str | None], chroma: np.ndarray | None,
                        options: GenerationOptions, progress: bool | ProgressFn = False) -> np.ndarray:
         """The autoregressive loop over the delay pattern (spec 4.1/10) -> codes ``[B, K, T]``."""
+        sampler = Sampler(options.greedy, options.temperature, options.top_k, options.top_p, options.seed)
+        frames = options.frames(self.manifest.frame_rate)
+        seq = self._loop(descriptions, chroma, frames, options.guidance_scale, lambda s, logits: sampler(logits),
+                         progress)
+        return self.pattern.undelay(seq, frames)
+
+    def teacher_forced_logits(self, descriptions: Sequence[str | None], codes: np.ndarray,
+                              chroma: np.ndarray | None = None, guidance_scale: float = 3.0) -> np.ndarray:
+        """Feed ``codes [B, K, T]`` through the loop instead of sampling; return the CFG-combined logits
+        the model gave at each step, ``[B, T + max_delay, K, V]``. This is how precision tiers are
+        compared on one token stream (``verify``, benchmarks)."""
+        forced = self.pattern.delay(np.asarray(codes, dtype=np.int64))
+        seen = []
+
+        def choose(s, logits):
+            seen.append(logits)
+            return forced[:, :, s]
+
+        self._loop(descriptions, chroma, codes.shape[2], guidance_scale, choose)
+        return np.stack(seen, axis=1)
+
+    def _loop(self, descriptions, chroma, frames: int, guidance_scale: float,
+              choose: Callable[[int, np.ndarray], np.ndarray], progress: bool | ProgressFn = False) -> np.ndarray:
+        """Condition once, then one decoder call per step; ``choose(step, logits)`` picks the tokens.
+        Returns the delayed sequence ``[B, K, frames + max_delay + 1]``."""
         m = self.manifest
-        frames = options.frames(m.frame_rate)
         steps = self.pattern.num_steps(frames)
         valid = self.pattern.valid(frames)
-        use_cfg = options.guidance_scale != 1.0  # at 1 the null rows cannot change the result
+        use_cfg = guidance_scale != 1.0  # at 1 the null rows cannot change the result
         first_feeds, step_feeds = self._condition(list(descriptions), chroma, use_cfg)
         batch = len(descriptions)
-        rows = 2 * batch if use_cfg else batch
-        cache = self._new_cache(rows, first_feeds, steps)
-        sampler = Sampler(options.greedy, options.temperature, options.top_k, options.top_p, options.seed)
+        cache = self._new_cache(2 * batch if use_cfg else batch, first_feeds, steps)
         report = _StderrProgress() if progress is True else (progress or None)
 
         seq = np.full((batch, m.num_codebooks, steps), m.special_token_id, dtype=np.int64)
@@ -258,13 +280,13 @@ class MusicGen:
             logits = cache.run(self.decoder, {"input_ids": ids, **cond})
             cond = step_feeds
             if use_cfg:
-                logits = classifier_free_guidance(logits, options.guidance_scale)
-            tokens = np.where(valid[None, :, s], sampler(logits), m.special_token_id)
+                logits = classifier_free_guidance(logits, guidance_scale)
+            tokens = np.where(valid[None, :, s], choose(s, logits), m.special_token_id)
             seq[:, :, s] = tokens
             column = tokens[:, :, None]
             if report:
                 report(s, steps - 1)
-        return self.pattern.undelay(seq, frames)
+        return seq
 
     def _new_cache(self, rows: int, first_feeds: dict, steps: int):
         m = self.manifest

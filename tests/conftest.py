@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "tests"):  # `benchmarks` (checkpoint builder) and `reference` (transformers driver)
+for p in (ROOT, ROOT / "tests"):  # `benchmarks` (checkpoint builder) and the tests' shared helpers
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
@@ -52,7 +52,7 @@ def exported(checkpoint_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference_model(checkpoint_dir):
     """``reference_model(arch)`` -> (transformers model, tokenizer), cached."""
-    import reference
+    from musicgen_onnx.export import reference
 
     cache = {}
 

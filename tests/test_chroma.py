@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference
+from musicgen_onnx.export import reference
 
 from musicgen_onnx.runtime.audio import resample, to_mono
 from musicgen_onnx.runtime.chroma import batch_chroma, chroma_filter_bank, chroma_onehot

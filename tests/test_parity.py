@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import reference
+from musicgen_onnx.export import reference
 
 from musicgen_onnx.runtime import MusicGen
 

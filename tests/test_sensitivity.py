@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import reference
+from musicgen_onnx.export import reference
 from test_parity import FRAMES, _melodies
 
 

@@ -1,4 +1,4 @@
-"""The transformers reference, driven the way the parity tests need it (torch; test extra only)."""
+"""The transformers reference, driven the way parity checks need it (tests, ``verify``, benchmarks)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ def load(checkpoint):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, texts, frames, input_features=None, guidance_scale=3.0):
-    """Greedy ``generate`` for ``frames`` frames; returns ``(codes [B, K, T], audio [B, C, samples])``.
+def generate(model, tokenizer, texts, frames, input_features=None, guidance_scale=3.0, return_scores=False):
+    """Greedy ``generate`` for ``frames`` frames; returns ``(codes [B, K, T], audio [B, C, samples])``
+    and, with ``return_scores``, the CFG-combined logits of every step ``[B, T + max_delay, K, V]``.
 
     transformers returns only audio, so the codes are captured where it hands them to EnCodec.
     """
@@ -38,8 +39,9 @@ def generate(model, tokenizer, texts, frames, input_features=None, guidance_scal
     codec.decode = capture
     try:
         max_delay = model.decoder.num_codebooks // (2 if model.decoder.config.audio_channels == 2 else 1) - 1
-        audio = model.generate(**kwargs, do_sample=False, guidance_scale=guidance_scale,
-                               max_new_tokens=frames + max_delay)
+        out = model.generate(**kwargs, do_sample=False, guidance_scale=guidance_scale,
+                             max_new_tokens=frames + max_delay, return_dict_in_generate=True,
+                             output_scores=return_scores)
     finally:
         del codec.decode
     if model.decoder.config.audio_channels == 2:
@@ -48,7 +50,12 @@ def generate(model, tokenizer, texts, frames, input_features=None, guidance_scal
         codes[:, 0::2], codes[:, 1::2] = left, right
     else:
         codes = captured[0]
-    return codes.numpy(), audio.numpy()
+    audio = out.sequences.numpy()
+    if not return_scores:
+        return codes.numpy(), audio
+    batch, K = codes.shape[0], codes.shape[1]
+    scores = torch.stack(out.scores, dim=1).reshape(batch, K, len(out.scores), -1).transpose(1, 2)
+    return codes.numpy(), audio, scores.float().numpy()
 
 
 def chroma_features(wavs, sample_rate=32000, n_fft=16384, hop=4096):

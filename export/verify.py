@@ -1,0 +1,87 @@
+"""``musicgen-onnx verify FOLDER CHECKPOINT``: an exported folder of any precision against its source.
+
+Three checks on fixed prompts (and a fixed melody for melody checkpoints): greedy tokens over N
+frames, per-step logit agreement under teacher forcing on transformers' own greedy stream (max abs
+difference, mean KL divergence, top-1 agreement), and the codec's audio for the same codes. Each
+precision has bounds; a miss makes ``verify`` fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PROMPTS = ["80s pop track with bassy drums and synth", "a calm folk song with acoustic guitar"]
+
+# Bounds per precision of the decoder graph. fp32 must reproduce transformers; the others are
+# bounded by what they measured on the full-size random-weight small architecture (README table),
+# with margin.
+BOUNDS = {
+    "fp32": {"token_match": 1.0, "top1": 1.0, "max_abs": 1e-3, "kl": 1e-6, "audio_max_abs": 1e-4},
+    "fp16": {"token_match": 0.0, "top1": 0.97, "max_abs": float("inf"), "kl": 5e-3, "audio_max_abs": 1e-4},
+    "int8": {"token_match": 0.0, "top1": 0.95, "max_abs": float("inf"), "kl": 1e-2, "audio_max_abs": 1e-4},
+    "int4": {"token_match": 0.0, "top1": 0.80, "max_abs": float("inf"), "kl": 1e-1, "audio_max_abs": 1e-4},
+}
+
+
+def logit_agreement(reference: np.ndarray, test: np.ndarray) -> dict[str, float]:
+    """Max |difference|, mean KL(softmax(reference) || softmax(test)) and top-1 agreement over the
+    last axis of two logit arrays of the same shape."""
+    ref = reference.astype(np.float64)
+    tst = test.astype(np.float64)
+    log_p = ref - ref.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    log_q = tst - tst.max(-1, keepdims=True)
+    log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(-1)
+    return {"max_abs": float(np.abs(ref - tst).max()), "kl": float(kl.mean()),
+            "top1": float((ref.argmax(-1) == tst.argmax(-1)).mean())}
+
+
+@dataclass
+class Check:
+    name: str
+    value: float
+    bound: float
+    higher_is_better: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.value >= self.bound if self.higher_is_better else self.value <= self.bound
+
+
+def verify(folder, checkpoint, frames: int = 50, providers="cpu") -> tuple[str, list[Check]]:
+    """Run the three checks; returns the decoder's precision and the checks (each with its bound)."""
+    from ..runtime import MusicGen
+    from ..runtime.chroma import batch_chroma
+    from . import reference
+    from .checkpoint import resolve
+
+    ckpt = resolve(checkpoint)
+    model, tokenizer = reference.load(ckpt.folder)
+    ours = MusicGen.from_pretrained(folder, providers=providers)
+    precision = ours.manifest.graphs["decoder"].precision
+    bounds = BOUNDS[precision]
+    chroma = None
+    features = None
+    if ours.manifest.is_melody:
+        t = np.arange(32000 * 4) / 32000
+        melody = (0.5 * np.sin(2 * np.pi * np.where(t < 2, 261.63, 392.0) * t)).astype(np.float32)
+        features = reference.chroma_features([melody] * len(PROMPTS))
+        chroma = batch_chroma([melody] * len(PROMPTS), ours.manifest.chroma)
+    ref_codes, ref_audio, ref_scores = reference.generate(model, tokenizer, PROMPTS, frames, input_features=features,
+                                                          return_scores=True)
+    options = ours.options.updated(duration=frames / ours.frame_rate, greedy=True, guidance_scale=3.0)
+    codes = ours.generate_codes(PROMPTS, chroma, options)
+    logits = ours.teacher_forced_logits(PROMPTS, ref_codes, chroma, guidance_scale=3.0)
+    agreement = logit_agreement(ref_scores, logits)
+    audio = ours.decode(ref_codes)
+    checks = [
+        Check("greedy tokens identical (fraction)", float((codes == ref_codes).mean()), bounds["token_match"], True),
+        Check("teacher-forced top-1 agreement", agreement["top1"], bounds["top1"], True),
+        Check("teacher-forced mean KL", agreement["kl"], bounds["kl"], False),
+        Check("teacher-forced max |logit diff|", agreement["max_abs"], bounds["max_abs"], False),
+        Check("codec audio max |diff|", float(np.abs(audio - ref_audio).max()), bounds["audio_max_abs"], False),
+    ]
+    return precision, checks
