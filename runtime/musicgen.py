@@ -294,8 +294,9 @@ class MusicGen:
             return ConcatKVCache(self._past_names, self._present_names, rows, m.num_heads, m.head_dim,
                                  self._cache_dtype)
         prefix = first_feeds["prefix_embeds"].shape[1] if "prefix_embeds" in first_feeds else 0
+        device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"  # the buffers live there
         return StaticKVCache(self._past_names, self._present_names, rows, m.num_heads, m.head_dim,
-                             max_length=prefix + steps, dtype=self._cache_dtype)
+                             max_length=prefix + steps, device=device, dtype=self._cache_dtype)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """EnCodec codes ``[B, K, T]`` -> float32 audio ``[B, channels, T * hop]``."""
