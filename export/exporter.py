@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # int8/int4: weight-only MatMulNBits for the decoder's matmuls, block 32, symmetric, int8 compute on
-# CPU (accuracy level 4). The embeddings (Gather), the LM heads, the text encoder and the codec stay fp32.
+# CPU (accuracy level 4). The LM heads get 8 bits in both tiers: measured harmless on the full-size
+# small architecture (int4 tier: top-1 and KL vs fp32 unchanged) and 8% faster than fp32 heads. The
+# embeddings (Gather), the text encoder and the codec stay fp32.
 QUANT_BITS = {"int8": 8, "int4": 4}
 QUANT_BLOCK = 32
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom
@@ -212,13 +214,15 @@ def _quantize(path: Path, precision: str) -> None:
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # it logs every node at INFO
     model = onnx.load(str(path), load_external_data=True)
     heads = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith("/heads.")]
-    quantizer = MatMulNBitsQuantizer(model, bits=QUANT_BITS[precision], block_size=QUANT_BLOCK, is_symmetric=True,
-                                     accuracy_level=4, nodes_to_exclude=heads)
-    quantizer.process()
+    for bits, scope in ((QUANT_BITS[precision], {"nodes_to_exclude": heads}), (8, {"nodes_to_include": heads})):
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=QUANT_BLOCK, is_symmetric=True,
+                                         accuracy_level=4, **scope)
+        quantizer.process()
+        model = quantizer.model.model
     data = path.with_name(path.name + ".data")
     if data.exists():
         data.unlink()
-    _save(quantizer.model.model, path)
+    _save(model, path)
 
 
 def _position_nodes(model) -> set[str]:
