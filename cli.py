@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .runtime.errors import MusicGenError
 
@@ -75,11 +76,17 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
 @click.option("-o", "--output", type=click.Path(), default=None, help="Output file (one prompt); format from suffix.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Folder for one file per prompt.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--extend-stride", type=float, default=None,
+              help="Past 30 s: seconds each new window advances (audiocraft's extend_stride, default 18).")
+@click.option("--continue", "continue_from", type=click.Path(), default=None,
+              help="Audio file to continue; the output includes it and --duration is the total length.")
+@click.option("--stream", is_flag=True, help="Write audio while generating (1 s chunks); normalised at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperature, guidance, greedy,
-             normalize, output, out_dir, provider, quiet):
+             normalize, output, out_dir, provider, extend_stride, continue_from, stream, quiet):
     """Generate music for each PROMPT and write audio files."""
-    from .runtime.audio import WRITE_FORMATS, normalize as normalize_audio, write_audio
+    from .runtime.audio import StreamingWriter, normalize as normalize_audio, write_audio
+    from .runtime.audio import _check_target
     from .runtime.errors import InvalidInputError
     from .runtime.musicgen import MusicGen
 
@@ -87,13 +94,11 @@ def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperatu
         raise InvalidInputError("give either --output or --out-dir, not both")
     if output and len(prompts) > 1:
         raise InvalidInputError(f"--output names one file but {len(prompts)} prompts were given; use --out-dir")
+    if continue_from and melody:
+        raise InvalidInputError("--continue and --melody cannot be combined (audiocraft continues with the null melody)")
     targets = _targets(prompts, output, out_dir)
     for target in targets:  # refuse before spending minutes on generation
-        if target.suffix.lower() not in WRITE_FORMATS:
-            raise InvalidInputError(f"output file {str(target)!r}: unknown format {target.suffix!r}; "
-                                    f"use one of {', '.join(WRITE_FORMATS)}")
-        if not target.parent.is_dir():
-            raise InvalidInputError(f"output file {str(target)!r}: folder {str(target.parent)!r} does not exist")
+        _check_target(target)
     if model_dir is None:
         model_dir = BUNDLED_MODEL
         click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music",
@@ -101,16 +106,47 @@ def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperatu
     t0 = time.perf_counter()
     model = MusicGen.from_pretrained(model_dir, providers=provider)
     load_s = time.perf_counter() - t0
-    audio = model.generate(list(prompts), melody=list(melody) or None, duration=duration, seed=seed,
-                           top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance,
-                           greedy=greedy or None, progress=not quiet)
-    for wav, target in zip(audio, targets):
-        write_audio(target, normalize_audio(wav, model.sample_rate, normalize), model.sample_rate)
+    options = dict(duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
+                   guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride)
+    if continue_from:
+        prompt_codes = model.encode_prompt(continue_from)
+        options["prompt_codes"] = np.repeat(prompt_codes, len(prompts), axis=0)
+    t_gen = time.perf_counter()
+    if stream:
+        samples = _stream(model, list(prompts), list(melody) or None, options, targets, normalize, quiet, t_gen)
+    else:
+        audio = model.generate(list(prompts), melody=list(melody) or None, progress=not quiet, **options)
+        for wav, target in zip(audio, targets):
+            write_audio(target, normalize_audio(wav, model.sample_rate, normalize), model.sample_rate)
+        samples = audio.shape[-1]
+    for target in targets:
         click.echo(str(target))
     if not quiet:
-        seconds = audio.shape[-1] / model.sample_rate
         total = time.perf_counter() - t0
-        click.echo(f"{len(targets)} x {seconds:.2f} s of audio in {total:.2f} s (model load {load_s:.2f} s)", err=True)
+        click.echo(f"{len(targets)} x {samples / model.sample_rate:.2f} s of audio in {total:.2f} s "
+                   f"(model load {load_s:.2f} s)", err=True)
+
+
+def _stream(model, prompts, melody, options, targets, normalize, quiet, t_gen) -> int:
+    """Write each chunk as it comes; report the time to first audio. Returns samples per file."""
+    from .runtime.audio import StreamingWriter
+
+    writers = [StreamingWriter(t, model.sample_rate, model.audio_channels) for t in targets]
+    samples = 0
+    try:
+        for chunk in model.generate_stream(prompts, melody=melody, progress=not quiet, **options):
+            if samples == 0 and chunk.shape[2] and not quiet:
+                click.echo(f"\nfirst audio after {time.perf_counter() - t_gen:.2f} s", err=True)
+            for writer, wav in zip(writers, chunk):
+                writer.write(wav)
+            samples += chunk.shape[2]
+        for writer in writers:
+            writer.commit(normalize)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    return samples
 
 
 def _targets(prompts, output, out_dir) -> list[Path]:

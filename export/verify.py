@@ -65,17 +65,16 @@ def verify(folder, checkpoint, frames: int = 50, providers="cpu") -> tuple[str, 
     ours = MusicGen.from_pretrained(folder, providers=providers)
     precision = ours.manifest.graphs["decoder"].precision
     bounds = BOUNDS[precision]
-    chroma = None
-    features = None
+    chroma = features = melodies = None
     if ours.manifest.is_melody:
         t = np.arange(32000 * 4) / 32000
-        melody = (0.5 * np.sin(2 * np.pi * np.where(t < 2, 261.63, 392.0) * t)).astype(np.float32)
-        features = reference.chroma_features([melody] * len(PROMPTS))
-        chroma = batch_chroma([melody] * len(PROMPTS), ours.manifest.chroma)
+        melodies = [(0.5 * np.sin(2 * np.pi * np.where(t < 2, 261.63, 392.0) * t)).astype(np.float32)] * len(PROMPTS)
+        features = reference.chroma_features(melodies)
+        chroma = batch_chroma(melodies, ours.manifest.chroma)
     ref_codes, ref_audio, ref_scores = reference.generate(model, tokenizer, PROMPTS, frames, input_features=features,
                                                           return_scores=True)
-    options = ours.options.updated(duration=frames / ours.frame_rate, greedy=True, guidance_scale=3.0)
-    codes = ours.generate_codes(PROMPTS, chroma, options)
+    _, codes = ours.generate(PROMPTS, melody=melodies, melody_sample_rate=32000, duration=frames / ours.frame_rate,
+                             greedy=True, guidance_scale=3.0, return_codes=True)
     logits = ours.teacher_forced_logits(PROMPTS, ref_codes, chroma, guidance_scale=3.0)
     agreement = logit_agreement(ref_scores, logits)
     audio = ours.decode(ref_codes)

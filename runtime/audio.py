@@ -87,10 +87,8 @@ def normalize(wav: np.ndarray, sample_rate: int, strategy: str = "loudness", pea
     return np.clip(wav, -1.0, 1.0).astype(np.float32)
 
 
-def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> Path:
-    """Write ``[channels, samples]`` to ``path`` (format from the suffix), whole or not at all."""
-    import soundfile as sf
-
+def _check_target(path: str | os.PathLike) -> tuple[Path, str, Path]:
+    """``(path, soundfile format, folder)`` of a writable output, or a one-line error."""
     p = Path(path)
     fmt = WRITE_FORMATS.get(p.suffix.lower())
     if fmt is None:
@@ -101,11 +99,23 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> P
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise InvalidInputError(f"output file {str(p)!r}: folder {str(parent)!r} does not exist")
-    subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt]
+    return p, fmt, parent
+
+
+def _temporary(p: Path, parent: Path) -> tuple[int, str]:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=parent)
+        return tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=parent)
     except OSError as exc:
         raise InvalidInputError(f"output file {str(p)!r} cannot be written ({exc.strerror})") from None
+
+
+def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> Path:
+    """Write ``[channels, samples]`` to ``path`` (format from the suffix), whole or not at all."""
+    import soundfile as sf
+
+    p, fmt, parent = _check_target(path)
+    subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt]
+    fd, tmp = _temporary(p, parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             sf.write(handle, np.asarray(wav, dtype=np.float32).T, sample_rate, format=fmt, subtype=subtype)
@@ -119,6 +129,41 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> P
             raise InvalidInputError(f"output file {str(p)!r} could not be written ({exc.strerror or exc})") from None
         raise
     return p
+
+
+class StreamingWriter:
+    """Streams chunks into a hidden float WAV beside ``path`` (playable while it grows); ``commit``
+    normalises the whole and writes ``path`` atomically, ``abort`` leaves nothing behind."""
+
+    def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int):
+        import soundfile as sf
+
+        self.path, _, parent = _check_target(path)
+        self.sample_rate = sample_rate
+        fd, self.tmp = _temporary(self.path, parent)
+        os.close(fd)
+        self._file = sf.SoundFile(self.tmp, "w", sample_rate, channels, format="WAV", subtype="FLOAT")
+
+    def write(self, chunk: np.ndarray) -> None:
+        """``chunk [channels, samples]``."""
+        self._file.write(np.asarray(chunk, dtype=np.float32).T)
+        self._file.flush()
+
+    def commit(self, strategy: str = "loudness") -> Path:
+        import soundfile as sf
+
+        try:
+            self._file.close()
+            data, _ = sf.read(self.tmp, dtype="float32", always_2d=True)
+            write_audio(self.path, normalize(data.T, self.sample_rate, strategy), self.sample_rate)
+        finally:
+            Path(self.tmp).unlink(missing_ok=True)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        Path(self.tmp).unlink(missing_ok=True)
 
 
 def _umask() -> int:

@@ -33,3 +33,50 @@ class AudioCodec:
         if self.channels == 2:
             codes = codes.reshape(b, 2, codes.shape[1], codes.shape[2]).transpose(0, 2, 1, 3).reshape(b, -1, codes.shape[2])
         return codes
+
+
+class StreamDecoder:
+    """Decodes codes as they arrive, span by span, for streaming.
+
+    EnCodec's decoder is not causal: its convolutions look a few frames ahead and its LSTM carries
+    state from the very first frame. Each span is therefore decoded with ``left_context`` frames of
+    history (to warm the LSTM and the convolutions up) and held back until ``lookahead`` frames past
+    it are known. Only those frames are kept in memory, so memory does not grow with the output.
+    """
+
+    def __init__(self, codec: AudioCodec, left_context: int = 50, lookahead: int = 8):
+        self.codec = codec
+        self.left_context = left_context
+        self.lookahead = lookahead
+        self._codes: np.ndarray | None = None  # frames [self._first, available)
+        self._first = 0
+        self._emitted = 0
+
+    def push(self, codes: np.ndarray) -> None:
+        self._codes = codes if self._codes is None else np.concatenate([self._codes, codes], axis=2)
+
+    @property
+    def available(self) -> int:
+        return self._first + (0 if self._codes is None else self._codes.shape[2])
+
+    def ready(self) -> np.ndarray:
+        """Audio for every frame that has ``lookahead`` frames after it; possibly empty."""
+        return self._emit(self.available - self.lookahead)
+
+    def flush(self) -> np.ndarray:
+        """Audio for all remaining frames (the end of the stream)."""
+        return self._emit(self.available)
+
+    def _emit(self, stop: int) -> np.ndarray:
+        if self._codes is None or stop <= self._emitted:
+            b = 0 if self._codes is None else self._codes.shape[0]
+            return np.zeros((b, self.codec.channels, 0), dtype=np.float32)
+        begin = max(self._first, self._emitted - self.left_context)
+        audio = self.codec.decode(self._codes[:, :, begin - self._first:])
+        hop = audio.shape[2] // (self.available - begin)
+        out = audio[:, :, (self._emitted - begin) * hop:(stop - begin) * hop]
+        self._emitted = stop
+        keep_from = max(self._first, stop - self.left_context)  # drop what no later span needs
+        self._codes = self._codes[:, :, keep_from - self._first:]
+        self._first = keep_from
+        return out

@@ -32,11 +32,11 @@ class DelayPattern:
             seq[:, q, 1 + d: 1 + d + frames] = codes[:, q]
         return seq
 
-    def undelay(self, seq: np.ndarray, frames: int) -> np.ndarray:
-        """Delayed sequence -> ``codes [B, K, frames]``."""
+    def undelay(self, seq: np.ndarray, stop: int, start: int = 0) -> np.ndarray:
+        """Delayed sequence -> ``codes [B, K, stop - start]`` (frames ``start`` to ``stop``)."""
         b, k, _ = seq.shape
-        codes = np.empty((b, k, frames), dtype=np.int64)
+        codes = np.empty((b, k, stop - start), dtype=np.int64)
         for q in range(k):
             d = int(self.delays[q])
-            codes[:, q] = seq[:, q, 1 + d: 1 + d + frames]
+            codes[:, q] = seq[:, q, 1 + d + start: 1 + d + stop]
         return codes

@@ -1,9 +1,10 @@
 """``MusicGen``: a model folder in, music out, with numpy + onnxruntime only.
 
-Follow one call from top to bottom: ``generate`` validates the options, ``_melody_chroma`` turns
-melodies into one-hot chroma, ``_condition`` runs the text encoder once for the conditional and the
-CFG null rows, ``generate_codes`` runs the autoregressive loop over the delay pattern, and
-``AudioCodec.decode`` turns codes into audio.
+Follow one call from top to bottom: ``generate`` validates the options (``options.py``) and the
+melodies (``melody.py``); ``_frames`` plans the windows (one, or audiocraft's extend_stride windows
+past 30 s, ``longform.py``) and, per window, ``_condition`` runs the text encoder once for the
+conditional and the CFG null rows and ``_steps`` runs the autoregressive loop over the delay pattern;
+``AudioCodec.decode`` turns the codes into audio (``StreamDecoder`` does it chunk by chunk).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import numpy as np
 
 from . import audio as audio_io
 from .chroma import batch_chroma, null_chroma
-from .codec import AudioCodec
+from .codec import AudioCodec, StreamDecoder
 from .delay import DelayPattern
 from .errors import InvalidInputError
 from .kv_cache import ConcatKVCache, StaticKVCache
+from .longform import Window, plan_windows
+from .melody import prepare_melodies, window_chroma
 from .manifest import Manifest, load_manifest, verify_files
 from .options import GenerationOptions
 from .sampling import Sampler, classifier_free_guidance
@@ -115,7 +118,7 @@ class MusicGen:
             raise InvalidInputError("two_step_cfg=True is not supported (only batched CFG, audiocraft's default)")
         self.options = self._checked(GenerationOptions(
             duration=duration, top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=cfg_coef,
-            greedy=not use_sampling))
+            greedy=not use_sampling, extend_stride=extend_stride))
 
     def generate_with_chroma(self, descriptions, melody_wavs, melody_sample_rate, progress: bool = False,
                              return_tokens: bool = False):
@@ -127,27 +130,107 @@ class MusicGen:
             raise InvalidInputError(f"num_samples must be a positive integer, got {num_samples!r}")
         return self.generate([None] * num_samples, progress=progress, return_codes=return_tokens)
 
+    def generate_continuation(self, prompt, prompt_sample_rate: int | None = None, descriptions=None,
+                              progress: bool | ProgressFn = False, return_tokens: bool = False, **options):
+        """Continue ``prompt`` audio (a path, ``[C, T]`` or ``[B, C, T]`` array with its sample rate).
+        The output *includes* the prompt and ``duration`` is the total length (audiocraft semantics);
+        melody models continue with the null melody, as audiocraft does."""
+        codes = self.encode_prompt(prompt, prompt_sample_rate)
+        if descriptions is None:
+            descriptions = [None] * codes.shape[0]
+        descriptions = self._descriptions(descriptions)
+        if codes.shape[0] == 1 and len(descriptions) > 1:
+            codes = np.repeat(codes, len(descriptions), axis=0)
+        if codes.shape[0] != len(descriptions):
+            raise InvalidInputError(f"prompt: got {codes.shape[0]} prompts for {len(descriptions)} descriptions")
+        return self.generate(descriptions, prompt_codes=codes, progress=progress, return_codes=return_tokens,
+                             **options)
+
+    def encode_prompt(self, prompt, prompt_sample_rate: int | None = None) -> np.ndarray:
+        """Audio -> EnCodec codes ``[B, K, ceil(samples / hop)]`` through ``audio_encoder.onnx``."""
+        if self.codec.encoder is None:
+            raise InvalidInputError(f"{self.folder}: this export has no audio_encoder.onnx, needed for continuation")
+        if isinstance(prompt, (str, os.PathLike)):
+            wav, sr = audio_io.load_audio(prompt, "prompt")
+            wavs = wav[None]
+        else:
+            if prompt_sample_rate is None:
+                raise InvalidInputError("prompt: an array prompt needs prompt_sample_rate")
+            arr = np.asarray(prompt, dtype=np.float32)
+            arrs = list(arr) if arr.ndim == 3 else [arr]
+            wavs = np.stack([audio_io.check_samples(a, prompt_sample_rate, "prompt") for a in arrs])
+            sr = int(prompt_sample_rate)
+        channels = self.audio_channels
+        converted = []
+        for wav in wavs:
+            wav = wav.mean(axis=0, keepdims=True) if channels == 1 else (
+                np.repeat(wav, 2, axis=0) if wav.shape[0] == 1 else wav[:2])
+            converted.append(audio_io.resample(wav, sr, self.sample_rate))
+        return self.codec.encode(np.stack(converted))
+
     # ------------------------------------------------------------------ main entry
     def generate(self, descriptions, melody=None, melody_sample_rate: int | None = None, *,
                  duration: float | None = None, seed: int | None = None, top_k: int | None = None,
                  top_p: float | None = None, temperature: float | None = None,
                  guidance_scale: float | None = None, greedy: bool | None = None,
+                 extend_stride: float | None = None, prompt_codes: np.ndarray | None = None,
                  progress: bool | ProgressFn = False, return_codes: bool = False):
         """Text prompts (and optionally melodies) -> float32 audio ``[B, channels, samples]``.
 
         ``melody``: one melody for all prompts or one per prompt, each a file path or an array
         (``[samples]`` or ``[channels, samples]``, with ``melody_sample_rate``), or a ``[B, C, T]`` array.
+        Durations past the model's 30 s are generated in audiocraft's ``extend_stride`` windows.
+        ``prompt_codes [B, K, T]`` continues from known codes (see ``generate_continuation``).
         Unset options take the values of ``set_generation_params`` (audiocraft's defaults).
         With ``return_codes`` the EnCodec codes ``[B, K, T]`` are returned too.
         """
-        descriptions = self._descriptions(descriptions)
-        options = self._checked(self.options.updated(
+        descriptions, options, melodies = self._inputs(descriptions, melody, melody_sample_rate, dict(
             duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
-            guidance_scale=guidance_scale, greedy=greedy))
-        chroma = self._melody_chroma(melody, melody_sample_rate, len(descriptions))
-        codes = self.generate_codes(descriptions, chroma, options, progress)
+            guidance_scale=guidance_scale, greedy=greedy, extend_stride=extend_stride), prompt_codes)
+        codes = np.concatenate(list(self._frames(descriptions, melodies, options, prompt_codes, progress)), axis=2)
         audio = self.codec.decode(codes)
         return (audio, codes) if return_codes else audio
+
+    def generate_stream(self, descriptions, melody=None, melody_sample_rate: int | None = None, *,
+                        chunk_frames: int = 50, progress: bool | ProgressFn = False, **options):
+        """Like ``generate``, but yields audio chunks ``[B, channels, samples]`` while the loop runs,
+        every ``chunk_frames`` frames (50 = 1 s). Each span is decoded with codec context on both sides
+        (``StreamDecoder``); the concatenation equals the one-shot decode within the tolerance the
+        README states."""
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise InvalidInputError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
+        prompt_codes = options.pop("prompt_codes", None)
+        descriptions, opts, melodies = self._inputs(descriptions, melody, melody_sample_rate, options, prompt_codes)
+        decoder = StreamDecoder(self.codec)
+        pending = 0
+        for new in self._frames(descriptions, melodies, opts, prompt_codes, progress):
+            decoder.push(new)
+            pending += new.shape[2]
+            if pending >= chunk_frames:
+                pending = 0
+                chunk = decoder.ready()
+                if chunk.shape[2]:
+                    yield chunk
+        yield decoder.flush()
+
+    def _inputs(self, descriptions, melody, melody_sample_rate, options: dict, prompt_codes):
+        descriptions = self._descriptions(descriptions)
+        opts = self._checked(self.options.updated(**options))
+        if melody is not None and not self.manifest.is_melody:
+            raise InvalidInputError("melody: this model is text-only (no chroma conditioning); "
+                                    "use a MusicGen-Melody export or drop the melody")
+        melodies = None
+        if self.manifest.is_melody:
+            melodies = prepare_melodies(melody, melody_sample_rate, len(descriptions), self.manifest.chroma)
+        if prompt_codes is not None:
+            m = self.manifest
+            if prompt_codes.ndim != 3 or prompt_codes.shape[:2] != (len(descriptions), m.num_codebooks):
+                raise InvalidInputError(f"prompt codes must be [{len(descriptions)}, {m.num_codebooks}, frames], "
+                                        f"got {list(prompt_codes.shape)}")
+            if prompt_codes.shape[2] >= opts.frames(m.frame_rate):
+                raise InvalidInputError(f"duration {opts.duration:g} s must be longer than the prompt "
+                                        f"({prompt_codes.shape[2] / m.frame_rate:g} s): the output includes it")
+        return descriptions, opts, melodies
 
     def _checked(self, options: GenerationOptions) -> GenerationOptions:
         m = self.manifest
@@ -166,48 +249,15 @@ class MusicGen:
         return list(descriptions)
 
     # ------------------------------------------------------------------ conditioning
-    def _melody_chroma(self, melody, melody_sample_rate, batch: int) -> np.ndarray | None:
-        """Melodies -> one-hot chroma ``[B, frames, 12]``, or None when no melody is given."""
-        if melody is None:
-            return None
-        if not self.manifest.is_melody:
-            raise InvalidInputError("melody: this model is text-only (no chroma conditioning); "
-                                    "use a MusicGen-Melody export or drop the melody")
-        if isinstance(melody, (str, os.PathLike)) or (isinstance(melody, np.ndarray) and melody.ndim <= 2):
-            items = [melody]
-        elif isinstance(melody, np.ndarray) and melody.ndim == 3:
-            items = list(melody)
-        elif isinstance(melody, (list, tuple)):
-            items = list(melody)
-        else:
-            raise InvalidInputError(f"melody: expected a file path, an array or a list of them, got {type(melody).__name__}")
-        if len(items) not in (1, batch):
-            raise InvalidInputError(f"melody: got {len(items)} melodies for {batch} prompts; "
-                                    "give one melody for all prompts or one per prompt")
-        if all(item is None for item in items):
+    def _window_chroma(self, melodies: list[np.ndarray] | None, window: Window, windowed: bool):
+        """Chroma for one window: the whole melody (tiled to 235 frames) for a single window, its 30 s
+        cut of the melody's periodic extension for long-form windows (spec 7.1)."""
+        if melodies is None:
             return None
         params = self.manifest.chroma
-        wavs = []
-        for i, item in enumerate(items):
-            what = f"melody[{i}]" if len(items) > 1 else "melody"
-            if item is None:
-                wavs.append(np.zeros(1, dtype=np.float32))  # audiocraft's null wav
-                continue
-            if isinstance(item, (str, os.PathLike)):
-                wav, sr = audio_io.load_audio(item, what)
-                what = f"{what} file {str(item)!r}"
-            else:
-                if melody_sample_rate is None:
-                    raise InvalidInputError(f"{what}: an array melody needs melody_sample_rate")
-                wav, sr = audio_io.check_samples(item, melody_sample_rate, what), int(melody_sample_rate)
-            mono = audio_io.to_mono(wav)
-            if float(np.max(np.abs(mono))) < 1e-4:
-                raise InvalidInputError(f"{what} is silent (peak below -80 dBFS) and carries no melody; "
-                                        "pass melody=None to generate from text alone")
-            wavs.append(audio_io.resample(mono, sr, params.sample_rate))
-        if len(wavs) == 1 and batch > 1:
-            wavs = wavs * batch
-        return batch_chroma(wavs, params)
+        if windowed:
+            return window_chroma(melodies, window.start_s, self.max_duration, params)
+        return batch_chroma(melodies, params)
 
     def _condition(self, descriptions: list, chroma: np.ndarray | None, use_cfg: bool):
         """Run the text encoder once for all rows. Returns ``(first_call_feeds, step_feeds)``.
@@ -235,14 +285,35 @@ class MusicGen:
         return {"prefix_embeds": prefix}, {"prefix_embeds": empty}
 
     # ------------------------------------------------------------------ the loop
-    def generate_codes(self, descriptions: Sequence[str | None], chroma: np.ndarray | None,
-                       options: GenerationOptions, progress: bool | ProgressFn = False) -> np.ndarray:
-        """The autoregressive loop over the delay pattern (spec 4.1/10) -> codes ``[B, K, T]``."""
+    def _frames(self, descriptions, melodies, options: GenerationOptions, prompt: np.ndarray | None = None,
+                progress: bool | ProgressFn = False):
+        """Yield codes ``[B, K, n]`` in output order as soon as every codebook has them: the prompt
+        first, then each window's new frames. Memory is the output's: each window's cache is freed."""
+        m = self.manifest
         sampler = Sampler(options.greedy, options.temperature, options.top_k, options.top_p, options.seed)
-        frames = options.frames(self.manifest.frame_rate)
-        seq = self._loop(descriptions, chroma, frames, options.guidance_scale, lambda s, logits: sampler(logits),
-                         progress)
-        return self.pattern.undelay(seq, frames)
+        windows = plan_windows(options.duration, m.frame_rate, m.max_duration, options.extend_stride,
+                               0 if prompt is None else prompt.shape[2])
+        report = _StderrProgress() if progress is True else (progress or None)
+        total_steps = sum(w.new_frames + m.max_delay for w in windows)
+        done = 0
+        if prompt is not None:
+            yield prompt
+        for i, window in enumerate(windows):
+            chroma = self._window_chroma(melodies, window, len(windows) > 1)
+            emitted = window.prompt_frames
+            seq = None
+            for s, seq in self._steps(descriptions, chroma, window.frames, options.guidance_scale,
+                                      lambda s, logits: sampler(logits), prompt):
+                done += 1
+                if report:
+                    report(done, total_steps)
+                ready = min(window.frames, s - m.max_delay)
+                if ready > emitted:
+                    yield self.pattern.undelay(seq, ready, emitted)
+                    emitted = ready
+            if i + 1 < len(windows):
+                carry = windows[i + 1].prompt_frames
+                prompt = self.pattern.undelay(seq, window.frames, window.frames - carry)
 
     def teacher_forced_logits(self, descriptions: Sequence[str | None], codes: np.ndarray,
                               chroma: np.ndarray | None = None, guidance_scale: float = 3.0) -> np.ndarray:
@@ -256,37 +327,41 @@ class MusicGen:
             seen.append(logits)
             return forced[:, :, s]
 
-        self._loop(descriptions, chroma, codes.shape[2], guidance_scale, choose)
+        for _ in self._steps(descriptions, chroma, codes.shape[2], guidance_scale, choose):
+            pass
         return np.stack(seen, axis=1)
 
-    def _loop(self, descriptions, chroma, frames: int, guidance_scale: float,
-              choose: Callable[[int, np.ndarray], np.ndarray], progress: bool | ProgressFn = False) -> np.ndarray:
+    def _steps(self, descriptions, chroma, frames: int, guidance_scale: float,
+               choose: Callable[[int, np.ndarray], np.ndarray], prompt: np.ndarray | None = None):
         """Condition once, then one decoder call per step; ``choose(step, logits)`` picks the tokens.
-        Returns the delayed sequence ``[B, K, frames + max_delay + 1]``."""
+
+        Yields ``(step, seq)`` after each step, ``seq`` being the delayed sequence ``[B, K, frames +
+        max_delay + 1]`` filled so far. Known positions (``prompt`` frames, and the special token
+        wherever the delay pattern has no frame) are never overwritten, as in audiocraft.
+        """
         m = self.manifest
-        steps = self.pattern.num_steps(frames)
-        valid = self.pattern.valid(frames)
+        batch = len(descriptions)
+        codes = np.full((batch, m.num_codebooks, frames), -1, dtype=np.int64)  # -1: to be generated
+        start = 1
+        if prompt is not None:
+            codes[:, :, : prompt.shape[2]] = prompt
+            start = prompt.shape[2] + 1
+        seq = self.pattern.delay(codes)
         use_cfg = guidance_scale != 1.0  # at 1 the null rows cannot change the result
         first_feeds, step_feeds = self._condition(list(descriptions), chroma, use_cfg)
-        batch = len(descriptions)
-        cache = self._new_cache(2 * batch if use_cfg else batch, first_feeds, steps)
-        report = _StderrProgress() if progress is True else (progress or None)
+        cache = self._new_cache(2 * batch if use_cfg else batch, first_feeds, seq.shape[2])
 
-        seq = np.full((batch, m.num_codebooks, steps), m.special_token_id, dtype=np.int64)
-        column = seq[:, :, :1]
+        columns = seq[:, :, :start]  # the first call: the start column and any prompt
         cond = first_feeds
-        for s in range(1, steps):
-            ids = np.concatenate([column, column]) if use_cfg else column
+        for s in range(start, seq.shape[2]):
+            ids = np.concatenate([columns, columns]) if use_cfg else columns
             logits = cache.run(self.decoder, {"input_ids": ids, **cond})
             cond = step_feeds
             if use_cfg:
                 logits = classifier_free_guidance(logits, guidance_scale)
-            tokens = np.where(valid[None, :, s], choose(s, logits), m.special_token_id)
-            seq[:, :, s] = tokens
-            column = tokens[:, :, None]
-            if report:
-                report(s, steps - 1)
-        return seq
+            seq[:, :, s] = np.where(seq[:, :, s] == -1, choose(s, logits), seq[:, :, s])
+            columns = seq[:, :, s:s + 1]
+            yield s, seq
 
     def _new_cache(self, rows: int, first_feeds: dict, steps: int):
         m = self.manifest

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from .errors import InvalidInputError
 
 MIN_FRAMES = 4  # the codec's first reflect-padded convolution needs more frames than its half-kernel
+MAX_DURATION_S = 3600.0  # long-form generation works in windows; an hour bounds what one call may ask
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class GenerationOptions:
     guidance_scale: float = 3.0
     greedy: bool = False
     seed: int | None = None
+    extend_stride: float = 18.0
 
     def updated(self, **changes) -> "GenerationOptions":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -28,16 +30,20 @@ class GenerationOptions:
         return int(self.duration * frame_rate)
 
     def check(self, max_duration: float, frame_rate: float, codebook_size: int) -> "GenerationOptions":
+        """``max_duration`` is the model's window (30 s); longer durations are generated in windows."""
         def number(name, value):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
 
         number("duration", self.duration)
         min_duration = MIN_FRAMES / frame_rate
-        if not (min_duration <= self.duration <= max_duration):
-            raise InvalidInputError(
-                f"duration must be between {min_duration:g} and {max_duration:g} seconds for this model, "
-                f"got {self.duration!r} (generation past {max_duration:g} s is not supported yet)")
+        if not (min_duration <= self.duration <= MAX_DURATION_S):
+            raise InvalidInputError(f"duration must be between {min_duration:g} and {MAX_DURATION_S:g} seconds, "
+                                    f"got {self.duration!r}")
+        number("extend_stride", self.extend_stride)
+        if self.duration > max_duration and not (MIN_FRAMES / frame_rate <= self.extend_stride < max_duration):
+            raise InvalidInputError(f"extend_stride must be at least {MIN_FRAMES / frame_rate:g} s and below the "
+                                    f"model's {max_duration:g} s window, got {self.extend_stride!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= codebook_size:
             raise InvalidInputError(f"top_k must be an integer in [1, {codebook_size}], got {self.top_k!r}")
         number("top_p", self.top_p)
