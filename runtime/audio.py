@@ -103,6 +103,8 @@ def _check_target(path: str | os.PathLike) -> tuple[Path, str, Path]:
 
 
 def _temporary(p: Path, parent: Path) -> tuple[int, str]:
+    for stale in parent.glob(f".{p.name}.*.partial"):  # left by a writer that was killed (kill -9)
+        stale.unlink(missing_ok=True)
     try:
         return tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=parent)
     except OSError as exc:
