@@ -6,11 +6,21 @@ import numpy as np
 
 
 class AudioCodec:
-    def __init__(self, decoder_session, encoder_session, num_codebooks: int, audio_channels: int):
+    """``open_encoder`` is called on first use: only continuation needs the encoder, and loading it
+    up front would cost every generation its memory (~160 MB for the 32 kHz codec)."""
+
+    def __init__(self, decoder_session, open_encoder, num_codebooks: int, audio_channels: int):
         self.decoder = decoder_session
-        self.encoder = encoder_session
+        self._open_encoder = open_encoder
+        self._encoder = None
         self.num_codebooks = num_codebooks
         self.channels = audio_channels
+
+    @property
+    def encoder(self):
+        if self._encoder is None and self._open_encoder is not None:
+            self._encoder = self._open_encoder()
+        return self._encoder
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """``codes [B, K, T]`` -> float32 ``[B, channels, T * hop]``. Stereo codebooks are interleaved

@@ -29,7 +29,7 @@ from .melody import prepare_melodies, window_chroma
 from .manifest import Manifest, load_manifest, verify_files
 from .options import GenerationOptions
 from .sampling import Sampler, classifier_free_guidance
-from .session import open_session, resolve_providers
+from .session import open_session, release_freed_memory, resolve_providers
 from .text import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,12 @@ class MusicGen:
         self.tokenizer = TextTokenizer(folder / m.tokenizer)
         self.text_encoder = open_session(folder / m.graphs["text_encoder"].file, providers, threads)
         self.decoder = open_session(folder / m.graphs["decoder"].file, providers, threads)
-        encoder = None
+        open_encoder = None
         if "audio_encoder" in m.graphs:
-            encoder = open_session(folder / m.graphs["audio_encoder"].file, providers, threads)
+            def open_encoder():
+                return open_session(folder / m.graphs["audio_encoder"].file, providers, threads)
         self.codec = AudioCodec(open_session(folder / m.graphs["audio_decoder"].file, providers, threads),
-                                encoder, m.num_codebooks, m.audio_channels)
+                                open_encoder, m.num_codebooks, m.audio_channels)
         self.pattern = DelayPattern(m.delays, m.special_token_id)
         dec = m.graphs["decoder"]
         self._past_names = [n for n in dec.inputs if n.startswith("past.")]
@@ -78,6 +79,7 @@ class MusicGen:
         past_type = next(i.type for i in self.decoder.get_inputs() if i.name == self._past_names[0])
         self._cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
         self.options = m.defaults
+        release_freed_memory()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -148,7 +150,7 @@ class MusicGen:
 
     def encode_prompt(self, prompt, prompt_sample_rate: int | None = None) -> np.ndarray:
         """Audio -> EnCodec codes ``[B, K, ceil(samples / hop)]`` through ``audio_encoder.onnx``."""
-        if self.codec.encoder is None:
+        if "audio_encoder" not in self.manifest.graphs:
             raise InvalidInputError(f"{self.folder}: this export has no audio_encoder.onnx, needed for continuation")
         if isinstance(prompt, (str, os.PathLike)):
             wav, sr = audio_io.load_audio(prompt, "prompt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from .errors import InvalidInputError, ModelFolderError
@@ -34,6 +35,22 @@ def resolve_providers(providers=None) -> list[str]:
     if "CPUExecutionProvider" not in resolved:
         resolved.append("CPUExecutionProvider")
     return resolved
+
+
+def release_freed_memory() -> None:
+    """Give the heap that session creation freed back to the OS (glibc keeps it otherwise).
+
+    onnxruntime parses each graph's protobuf and copies its weights out; the transient copies are
+    freed but stay in the process's heap, about 350 MB for musicgen-melody int4 (measured, README).
+    A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def open_session(path: Path, providers: list[str], threads: int | None = None):
