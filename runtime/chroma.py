@@ -60,6 +60,9 @@ def chroma_onehot(wav: np.ndarray, params: ChromaParams, max_frames: int | None 
     frame only sees ``n_fft // 2`` samples either side of its centre.
     """
     n_fft, hop = params.n_fft, params.hop_length
+    peak = float(np.max(np.abs(wav))) if wav.size else 0.0
+    if peak > 1e4:  # far beyond any real recording: scale (chroma is scale-free) so |STFT|^2 fits float32
+        wav = wav * np.float32(1e4 / peak)
     if max_frames is not None:
         keep = (max_frames - 1) * hop + n_fft // 2 + 1
         wav = wav[:keep] if wav.shape[0] > keep else wav
