@@ -90,12 +90,12 @@ def normalize(wav: np.ndarray, sample_rate: int, strategy: str = "loudness", pea
 def _check_target(path: str | os.PathLike) -> tuple[Path, str, Path]:
     """``(path, soundfile format, folder)`` of a writable output, or a one-line error."""
     p = Path(path)
+    if p.is_dir():
+        raise InvalidInputError(f"output file {str(p)!r} is a directory")
     fmt = WRITE_FORMATS.get(p.suffix.lower())
     if fmt is None:
         raise InvalidInputError(f"output file {str(p)!r}: unknown format {p.suffix!r}; "
                                 f"use one of {', '.join(WRITE_FORMATS)}")
-    if p.is_dir():
-        raise InvalidInputError(f"output file {str(p)!r} is a directory")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise InvalidInputError(f"output file {str(p)!r}: folder {str(parent)!r} does not exist")

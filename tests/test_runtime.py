@@ -183,6 +183,7 @@ def _files(tmp_path):
     (tmp_path / "adir").mkdir()
     sf.write(tmp_path / "nan.wav", np.full(32000, np.nan, dtype=np.float32), 32000, subtype="FLOAT")
     sf.write(tmp_path / "ok.wav", 0.3 * np.sin(np.arange(32000) * 0.05), 32000)
+    sf.write(tmp_path / "silent.wav", np.zeros(32000), 32000)
     (tmp_path / "afile").write_text("x")
     folder = shutil.copytree(BUNDLED, tmp_path / "model_nograph")
     (folder / "decoder.onnx").unlink()
@@ -214,6 +215,17 @@ CLI_CASES = [
     (["--model", "{d}/model_v2"], "format version 2"),
     (["--model", "{d}/nothing"], "does not exist"),
     (["--provider", "tpu"], "provider 'tpu' is unknown"),
+    (["--provider", "cuda"], "provider 'cuda' is not available here"),
+    (["--melody", "{d}/silent.wav"], "is silent"),
+    (["--duration", "nan"], "duration must be a finite number"),
+    (["--temperature", "0"], "temperature must be > 0"),
+    (["--top-p", "-0.5"], "top_p must be in [0, 1]"),
+    (["--duration", "60", "--extend-stride", "40"], "extend_stride must be"),
+    (["--continue", "{d}/missing.wav", "--duration", "5"], "prompt file '{d}/missing.wav' does not exist"),
+    (["--continue", "{d}/adir", "--duration", "5"], "is a directory"),
+    (["--continue", "{d}/ok.wav", "--melody", "{d}/ok.wav"], "cannot be combined"),
+    (["--out-dir", "{d}/o", "-o", "{d}/x.wav"], "either --output or --out-dir"),
+    (["-o", "{d}/adir"], "is a directory"),
 ]
 
 
