@@ -53,7 +53,7 @@ class GraphSpec:
     cases: list[tuple] = field(default_factory=list)  # validation inputs beyond the example
 
 
-def _past_names(prefix: str, layers: int) -> list[str]:
+def _layer_names(prefix: str, layers: int) -> list[str]:
     return [f"{prefix}.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
 
 
@@ -88,13 +88,13 @@ def graph_specs(model, conditioning: str, kv_cache: str = "static") -> list[Grap
         te_cases = [text_inputs(1, 3, 300), text_inputs(4, 9, 1), text_inputs(3, 6, 235)]
         te_example = text_inputs(2, 7, 11)
     else:
-        te_out = _past_names("cross", L)
+        te_out = _layer_names("cross", L)
         te_axes.update({n: {0: "batch_x_cfg", 2: "text_length"} for n in te_out})
         te_cases = [text_inputs(1, 3), text_inputs(4, 9)]
         te_example = text_inputs(2, 7)
 
-    past_in = _past_names("past", L)
-    present_out = _past_names("present", L)
+    past_in = _layer_names("past", L)
+    present_out = _layer_names("present", L)
 
     def decoder_inputs(batch, new_len, past_len, prefix_len=0, text_len=6):
         ids = torch.randint(0, cfg.decoder.vocab_size + 1, (batch, K, new_len), generator=gen)
@@ -123,7 +123,7 @@ def graph_specs(model, conditioning: str, kv_cache: str = "static") -> list[Grap
         if not static:  # GroupQueryAttention takes several new columns only on an empty past
             de_cases.append(decoder_inputs(4, 2, 5, prefix_len=3))
     else:
-        cross = _past_names("cross", L)
+        cross = _layer_names("cross", L)
         de_names += ["encoder_attention_mask", *cross]
         de_axes["encoder_attention_mask"] = {0: "batch_x_cfg", 1: "text_length"}
         de_axes.update({n: {0: "batch_x_cfg", 2: "text_length"} for n in cross})
