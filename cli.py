@@ -85,8 +85,7 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
 def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperature, guidance, greedy,
              normalize, output, out_dir, provider, extend_stride, continue_from, stream, quiet):
     """Generate music for each PROMPT and write audio files."""
-    from .runtime.audio import StreamingWriter, normalize as normalize_audio, write_audio
-    from .runtime.audio import _check_target
+    from .runtime.audio import check_output_path, normalize as normalize_audio, write_audio
     from .runtime.errors import InvalidInputError
     from .runtime.musicgen import MusicGen
 
@@ -98,7 +97,7 @@ def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperatu
         raise InvalidInputError("--continue and --melody cannot be combined (audiocraft continues with the null melody)")
     targets = _targets(prompts, output, out_dir)
     for target in targets:  # refuse before spending minutes on generation
-        _check_target(target)
+        check_output_path(target)
     if model_dir is None:
         model_dir = BUNDLED_MODEL
         click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music",

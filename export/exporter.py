@@ -22,11 +22,11 @@ import torch
 from ..runtime.errors import ExportError
 from ..runtime.options import GenerationOptions
 from ..runtime.manifest import (
-    MANIFEST_NAME, PRECISIONS, ChromaParams, GraphInfo, Manifest, sha256_file,
+    KV_CACHES, MANIFEST_NAME, ChromaParams, GraphInfo, Manifest, sha256_file,
 )
 from . import checkpoint as ckpt_mod
 from . import validate
-from .wrappers import KV_CACHES, AudioDecoder, AudioEncoder, Decoder, TextEncoder
+from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,6 @@ import math
 import torch
 from torch import nn
 
-from ..runtime.manifest import KV_CACHES  # noqa: F401  (re-exported for the exporter)
-
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     b, t, d = x.shape

@@ -52,6 +52,17 @@ def check_samples(wav, sr, what: str) -> np.ndarray:
     return arr
 
 
+def read_input(item, sample_rate: int | None, what: str, kind: str) -> tuple[np.ndarray, int, str]:
+    """A user's audio input (``kind``: "melody", "prompt"), a file path or an array with its sample
+    rate, -> ``(float32 [channels, samples], sample_rate, how to name it in errors)``."""
+    if isinstance(item, (str, os.PathLike)):
+        wav, sr = load_audio(item, what)
+        return wav, sr, f"{what} file {str(item)!r}"
+    if sample_rate is None:
+        raise InvalidInputError(f"{what}: an array {kind} needs {kind}_sample_rate")
+    return check_samples(item, sample_rate, what), int(sample_rate), what
+
+
 def to_mono(wav: np.ndarray) -> np.ndarray:
     return wav.mean(axis=0) if wav.shape[0] > 1 else wav[0]
 
@@ -87,7 +98,7 @@ def normalize(wav: np.ndarray, sample_rate: int, strategy: str = "loudness", pea
     return np.clip(wav, -1.0, 1.0).astype(np.float32)
 
 
-def _check_target(path: str | os.PathLike) -> tuple[Path, str, Path]:
+def check_output_path(path: str | os.PathLike) -> tuple[Path, str, Path]:
     """``(path, soundfile format, folder)`` of a writable output, or a one-line error."""
     p = Path(path)
     if p.is_dir():
@@ -115,7 +126,7 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> P
     """Write ``[channels, samples]`` to ``path`` (format from the suffix), whole or not at all."""
     import soundfile as sf
 
-    p, fmt, parent = _check_target(path)
+    p, fmt, parent = check_output_path(path)
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt]
     fd, tmp = _temporary(p, parent)
     try:
@@ -140,7 +151,7 @@ class StreamingWriter:
     def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int):
         import soundfile as sf
 
-        self.path, _, parent = _check_target(path)
+        self.path, _, parent = check_output_path(path)
         self.sample_rate = sample_rate
         fd, self.tmp = _temporary(self.path, parent)
         os.close(fd)

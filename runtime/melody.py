@@ -37,13 +37,7 @@ def prepare_melodies(melody, melody_sample_rate, batch: int, params: ChromaParam
         if item is None:
             wavs.append(np.zeros(1, dtype=np.float32))  # audiocraft's null wav
             continue
-        if isinstance(item, (str, os.PathLike)):
-            wav, sr = audio_io.load_audio(item, what)
-            what = f"{what} file {str(item)!r}"
-        else:
-            if melody_sample_rate is None:
-                raise InvalidInputError(f"{what}: an array melody needs melody_sample_rate")
-            wav, sr = audio_io.check_samples(item, melody_sample_rate, what), int(melody_sample_rate)
+        wav, sr, what = audio_io.read_input(item, melody_sample_rate, what, "melody")
         mono = audio_io.to_mono(wav)
         if float(np.max(np.abs(mono))) < 1e-4:
             raise InvalidInputError(f"{what} is silent (peak below -80 dBFS) and carries no melody; "

@@ -9,6 +9,7 @@ conditional and the CFG null rows and ``_steps`` runs the autoregressive loop ov
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -67,8 +68,7 @@ class MusicGen:
         self.decoder = open_session(folder / m.graphs["decoder"].file, providers, threads)
         open_encoder = None
         if "audio_encoder" in m.graphs:
-            def open_encoder():
-                return open_session(folder / m.graphs["audio_encoder"].file, providers, threads)
+            open_encoder = functools.partial(open_session, folder / m.graphs["audio_encoder"].file, providers, threads)
         self.codec = AudioCodec(open_session(folder / m.graphs["audio_decoder"].file, providers, threads),
                                 open_encoder, m.num_codebooks, m.audio_channels)
         self.pattern = DelayPattern(m.delays, m.special_token_id)
@@ -152,21 +152,14 @@ class MusicGen:
         """Audio -> EnCodec codes ``[B, K, ceil(samples / hop)]`` through ``audio_encoder.onnx``."""
         if "audio_encoder" not in self.manifest.graphs:
             raise InvalidInputError(f"{self.folder}: this export has no audio_encoder.onnx, needed for continuation")
-        if isinstance(prompt, (str, os.PathLike)):
-            wav, sr = audio_io.load_audio(prompt, "prompt")
-            wavs = wav[None]
-        else:
-            if prompt_sample_rate is None:
-                raise InvalidInputError("prompt: an array prompt needs prompt_sample_rate")
-            arr = np.asarray(prompt, dtype=np.float32)
-            arrs = list(arr) if arr.ndim == 3 else [arr]
-            wavs = np.stack([audio_io.check_samples(a, prompt_sample_rate, "prompt") for a in arrs])
-            sr = int(prompt_sample_rate)
-        channels = self.audio_channels
+        items = list(prompt) if isinstance(prompt, np.ndarray) and prompt.ndim == 3 else [prompt]
         converted = []
-        for wav in wavs:
-            wav = wav.mean(axis=0, keepdims=True) if channels == 1 else (
-                np.repeat(wav, 2, axis=0) if wav.shape[0] == 1 else wav[:2])
+        for item in items:
+            wav, sr, _ = audio_io.read_input(item, prompt_sample_rate, "prompt", "prompt")
+            if self.audio_channels == 1:
+                wav = wav.mean(axis=0, keepdims=True)
+            else:
+                wav = np.repeat(wav, 2, axis=0) if wav.shape[0] == 1 else wav[:2]
             converted.append(audio_io.resample(wav, sr, self.sample_rate))
         return self.codec.encode(np.stack(converted))
 

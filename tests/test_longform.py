@@ -10,7 +10,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from musicgen_onnx.export import reference
 from musicgen_onnx.runtime import MusicGen
 from musicgen_onnx.runtime.chroma import batch_chroma
 from musicgen_onnx.runtime.longform import plan_windows
