@@ -58,7 +58,9 @@ def open_session(path: Path, providers: list[str], threads: int | None = None):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # EXTENDED, not ALL: ALL adds CPU layout transforms that cost seconds at load (small fp32 decoder:
+    # 5.3 s vs 2.1 s) and measured no faster per step here (fp32 24.0 vs 23.7, int4 69 vs 73 steps/s).
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if threads:
         opts.intra_op_num_threads = threads
     try:
