@@ -160,3 +160,15 @@ def test_cli_stream_continue_and_long(tmp_path):
     r = subprocess.run([sys.executable, "-m", "musicgen_onnx.cli", "generate", "x", "--continue", str(tmp_path / "s.wav"),
                         "--duration", "2", "-o", str(tmp_path / "bad.wav")], capture_output=True, text=True)
     assert r.returncode == 2 and "must be longer than the prompt" in r.stderr and not (tmp_path / "bad.wav").exists()
+
+
+@pytest.mark.parametrize("arch", ["tiny-melody", "tiny-melody-stereo", "tiny-text", "tiny-text-stereo"])
+def test_continuation_works_for_every_family(arch, exported):
+    model = MusicGen.from_pretrained(exported(arch), providers="cpu")
+    rng = np.random.default_rng(2)
+    prompt = (0.2 * rng.standard_normal((1, 640 * 25))).astype(np.float32)  # mono prompt, 0.5 s at 32 kHz
+    audio, codes = model.generate_continuation(prompt, 32000, ["go on", "and on"], duration=1.0, top_k=50, seed=0,
+                                               return_tokens=True)
+    assert audio.shape == (2, model.audio_channels, 32000) and codes.shape == (2, model.manifest.num_codebooks, 50)
+    prompt_codes = model.encode_prompt(prompt, 32000)
+    np.testing.assert_array_equal(codes[:, :, :25], np.repeat(prompt_codes, 2, axis=0))  # output includes the prompt
