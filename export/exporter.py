@@ -180,9 +180,11 @@ def _export_graph(spec: GraphSpec, path: Path, opset: int) -> None:
 
 
 def _save(model, path: Path) -> None:
-    """One ``NAME.onnx.data`` file for graphs near the protobuf limit; everything inline otherwise."""
+    """One ``NAME.onnx.data`` file for graphs near the protobuf limit; everything inline otherwise.
+    A rewrite (fp16, quantised) first drops the old data file, which it may no longer need."""
     import onnx
 
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
     if sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
@@ -196,9 +198,6 @@ def _to_fp16(path: Path) -> None:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(path), load_external_data=True)
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()
     # Everything crosses the graph boundary in fp32 except the KV cache, which stays fp16 so that the
     # static cache's buffers are the graph's own tensors (a cast in between would defeat in-place updates).
     io = [v.name for v in [*model.graph.input, *model.graph.output] if not v.name.startswith(("past.", "present."))]
@@ -219,9 +218,6 @@ def _quantize(path: Path, precision: str) -> None:
                                          accuracy_level=4, **scope)
         quantizer.process()
         model = quantizer.model.model
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()
     _save(model, path)
 
 
@@ -256,9 +252,10 @@ def _validate_graph(spec: GraphSpec, path: Path, precision: str) -> None:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    tol = validate.TOLERANCES[precision][spec.name]
-    if spec.name == "audio_encoder":
+    if spec.name == "audio_encoder":  # codes from an argmin: judged by the fraction that differ
         tol = validate.CODE_MISMATCH[precision]
+    else:
+        tol = validate.TOLERANCES[precision][spec.name]
     input_types = {i.name: i.type for i in session.get_inputs()}
     for n, case in enumerate([spec.example, *spec.cases]):
         feeds = {name: t.numpy().astype(np.float16) if input_types[name] == "tensor(float16)" else t.numpy()

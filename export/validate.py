@@ -14,8 +14,8 @@ from ..runtime.errors import ExportError
 # Max |onnx - torch| per output kind, fp32 graphs. Logits are O(1..10); the bound is ~1e4 x float
 # epsilon at that scale, far below what would flip a greedy token except at true ties.
 TOLERANCES = {
-    "fp32": {"text_encoder": 1e-4, "decoder": 2e-3, "audio_decoder": 1e-4, "audio_encoder": 0.0},
-    "fp16": {"text_encoder": 5e-2, "decoder": 2.5e-1, "audio_decoder": 5e-3, "audio_encoder": 0.05},
+    "fp32": {"text_encoder": 1e-4, "decoder": 2e-3, "audio_decoder": 1e-4},
+    "fp16": {"text_encoder": 5e-2, "decoder": 2.5e-1, "audio_decoder": 5e-3},
     # weight-only quantised decoders, on random validation inputs (logits O(5)): a sanity bound that
     # catches a broken graph; the quality that matters is measured under teacher forcing (benchmarks).
     "int8": {"decoder": 0.5},

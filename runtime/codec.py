@@ -34,10 +34,9 @@ class AudioCodec:
         return audio.astype(np.float32, copy=False)
 
     def encode(self, audio: np.ndarray) -> np.ndarray:
-        """float32 ``[B, channels, samples]`` -> codes ``[B, K, ceil(samples / hop)]`` (stereo interleaved)."""
-        b, c, _ = audio.shape
-        if self.channels == 2 and c == 1:
-            audio = np.concatenate([audio, audio], axis=1)
+        """float32 ``[B, channels, samples]`` with the model's channel count (``MusicGen.encode_prompt``
+        converts) -> codes ``[B, K, ceil(samples / hop)]`` (stereo interleaved)."""
+        b = audio.shape[0]
         flat = audio.reshape(b * self.channels, 1, -1) if self.channels == 2 else audio[:, :1]
         codes = self.encoder.run(["audio_codes"], {"audio_values": np.ascontiguousarray(flat, dtype=np.float32)})[0]
         if self.channels == 2:

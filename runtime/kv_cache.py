@@ -42,7 +42,6 @@ class StaticKVCache:
         self.max_length = max_length
         self._buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=dtype), device, 0)
                          for _ in input_names]
-        self._device = device
 
     def run(self, session, feeds: dict[str, np.ndarray]) -> np.ndarray:
         new = feeds["input_ids"].shape[2] + (feeds["prefix_embeds"].shape[1] if "prefix_embeds" in feeds else 0)
