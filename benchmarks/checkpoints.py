@@ -93,6 +93,27 @@ def train_tokenizer(vocab_size: int):
     return tok
 
 
+def build_sentencepiece_tokenizer(out_dir: str | Path, vocab_size: int = 100) -> Path:
+    """A T5 tokenizer as the released checkpoints ship it: a SentencePiece Unigram ``spiece.model`` with
+    the ``nmt_nfkc`` rules (a Precompiled charsmap) and the ``tokenizer.json`` transformers converts from
+    it (WhitespaceSplit + Metaspace, ``</s>`` template, 100 ``<extra_id_*>`` tokens)."""
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = out / "corpus.txt"
+    text.write_text("\n".join(corpus() * 4 + ["Café naïve Ünïcödé ﬁ ｆｕｌｌ 中文 音乐 déjà vu"]), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(out / "spiece"), vocab_size=vocab_size, model_type="unigram",
+        normalization_rule_name="nmt_nfkc", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
+        character_coverage=1.0, minloglevel=2)
+    text.unlink()
+    (out / "spiece.vocab").unlink()
+    T5Tokenizer.from_pretrained(out).save_pretrained(out)
+    return out
+
+
 def build_config(arch: str):
     """The transformers config of one architecture (no weights)."""
     from transformers import EncodecConfig, MusicgenConfig, MusicgenMelodyConfig, T5Config

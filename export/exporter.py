@@ -312,6 +312,7 @@ def export(
     step(f"loading {checkpoint} ({ckpt.conditioning} conditioning)")
     model = ckpt_mod.load_model(ckpt)
     tokenizer_json = ckpt_mod.load_tokenizer_json(ckpt)
+    validate.check_tokenizer(tokenizer_json)
     for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by an export that was killed (kill -9)
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

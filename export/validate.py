@@ -51,6 +51,32 @@ def compare(graph: str, names, got, want, tol: float, case: str = "") -> None:
                               f"{diff:.3g} > tolerance {tol:.3g}")
 
 
+TOKENIZER_PROBES = ("", "A calm piano melody", "80s pop track with bassy drums and synth", "  spaced   out\ttabs\n",
+                    "Café naïve Ünïcödé ﬁ ｆｕｌｌ ＡＢＣ ①②", "中文 音乐 🎸🎹", "</s> <pad> <unk> <extra_id_0>", "e\u0301 A\u0301\r\n")
+
+
+def check_tokenizer(tokenizer_json: str) -> None:
+    """The runtime reads ``tokenizer.json`` without the ``tokenizers`` library: refuse, at export time, a
+    file it cannot read or reads differently (ids compared with ``tokenizers`` on assorted prompts)."""
+    import json
+
+    from tokenizers import Tokenizer as Reference
+
+    from ..runtime.tokenizer import Tokenizer
+
+    try:
+        ours = Tokenizer(json.loads(tokenizer_json))
+    except ValueError as exc:
+        raise ExportError(f"tokenizer.json: the runtime cannot read it ({exc})") from None
+    reference = Reference.from_str(tokenizer_json)
+    reference.no_padding()
+    reference.no_truncation()
+    for text in TOKENIZER_PROBES:
+        want, got = reference.encode(text).ids, ours.encode(text)
+        if got != want:
+            raise ExportError(f"tokenizer.json: the runtime tokenizes {text!r} as {got}, tokenizers as {want}")
+
+
 def random_text(batch: int, length: int, vocab: int, gen: torch.Generator):
     """Token ids ending in </s> (id 1) with unequal lengths, and their mask."""
     ids = torch.randint(3, vocab, (batch, length), generator=gen)

@@ -1,5 +1,5 @@
-"""The torch-free runtime: numpy, onnxruntime, tokenizers, soundfile, soxr. Never imports torch,
-transformers or ``musicgen_onnx.export``."""
+"""The torch-free runtime: numpy, onnxruntime, soundfile, soxr (the T5 tokenizer is read in pure Python).
+Never imports torch, transformers, tokenizers or ``musicgen_onnx.export``."""
 
 from .audio import audio_write, load_audio
 from .errors import InvalidInputError, ModelFolderError, MusicGenError

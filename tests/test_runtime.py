@@ -74,7 +74,7 @@ def test_runtime_generates_with_torch_unimportable(tmp_path):
         import sys
         class Block:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "transformers", "musicgen_onnx.export"):
+                if name.split(".")[0] in ("torch", "transformers", "tokenizers"):
                     raise ImportError("blocked: " + name)
                 if name.startswith("musicgen_onnx.export"):
                     raise ImportError("blocked: " + name)
@@ -85,7 +85,7 @@ def test_runtime_generates_with_torch_unimportable(tmp_path):
                   "--melody", r"{tmp_path / 'm.wav'}"])
         except SystemExit as e:
             assert e.code in (0, None), e.code
-        assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers")]
+        assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "tokenizers")]
         print("OK")
     """)
     sf.write(tmp_path / "m.wav", 0.3 * np.sin(np.arange(48000) * 0.05), 48000)
@@ -97,7 +97,7 @@ def test_runtime_generates_with_torch_unimportable(tmp_path):
 def test_runtime_install_pulls_neither_torch_nor_transformers():
     runtime_reqs = [r for r in metadata.requires("musicgen-onnx") if "extra ==" not in r]
     names = {r.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower() for r in runtime_reqs}
-    assert names == {"numpy", "onnxruntime", "tokenizers", "soundfile", "soxr", "click"}
+    assert names == {"numpy", "onnxruntime", "soundfile", "soxr", "click"}
 
 
 def test_runtime_sources_never_import_torch_or_export():
@@ -115,7 +115,7 @@ def test_runtime_sources_never_import_torch_or_export():
             else:
                 continue
             for mod in mods:
-                assert mod.split(".")[0] not in ("torch", "transformers"), f"{path.name} imports {mod}"
+                assert mod.split(".")[0] not in ("torch", "transformers", "tokenizers"), f"{path.name} imports {mod}"
                 assert not mod.startswith(("..export", "musicgen_onnx.export")), f"{path.name} imports {mod}"
 
 
