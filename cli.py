@@ -42,21 +42,24 @@ def main(verbose: bool) -> None:
 @main.command(cls=_Command)
 @click.argument("checkpoint")
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--precision", default="fp32", show_default=True, help="fp32 (reference) or fp16 (CUDA).")
+@click.option("--precision", default="fp32", show_default=True,
+              help="fp32 (reference), fp16 (CUDA), int8 or int4 (CPU, weight-only).")
 @click.option("--opset", default=17, show_default=True, type=int)
 @click.option("--no-validate", is_flag=True, help="Skip checking each graph against its torch module.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle (*.bin) weights; they can run code when loaded.")
 @click.option("--kv-cache", type=click.Choice(["static", "concat"]), default="static", show_default=True,
               help="static: in-place cache buffers (GroupQueryAttention; CPU fp32, CUDA fp16); concat: portable graph.")
-def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, kv_cache):
+@click.option("--kv-dtype", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="KV cache precision for int8/int4 (default fp32): fp16 halves the cache, ~10% slower on CPU.")
+def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, kv_cache, kv_dtype):
     """Export CHECKPOINT (a local folder or a hub id in the Hugging Face cache) to OUT_DIR."""
     try:
         from .export.exporter import export as run_export
     except ImportError as exc:
         raise MusicGenError(f"export needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
     run_export(checkpoint, out_dir, precision=precision, opset=opset, validate_graphs=not no_validate,
-               force=force, allow_pickle=allow_pickle, kv_cache=kv_cache,
+               force=force, allow_pickle=allow_pickle, kv_cache=kv_cache, kv_dtype=kv_dtype,
                progress=lambda msg: click.echo(msg, err=True))
 
 
@@ -82,8 +85,10 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
               help="Audio file to continue; the output includes it and --duration is the total length.")
 @click.option("--stream", is_flag=True, help="Write audio while generating (1 s chunks); normalised at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--low-memory", is_flag=True,
+              help="Load the text encoder per call instead of keeping it resident (saves its size, ~1 s a call).")
 def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperature, guidance, greedy,
-             normalize, output, out_dir, provider, extend_stride, continue_from, stream, quiet):
+             normalize, output, out_dir, provider, extend_stride, continue_from, stream, quiet, low_memory):
     """Generate music for each PROMPT and write audio files."""
     from .runtime.audio import check_output_path, normalize as normalize_audio, write_audio
     from .runtime.errors import InvalidInputError
@@ -103,7 +108,7 @@ def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperatu
         click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music",
                    err=True)
     t0 = time.perf_counter()
-    model = MusicGen.from_pretrained(model_dir, providers=provider)
+    model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
     load_s = time.perf_counter() - t0
     options = dict(duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
                    guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride)
@@ -187,12 +192,15 @@ def verify(folder, checkpoint, frames):
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--provider", default="auto", show_default=True)
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads (default: all cores).")
-def bench(folder, seconds, batch, provider, threads):
+@click.option("--low-memory", is_flag=True,
+              help="Load the text encoder per call instead of keeping it resident (saves its size, ~1 s a call).")
+def bench(folder, seconds, batch, provider, threads, low_memory):
     """Time generation with FOLDER on this machine: load time, steps/s, real-time factor, peak RSS."""
     from .runtime.musicgen import MusicGen
 
     t0 = time.perf_counter()
-    model = MusicGen.from_pretrained(folder, providers=provider, verify_hashes=False, threads=threads)
+    model = MusicGen.from_pretrained(folder, providers=provider, verify_hashes=False, threads=threads,
+                                     low_memory=low_memory)
     load = time.perf_counter() - t0
     model.generate(["warm-up"], duration=min(seconds, 0.5))
     t0 = time.perf_counter()
@@ -211,8 +219,8 @@ def bench(folder, seconds, batch, provider, threads):
 def _peak_rss_mb() -> float:
     import resource
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
+    return (peak if sys.platform == "darwin" else peak * 1024) / 1e6
 
 
 @main.command(cls=_Command)

@@ -37,22 +37,25 @@ def ensure_checkpoint(arch: str) -> Path:
 
 
 def ensure_export(arch: str, variant: str = "fp32") -> Path:
-    """``variant`` is a precision, optionally with ``-concat`` for the portable KV cache graph."""
-    precision, _, kv = variant.partition("-")
-    out = CACHE / f"{arch}-onnx-{variant}"
+    """``variant`` is a precision, optionally with ``-concat`` (the portable KV cache graph) or ``-kv16``
+    (an fp16 KV cache, int8/int4); ``-lowmem`` is a runtime option and shares the folder."""
+    precision, *flags = variant.split("-")
+    out = CACHE / f"{arch}-onnx-{'-'.join([precision, *[f for f in flags if f != 'lowmem']])}"
     if not (out / "musicgen_onnx.json").exists():
         from musicgen_onnx.export.exporter import export
 
-        export(str(ensure_checkpoint(arch)), out, precision=precision, kv_cache=kv or "static", force=True,
+        export(str(ensure_checkpoint(arch)), out, precision=precision, force=True,
+               kv_cache="concat" if "concat" in flags else "static", kv_dtype="fp16" if "kv16" in flags else None,
                progress=lambda m: print(m, file=sys.stderr))
     return out
 
 
 def peak_rss_mb() -> float:
-    """VmHWM of this process: unlike ru_maxrss it is not inherited across exec from a big parent."""
+    """VmHWM of this process in MB (1e6 bytes, like the weights): unlike ru_maxrss it is not inherited
+    across exec from a big parent."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+            return int(line.split()[1]) * 1024 / 1e6
     return float("nan")
 
 
@@ -76,14 +79,15 @@ def run_torch(checkpoint: str, frames: int, threads: int, scores_path: str) -> d
             "codes": codes.tolist()}
 
 
-def run_onnx(folder: str, frames: int, threads: int, scores_path: str) -> dict:
+def run_onnx(folder: str, frames: int, threads: int, scores_path: str, low_memory: bool = False) -> dict:
     import numpy as np
 
     from musicgen_onnx.export.verify import logit_agreement
     from musicgen_onnx.runtime import MusicGen
 
     t0 = time.perf_counter()
-    model = MusicGen.from_pretrained(folder, providers="cpu", verify_hashes=False, threads=threads)
+    model = MusicGen.from_pretrained(folder, providers="cpu", verify_hashes=False, threads=threads,
+                                     low_memory=low_memory)
     load = time.perf_counter() - t0
     t0 = time.perf_counter()
     audio, codes = model.generate([PROMPT], duration=frames / model.frame_rate, greedy=True, return_codes=True)
@@ -96,9 +100,10 @@ def run_onnx(folder: str, frames: int, threads: int, scores_path: str) -> dict:
             "peak_rss_mb": rss, "codes": codes.tolist(), "quality": quality, "weights_mb": weights_mb}
 
 
-def _subprocess(side: str, target: str, frames: int, threads: int, scores_path: str) -> dict:
+def _subprocess(side: str, target: str, frames: int, threads: int, scores_path: str, *extra) -> dict:
+    args = ", ".join(repr(a) for a in (target, frames, threads, scores_path, *extra))
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_runtime import run_{side}; "
-            f"print('RESULT' + json.dumps(run_{side}({target!r}, {frames}, {threads}, {scores_path!r})))")
+            f"print('RESULT' + json.dumps(run_{side}({args})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
     if r.returncode or not line:
@@ -112,7 +117,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="small")
     parser.add_argument("--seconds", type=float, default=10.0, help="audio to generate (frames = 50 x seconds)")
-    parser.add_argument("--variants", default="fp32,int8,int4", help="comma list: fp32, int8, int4, fp32-concat ...")
+    parser.add_argument("--variants", default="fp32,int8,int4", help="comma list: fp32, int8, int4, fp32-concat, int8-kv16, int4-kv16-lowmem ...")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -124,7 +129,7 @@ def main(argv=None) -> None:
     scores = str(Path(tempfile.mkdtemp()) / "reference.npz")
     results = {"transformers": _subprocess("torch", str(ckpt), frames, args.threads, scores)}
     for v in variants:
-        results[v] = _subprocess("onnx", str(folders[v]), frames, args.threads, scores)
+        results[v] = _subprocess("onnx", str(folders[v]), frames, args.threads, scores, "lowmem" in v.split("-"))
     ref_codes = results["transformers"].pop("codes")
     for r in results.values():
         r["steps_per_s"] = steps / r["generate_s"]

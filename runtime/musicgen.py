@@ -58,14 +58,20 @@ class _StderrProgress:
 
 
 class MusicGen:
-    def __init__(self, folder: Path, manifest: Manifest, providers: list[str], threads: int | None = None):
+    def __init__(self, folder: Path, manifest: Manifest, providers: list[str], threads: int | None = None,
+                 low_memory: bool = False):
         self.folder = folder
         self.manifest = manifest
         self.providers = providers
         m = manifest
         self.tokenizer = TextTokenizer(folder / m.tokenizer)
-        self.text_encoder = open_session(folder / m.graphs["text_encoder"].file, providers, threads)
+        # The decoder first: loading a graph briefly holds its weights twice (protobuf + tensors), and that
+        # peak is lowest while nothing else is resident.
         self.decoder = open_session(folder / m.graphs["decoder"].file, providers, threads)
+        release_freed_memory()
+        self._open_text_encoder = functools.partial(open_session, folder / m.graphs["text_encoder"].file,
+                                                    providers, threads)
+        self.text_encoder = None if low_memory else self._open_text_encoder()
         open_encoder = None
         if "audio_encoder" in m.graphs:
             open_encoder = functools.partial(open_session, folder / m.graphs["audio_encoder"].file, providers, threads)
@@ -84,13 +90,17 @@ class MusicGen:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, providers=None, verify_hashes: bool = True,
-                        threads: int | None = None) -> "MusicGen":
+                        threads: int | None = None, low_memory: bool = False) -> "MusicGen":
         """Load an exported folder. ``providers``: "auto" (default), "cpu", "cuda" or an onnxruntime list.
-        Files are checked against the manifest (sizes always, sha256 unless ``verify_hashes=False``)."""
+        Files are checked against the manifest (sizes always, sha256 unless ``verify_hashes=False``).
+
+        ``low_memory=True`` keeps the text encoder (T5, fp32 in every tier: 0.44 GB for melody) out of
+        memory between calls: it is loaded for each generation (or long-form window) and released
+        before the decoder's KV cache is allocated, at about a second per call."""
         folder = Path(folder)
         manifest = load_manifest(folder)
         verify_files(folder, manifest, hash_files=verify_hashes)
-        return cls(folder, manifest, resolve_providers(providers), threads)
+        return cls(folder, manifest, resolve_providers(providers), threads, low_memory)
 
     get_pretrained = from_pretrained  # the audiocraft name
 
@@ -266,7 +276,7 @@ class MusicGen:
             ids = np.concatenate([ids, ids])
             mask = np.concatenate([mask, np.zeros_like(mask)])
         if not self.manifest.is_melody:
-            kv = self.text_encoder.run(self._cross_names, {"input_ids": ids, "attention_mask": mask})
+            kv = self._run_text_encoder(self._cross_names, {"input_ids": ids, "attention_mask": mask})
             feeds = {"encoder_attention_mask": mask, **dict(zip(self._cross_names, kv))}
             return feeds, feeds
         params = self.manifest.chroma
@@ -274,10 +284,19 @@ class MusicGen:
             chroma = np.repeat(null_chroma(1, params.num_chroma)[None], b, axis=0)
         if use_cfg:
             chroma = np.concatenate([chroma, np.repeat(null_chroma(chroma.shape[1], params.num_chroma)[None], b, axis=0)])
-        prefix = self.text_encoder.run(["encoder_hidden_states"],
-                                       {"input_ids": ids, "attention_mask": mask, "chroma": chroma})[0]
+        prefix = self._run_text_encoder(["encoder_hidden_states"],
+                                        {"input_ids": ids, "attention_mask": mask, "chroma": chroma})[0]
         empty = np.zeros((prefix.shape[0], 0, prefix.shape[2]), dtype=prefix.dtype)
         return {"prefix_embeds": prefix}, {"prefix_embeds": empty}
+
+    def _run_text_encoder(self, outputs: list[str], feeds: dict) -> list[np.ndarray]:
+        if self.text_encoder is not None:
+            return self.text_encoder.run(outputs, feeds)
+        session = self._open_text_encoder()  # low_memory: loaded for this call only
+        result = session.run(outputs, feeds)
+        del session
+        release_freed_memory()
+        return result
 
     # ------------------------------------------------------------------ the loop
     def _frames(self, descriptions, melodies, options: GenerationOptions, prompt: np.ndarray | None = None,

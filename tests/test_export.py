@@ -99,6 +99,12 @@ def test_export_errors(checkpoint_dir, tmp_path):
     src = checkpoint_dir("tiny-text")
     with pytest.raises(ExportError, match="precision 'int3'"):
         export(str(src), tmp_path / "a", precision="int3")
+    with pytest.raises(ExportError, match="kv_dtype 'fp16' needs precision int8 or int4 with the static KV cache"):
+        export(str(src), tmp_path / "a", kv_dtype="fp16")
+    with pytest.raises(ExportError, match="not int8/concat"):
+        export(str(src), tmp_path / "a", precision="int8", kv_cache="concat", kv_dtype="fp16")
+    with pytest.raises(ExportError, match="kv_dtype 'bf16' is not supported"):
+        export(str(src), tmp_path / "a", kv_dtype="bf16")
     with pytest.raises(ExportError, match="no such folder"):
         export(str(tmp_path / "missing"), tmp_path / "a")
     other = _copy_ckpt(src, tmp_path / "bert")

@@ -41,6 +41,17 @@ def test_sampling_options_change_the_draws(model):
     assert not np.array_equal(k, p) and not np.array_equal(k, t)
 
 
+def test_low_memory_gives_the_same_audio_without_a_resident_text_encoder(model, tmp_path):
+    lean = MusicGen.from_pretrained(BUNDLED, providers="cpu", low_memory=True)
+    assert lean.text_encoder is None
+    kw = dict(duration=0.3, seed=5, melody=np.sin(np.arange(32000) * 0.05)[None], melody_sample_rate=32000)
+    np.testing.assert_array_equal(lean.generate(["happy rock"], **kw), model.generate(["happy rock"], **kw))
+    assert lean.text_encoder is None  # loaded for the call, released after
+    r = subprocess.run([sys.executable, "-m", "musicgen_onnx.cli", "generate", "techno", "--duration", "0.2",
+                        "--low-memory", "--quiet", "-o", str(tmp_path / "x.wav")], capture_output=True, text=True)
+    assert r.returncode == 0 and sf.info(str(tmp_path / "x.wav")).frames == 6400, r.stderr
+
+
 def test_generate_shapes_and_progress(model):
     seen = []
     audio = model.generate(["a", "b", "c"], duration=0.3, progress=lambda d, t: seen.append((d, t)))

@@ -24,7 +24,10 @@ def quantized(checkpoint_dir, tmp_path_factory):
     from musicgen_onnx.export.exporter import export
 
     root = tmp_path_factory.mktemp("tiers")
-    return {p: export(str(checkpoint_dir("tiny-text")), root / p, precision=p) for p in ("int8", "int4")}
+    folders = {p: export(str(checkpoint_dir("tiny-text")), root / p, precision=p) for p in ("int8", "int4")}
+    folders["int8-kv16"] = export(str(checkpoint_dir("tiny-text")), root / "int8-kv16", precision="int8",
+                                  kv_dtype="fp16")
+    return folders
 
 
 def test_teacher_forcing_reproduces_greedy_choices(exported):
@@ -37,11 +40,14 @@ def test_teacher_forcing_reproduces_greedy_choices(exported):
         np.testing.assert_array_equal(logits[:, k:k + codes.shape[2], k].argmax(-1), codes[:, k])
 
 
-@pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_quantized_tiers_stay_close_to_fp32(precision, quantized, exported):
+@pytest.mark.parametrize("variant", ["int8", "int4", "int8-kv16"])
+def test_quantized_tiers_stay_close_to_fp32(variant, quantized, exported):
+    precision = variant.split("-")[0]
     fp32 = MusicGen.from_pretrained(exported("tiny-text"), providers="cpu")
-    q = MusicGen.from_pretrained(quantized[precision], providers="cpu")
+    q = MusicGen.from_pretrained(quantized[variant], providers="cpu")
     assert q.manifest.graphs["decoder"].precision == precision
+    kv_inputs = [i.type for i in q.decoder.get_inputs() if i.name.startswith("past.")]
+    assert set(kv_inputs) == {"tensor(float16)" if variant.endswith("kv16") else "tensor(float)"}
     assert q.manifest.graphs["text_encoder"].precision == "fp32"
     _, codes = fp32.generate(PROMPTS, duration=1.0, greedy=True, return_codes=True)
     agreement = logit_agreement(fp32.teacher_forced_logits(PROMPTS, codes), q.teacher_forced_logits(PROMPTS, codes))
@@ -49,7 +55,7 @@ def test_quantized_tiers_stay_close_to_fp32(precision, quantized, exported):
     assert agreement["top1"] >= bounds["top1"], agreement
     assert agreement["kl"] <= bounds["kl"], agreement
     assert agreement["max_abs"] > 0  # it really is another graph
-    folder_bytes = sum(f.stat().st_size for f in quantized[precision].glob("decoder.onnx*"))
+    folder_bytes = sum(f.stat().st_size for f in quantized[variant].glob("decoder.onnx*"))
     fp32_bytes = sum(f.stat().st_size for f in exported("tiny-text").glob("decoder.onnx*"))
     assert folder_bytes < fp32_bytes
 
