@@ -75,7 +75,9 @@ def run_torch(checkpoint: str, frames: int, threads: int, scores_path: str) -> d
     rss = peak_rss_mb()
     _, _, scores = reference.generate(model, tok, [PROMPT], frames, return_scores=True)  # untimed
     np.savez(scores_path, codes=codes, scores=scores)
+    weights_mb = sum(p.stat().st_size for p in Path(checkpoint).glob("*.safetensors")) / 1e6
     return {"load_s": load, "generate_s": total, "audio_s": audio.shape[-1] / 32000, "peak_rss_mb": rss,
+            "weights_mb": weights_mb,
             "codes": codes.tolist()}
 
 
@@ -140,13 +142,14 @@ def main(argv=None) -> None:
     t = results["transformers"]
     print(f"\n{args.arch} architecture (random weights), {frames} frames = {args.seconds:g} s of audio, {steps} steps, "
           f"greedy, CFG 3, batch 1, {args.threads} threads, CPU")
-    print(f"{'':16}{'steps/s':>9}{'x torch':>9}{'RTF':>7}{'TTFA s':>8}{'load s':>8}{'RSS MB':>8}"
-          f"{'weights MB':>11}{'same tokens':>12}{'top-1':>7}{'KL':>9}{'max|dl|':>9}")
+    print(f"{'':22}{'steps/s':>9}{'x torch':>9}{'RTF':>7}{'TTFA s':>8}{'load s':>8}{'RSS MB':>8}"
+          f"{'weights MB':>11}{'RSS/w':>7}{'same tokens':>12}{'top-1':>7}{'KL':>9}{'max|dl|':>9}")
     for name, r in results.items():
         q = r.get("quality", {})
-        print(f"{name:16}{r['steps_per_s']:>9.2f}{r['steps_per_s'] / t['steps_per_s']:>9.2f}{r['rtf']:>7.3f}"
+        r["rss_over_weights"] = r["peak_rss_mb"] / r["weights_mb"]
+        print(f"{name:22}{r['steps_per_s']:>9.2f}{r['steps_per_s'] / t['steps_per_s']:>9.2f}{r['rtf']:>7.3f}"
               f"{r['time_to_first_audio_s']:>8.1f}{r['load_s']:>8.1f}{r['peak_rss_mb']:>8.0f}"
-              f"{r.get('weights_mb', float('nan')):>11.0f}{str(r.get('greedy_tokens_identical', '-')):>12}"
+              f"{r['weights_mb']:>11.0f}{r['rss_over_weights']:>7.2f}{str(r.get('greedy_tokens_identical', '-')):>12}"
               f"{q.get('top1', float('nan')):>7.3f}{q.get('kl', float('nan')):>9.2e}{q.get('max_abs', float('nan')):>9.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -242,3 +242,27 @@ def test_hub_id_resolves_through_the_local_cache(checkpoint_dir, tmp_path, monke
     assert ckpt.folder == snap and ckpt.revision == "0123abc" and ckpt.conditioning == "cross"
     with pytest.raises(ExportError, match="not in the Hugging Face cache"):
         resolve("facebook/not-there")
+
+
+def test_external_weight_files_load_like_inline_graphs(checkpoint_dir, exported, tmp_path, monkeypatch):
+    """Above EXTERNAL_DATA_THRESHOLD (64 MB: every full-size graph) weights live in NAME.onnx.data; the
+    tiny model is forced over it here so the layout the real exports use is tested in CI."""
+    from musicgen_onnx.export import exporter
+
+    monkeypatch.setattr(exporter, "EXTERNAL_DATA_THRESHOLD", 0)
+    out = export(str(checkpoint_dir("tiny-text")), tmp_path / "ext")
+    m = load_manifest(out)
+    for name, graph in m.graphs.items():
+        assert sorted(graph.files) == [f"{name}.onnx", f"{name}.onnx.data"], name
+    # most weight bytes moved beside the graphs (tensors under 1 KB stay inline, as onnx saves them)
+    moved = sum((out / f"{name}.onnx.data").stat().st_size for name in m.graphs)
+    inline = sum((exported("tiny-text") / f"{name}.onnx").stat().st_size for name in m.graphs)
+    assert moved > inline / 2
+    kw = dict(duration=0.3, greedy=True)
+    ext = MusicGen.from_pretrained(out, providers="cpu").generate(["an external test"], **kw)
+    inline = MusicGen.from_pretrained(exported("tiny-text"), providers="cpu").generate(["an external test"], **kw)
+    np.testing.assert_array_equal(ext, inline)
+    data = out / "decoder.onnx.data"
+    data.write_bytes(data.read_bytes()[:-10])
+    with pytest.raises(ModelFolderError, match="decoder.onnx.data"):
+        MusicGen.from_pretrained(out, providers="cpu")
