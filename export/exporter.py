@@ -249,7 +249,8 @@ def _kv_to_fp16(path: Path) -> None:
             node.input[i] = half
         out = node.output[0]
         node.output[0] = f"{out}/fp16"
-        nodes += [node, helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.FLOAT, name=f"{node.name}/cast_out")]
+        nodes += [node, helper.make_node("Cast", [node.output[0]], [out], to=TensorProto.FLOAT,
+                                         name=f"{node.name}/cast_out")]
     del graph.node[:]
     graph.node.extend(nodes)
     _save(model, path)

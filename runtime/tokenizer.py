@@ -104,17 +104,17 @@ class _Precompiled:
 # Grapheme clusters (UAX #29) as far as the normaliser can tell them apart: it treats a cluster whole
 # only below six UTF-8 bytes, so emoji sequences, regional-indicator pairs, Hangul jamo runs and Indic
 # conjuncts (all >= 6 bytes) never matter and are left out.
-# Joiners that are not marks (Mn/Me/Mc): Other_Grapheme_Extend, ZWNJ/ZWJ, Thai/Lao AM (SpacingMark) and
-# the emoji skin-tone modifiers.
+# Joiners that are not marks (Mn/Me/Mc): Other_Grapheme_Extend, ZWNJ/ZWJ, Thai/Lao AM (SpacingMark), the
+# emoji skin-tone modifiers and the tag characters.
 _JOINERS = {0x09BE, 0x09D7, 0x0B3E, 0x0B57, 0x0BBE, 0x0BD7, 0x0CC2, 0x0CD5, 0x0CD6, 0x0D3E, 0x0D57, 0x0DCF, 0x0DDF,
-            0x1B35, 0x200C, 0x200D, 0x302E, 0x302F, 0xFF9E, 0xFF9F, 0x0E33, 0x0EB3, *range(0x1F3FB, 0x1F400)}
+            0x1B35, 0x200C, 0x200D, 0x302E, 0x302F, 0xFF9E, 0xFF9F, 0x0E33, 0x0EB3, *range(0x1F3FB, 0x1F400),
+            *range(0xE0020, 0xE0080)}
 _PREPEND = {0x0600, 0x0601, 0x0602, 0x0603, 0x0604, 0x0605, 0x06DD, 0x070F, 0x0890, 0x0891, 0x08E2, 0x0D4E}
 
 
 def _is_control(char: str) -> bool:
     cp = ord(char)
-    return (unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cf")
-            and cp not in _JOINERS and cp not in _PREPEND and not 0xE0020 <= cp <= 0xE007F)
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cf") and cp not in _JOINERS and cp not in _PREPEND
 
 
 def _joins(prev: str, char: str) -> bool:
