@@ -171,9 +171,11 @@ def _rss_mb() -> float:
 def test_soak_50_generations_and_a_batch_of_16(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     model = MusicGen.from_pretrained(BUNDLED, providers="cpu")
-    for _ in range(5):  # warm-up: onnxruntime's arenas settle
+    for _ in range(5):  # warm-up: first-call allocations settle
         model.generate(["warm up"], duration=1.0, seed=0)
     fds = len(os.listdir("/proc/self/fd"))
+    # onnxruntime 1.32 writes a `.ses` marker into the temp dir when first imported: taken after warm-up
+    temp_files = sorted(tmp_path.iterdir())
     rss = [_rss_mb()]
     for i in range(50):
         model.generate([f"soak {i}"], duration=1.0, seed=i)
@@ -185,4 +187,4 @@ def test_soak_50_generations_and_a_batch_of_16(tmp_path, monkeypatch):
           f"max {max(rss):.1f} MB, after batch 16 {_rss_mb():.1f} MB")
     assert growth < 10, rss
     assert len(os.listdir("/proc/self/fd")) == fds
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(tmp_path.iterdir()) == temp_files
