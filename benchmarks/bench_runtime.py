@@ -6,8 +6,8 @@ Builds (and caches under benchmarks/cache/) the full-size checkpoint and its ONN
 each side in its own subprocess (so peak RSS is that side's alone): load the model, greedy decode
 ``frames + 3`` steps with CFG 3 on the same prompt, decode audio. Reports steps/s, real-time factor
 (audio seconds per wall second), time to first audio (= total: both sides make one call; streaming's
-first-audio times are in the README), load time,
-peak RSS, and ratios to PyTorch. Each variant (precision, KV cache) is also scored under teacher forcing
+first-audio times are in the README), load time, peak RSS over weights on disk (both in MB), and
+ratios to PyTorch. Each variant (precision, KV cache) is also scored under teacher forcing
 on transformers' own greedy stream: max |logit diff|, mean KL and top-1 agreement against transformers
 fp32. Absolute times on a shared 2-core machine are noisy; ratios count.
 """
