@@ -138,8 +138,28 @@ def _graphemes(text: str) -> list[str]:
 
 
 def _regex(pattern: str) -> re.Pattern:
-    # Oniguruma's \s is White_Space; Python's also matches U+001C..U+001F.
-    return re.compile(pattern.replace(r"\s", f"[{re.escape(_WHITE_SPACE)}]"))
+    """An Oniguruma pattern (tokenizers' engine) in Python's ``re``: ``\\s`` is Unicode White_Space there,
+    while Python's also matches U+001C..U+001F, so it is spelled out (inside a class too)."""
+    spaces = re.escape(_WHITE_SPACE)
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        two = pattern[i:i + 2]
+        if two == r"\s":
+            out.append(spaces if in_class else f"[{spaces}]")
+        elif two == r"\S" and not in_class:
+            out.append(f"[^{spaces}]")
+        elif pattern[i] == "\\":
+            out.append(two)
+        else:
+            in_class = (in_class and pattern[i] != "]") or (not in_class and pattern[i] == "[")
+            out.append(pattern[i])
+            i += 1
+            continue
+        i += 2
+    try:
+        return re.compile("".join(out))
+    except re.error as exc:
+        raise _Unsupported(f"Replace regex {pattern!r} ({exc})") from None
 
 
 def _replace(spec: dict) -> Callable[[str], str]:

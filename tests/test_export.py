@@ -149,6 +149,8 @@ def test_cli_export_errors_are_one_line_exit_2(checkpoint_dir, tmp_path):
     r = _cli("export", str(checkpoint_dir("tiny-text")), str(tmp_path / "x"), "--precision", "int3")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "precision 'int3'" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("export", str(checkpoint_dir("tiny-text")), str(tmp_path / "x"), "--kv-dtype", "fp16")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "needs precision int8 or int4" in r.stderr
     r = _cli("export", str(tmp_path / "nope"), str(tmp_path / "x"))
     assert r.returncode == 2 and "no such folder" in r.stderr
 

@@ -101,6 +101,20 @@ def test_matches_tokenizers_on_any_text_with_nfkc(pairs, text):
     assert ours.encode(text) == ref.encode(text).ids
 
 
+@FUZZ
+@given(text=st.lists(st.sampled_from(TRICKY + ["\x1c", "]", "\\s"]), max_size=24).map("".join))
+def test_regex_normalizers_match_tokenizers(tmp_path_factory, text):
+    """Oniguruma's \\s (tokenizers) is not Python's: the reader spells it out, in and outside classes."""
+    spec = json.loads((BUNDLED / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"Regex": r"[\s\]]{2,}"}, "content": "_"},
+        {"type": "Replace", "pattern": {"Regex": r"\S\s"}, "content": "="},
+        {"type": "Strip", "strip_left": True, "strip_right": False}]}
+    path = tmp_path_factory.getbasetemp() / "regex-tokenizer.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    assert Tokenizer.from_file(path).encode(text) == _reference(path).encode(text).ids
+
+
 def test_agrees_with_sentencepiece_on_ordinary_prompts(t5):
     path, sp = t5
     ours = Tokenizer.from_file(path)
@@ -133,6 +147,8 @@ def test_batches_pad_and_mask():
     (lambda s: s.update(pre_tokenizer={"type": "ByteLevel"}), "unsupported pre_tokenizer 'ByteLevel'"),
     (lambda s: s.update(post_processor={"type": "BertProcessing"}), "unsupported post_processor 'BertProcessing'"),
     (lambda s: s["model"].update(vocab=[["a", "x"]]), "malformed"),
+    (lambda s: s.update(normalizer={"type": "Replace", "pattern": {"Regex": r"\p{L}+"}, "content": ""}),
+     "unsupported Replace regex"),
 ])
 def test_unsupported_or_malformed_files_are_refused_by_name(tmp_path, edit, message):
     spec = json.loads((BUNDLED / "tokenizer.json").read_text(encoding="utf-8"))
