@@ -40,6 +40,13 @@ class _Unsupported(Exception):
     pass
 
 
+def _text(value, what: str) -> str:
+    """Every string the encoder will splice: checked once here, so a crafted file fails on load."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
 def _component(spec: dict | None, kind: str, table: dict) -> Callable | None:
     if spec is None:
         return None
@@ -163,12 +170,12 @@ def _regex(pattern: str) -> re.Pattern:
 
 
 def _replace(spec: dict) -> Callable[[str], str]:
-    pattern, content = spec.get("pattern") or {}, spec.get("content", "")
+    pattern, content = spec.get("pattern") or {}, _text(spec.get("content", ""), "Replace content")
     if "String" in pattern:
-        literal = pattern["String"]
+        literal = _text(pattern["String"], "Replace pattern")
         return lambda s: s.replace(literal, content) if literal else s
     if "Regex" in pattern:
-        compiled = _regex(pattern["Regex"])
+        compiled = _regex(_text(pattern["Regex"], "Replace pattern"))
         return lambda s: compiled.sub(lambda _: content, s)
     raise _Unsupported(f"Replace pattern {pattern!r}")
 
@@ -184,7 +191,10 @@ def _strip(spec: dict) -> Callable[[str], str]:
 
 def _sequence(table: dict, key: str, kind: str) -> Callable[[dict], Callable]:
     def build(spec: dict) -> Callable:
-        parts = [_component(sub, kind, table) for sub in spec.get(key) or []]
+        subs = spec.get(key) or []
+        if not all(isinstance(sub, dict) for sub in subs):
+            raise ValueError(f"{kind} Sequence holds something other than components")
+        parts = [_component(sub, kind, table) for sub in subs]
 
         def run(value):
             for part in parts:
@@ -203,7 +213,7 @@ _NORMALIZERS: dict[str, Callable[[dict], Callable[[str], str]]] = {
     "Lowercase": lambda spec: str.lower,
     "Strip": _strip,
     "Replace": _replace,
-    "Prepend": lambda spec: lambda s, p=spec.get("prepend", ""): p + s if s else s,
+    "Prepend": lambda spec: lambda s, p=_text(spec.get("prepend", ""), "Prepend"): p + s if s else s,
 }
 _NORMALIZERS["Sequence"] = _sequence(_NORMALIZERS, "normalizers", "normalizer")
 
@@ -217,7 +227,9 @@ def _whitespace_split(spec: dict) -> Callable[[list[str]], list[str]]:
 
 
 def _metaspace(spec: dict) -> Callable[[list[str]], list[str]]:
-    replacement = spec.get("replacement", "▁")
+    replacement = _text(spec.get("replacement", "▁"), "Metaspace replacement")
+    if len(replacement) != 1:
+        raise ValueError(f"Metaspace replacement must be one character, got {replacement!r}")
     scheme = spec.get("prepend_scheme")
     if scheme is None:  # files written before tokenizers 0.14
         scheme = "always" if spec.get("add_prefix_space", True) else "never"
@@ -261,9 +273,11 @@ class _Unigram:
         vocab = spec.get("vocab") or []
         self.ids = {}
         for i, (piece, _) in enumerate(vocab):
-            self.ids[piece] = i  # a duplicated piece maps to its last id, as in tokenizers
+            self.ids[_text(piece, "vocabulary piece")] = i  # a duplicate maps to its last id, as in tokenizers
         self.scores = [float(score) for _, score in vocab]
         self.unk_id = spec.get("unk_id")
+        if self.unk_id is not None and (type(self.unk_id) is not int or not 0 <= self.unk_id < len(vocab)):
+            raise ValueError(f"unk_id {self.unk_id!r} is not an id of the {len(vocab)}-piece vocabulary")
         self.byte_fallback = bool(spec.get("byte_fallback", False))
         self.longest = max((len(piece) for piece, _ in vocab), default=0)
         self.unk_score = min(self.scores, default=0.0) - _UNK_PENALTY
@@ -327,8 +341,10 @@ class _NoUnknown(ValueError):
 
 class _AddedToken:
     def __init__(self, spec: dict):
-        self.id = int(spec["id"])
-        self.content = str(spec["content"])
+        self.id = spec["id"]
+        if type(self.id) is not int or self.id < 0:
+            raise ValueError(f"added token id {self.id!r} is not a token id")
+        self.content = _text(spec["content"], "added token content")
         self.normalized = bool(spec.get("normalized", not spec.get("special", False)))
         self.single_word = bool(spec.get("single_word", False))
         self.lstrip, self.rstrip = bool(spec.get("lstrip", False)), bool(spec.get("rstrip", False))
@@ -383,7 +399,9 @@ def _template(spec: dict | None) -> tuple[list[int], list[int]]:
             seen_sequence = True
         elif "SpecialToken" in item:
             ids = spec["special_tokens"][item["SpecialToken"]["id"]]["ids"]
-            (after if seen_sequence else before).extend(int(i) for i in ids)
+            if not all(type(i) is int and i >= 0 for i in ids):
+                raise ValueError(f"TemplateProcessing ids {ids!r} are not token ids")
+            (after if seen_sequence else before).extend(ids)
         else:
             raise _Unsupported(f"TemplateProcessing item {item!r}")
     return before, after
@@ -412,7 +430,7 @@ class Tokenizer:
                     token.pattern = self._normalize(token.content)
         except _Unsupported as exc:
             raise ValueError(f"unsupported {exc}") from None
-        except (KeyError, TypeError, ValueError, IndexError, struct.error) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError, struct.error) as exc:
             raise ValueError(f"malformed ({type(exc).__name__}: {exc})") from None
 
     @classmethod
@@ -423,7 +441,7 @@ class Tokenizer:
             if not isinstance(spec, dict):
                 raise ValueError("not a JSON object")
             return cls(spec)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise ModelFolderError(f"{path}: unreadable tokenizer ({str(exc).splitlines()[0][:160]})") from None
 
     def token_to_id(self, token: str) -> int | None:

@@ -180,3 +180,40 @@ def test_export_check_catches_a_disagreement(monkeypatch):
     monkeypatch.setattr(tok_mod._Unigram, "__call__", lambda self, word: [self.unk_id])
     with pytest.raises(ExportError, match="the runtime tokenizes"):
         check_tokenizer(text)
+
+
+def _paths(node, prefix=()):
+    """Every place in a tokenizer.json (the vocabulary by its first entries) a value could be swapped."""
+    items = node.items() if isinstance(node, dict) else enumerate(node[:4]) if isinstance(node, list) else []
+    for key, value in items:
+        yield prefix + (key,)
+        yield from _paths(value, prefix + (key,))
+
+
+_SPEC = json.loads((BUNDLED / "tokenizer.json").read_text(encoding="utf-8"))
+_PATHS = list(_paths(_SPEC))
+_JUNK = st.one_of(st.none(), st.booleans(), st.integers(-2, 10**12), st.floats(allow_nan=True), st.text(max_size=5),
+                  st.just([]), st.just({}), st.just([["a", "b"]]), st.just({"type": "NFKC"}), st.just({"Regex": "("}))
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.sampled_from(_PATHS), _JUNK), min_size=1, max_size=3))
+def test_crafted_tokenizer_files_load_or_fail_cleanly(tmp_path_factory, edits):
+    """Any tokenizer.json either tokenizes or is refused as a folder error; nothing else escapes."""
+    import copy
+
+    spec = copy.deepcopy(_SPEC)
+    for path, value in edits:
+        node = spec
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = copy.deepcopy(value)  # st.just hands out one shared object
+        except (KeyError, IndexError, TypeError):
+            continue
+    target = tmp_path_factory.getbasetemp() / "crafted-tokenizer.json"
+    target.write_text(json.dumps(spec), encoding="utf-8")
+    try:
+        TextTokenizer(target)(["A calm piano melody", None, "x </s> ﬁ"])
+    except (ModelFolderError, InvalidInputError) as exc:
+        assert "\n" not in str(exc)
