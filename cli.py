@@ -39,6 +39,11 @@ def main(verbose: bool) -> None:
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
 
+_LOW_MEMORY = click.option(
+    "--low-memory", is_flag=True,
+    help="Load the text encoder per call instead of keeping it resident (saves its size, ~1 s a call).")
+
+
 @main.command(cls=_Command)
 @click.argument("checkpoint")
 @click.argument("out_dir", type=click.Path(file_okay=False))
@@ -85,8 +90,7 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
               help="Audio file to continue; the output includes it and --duration is the total length.")
 @click.option("--stream", is_flag=True, help="Write audio while generating (1 s chunks); normalised at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--low-memory", is_flag=True,
-              help="Load the text encoder per call instead of keeping it resident (saves its size, ~1 s a call).")
+@_LOW_MEMORY
 def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperature, guidance, greedy,
              normalize, output, out_dir, provider, extend_stride, continue_from, stream, quiet, low_memory):
     """Generate music for each PROMPT and write audio files."""
@@ -192,8 +196,7 @@ def verify(folder, checkpoint, frames):
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--provider", default="auto", show_default=True)
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads (default: all cores).")
-@click.option("--low-memory", is_flag=True,
-              help="Load the text encoder per call instead of keeping it resident (saves its size, ~1 s a call).")
+@_LOW_MEMORY
 def bench(folder, seconds, batch, provider, threads, low_memory):
     """Time generation with FOLDER on this machine: load time, steps/s, real-time factor, peak RSS."""
     from .runtime.musicgen import MusicGen
