@@ -355,34 +355,40 @@ def _is_word_char(c: str) -> bool:
     return c.isalnum() or c == "_"
 
 
-def _split_added(text: str, tokens: list[_AddedToken]) -> list[tuple[str, _AddedToken | None]]:
+class _AddedSplitter:
     """Leftmost-longest matches of the added tokens' patterns, honouring single_word / lstrip / rstrip
-    as tokenizers' AddedVocabulary does; the text between them is returned with ``None``."""
-    by_pattern = {t.pattern: t for t in tokens if t.pattern}
-    if not by_pattern or not text:
-        return [(text, None)] if text else []
-    finder = re.compile("|".join(re.escape(p) for p in sorted(by_pattern, key=len, reverse=True)))
-    out: list[tuple[str, _AddedToken | None]] = []
-    done = pos = 0
-    while (match := finder.search(text, pos)) is not None:
-        token, start, stop = by_pattern[match.group()], match.start(), match.end()
-        pos = stop
-        if token.single_word and ((start > 0 and _is_word_char(text[start - 1]))
-                                  or (stop < len(text) and _is_word_char(text[stop]))):
-            continue
-        if token.lstrip:
-            while start > done and text[start - 1] in _WHITE_SPACE:
-                start -= 1
-        if token.rstrip:
-            while stop < len(text) and text[stop] in _WHITE_SPACE:
-                stop += 1
-        if start > done:
-            out.append((text[done:start], None))
-        out.append((text[start:stop], token))
-        done = pos = stop
-    if done < len(text):
-        out.append((text[done:], None))
-    return out
+    as tokenizers' AddedVocabulary does; the text between them is returned with ``None``. The matcher is
+    compiled once per tokenizer, not per prompt."""
+
+    def __init__(self, tokens: list[_AddedToken]):
+        self._by_pattern = {t.pattern: t for t in tokens if t.pattern}
+        alternatives = sorted(self._by_pattern, key=len, reverse=True)  # longest first: leftmost-longest
+        self._finder = re.compile("|".join(map(re.escape, alternatives))) if alternatives else None
+
+    def __call__(self, text: str) -> list[tuple[str, _AddedToken | None]]:
+        if self._finder is None or not text:
+            return [(text, None)] if text else []
+        out: list[tuple[str, _AddedToken | None]] = []
+        done = pos = 0
+        while (match := self._finder.search(text, pos)) is not None:
+            token, start, stop = self._by_pattern[match.group()], match.start(), match.end()
+            pos = stop
+            if token.single_word and ((start > 0 and _is_word_char(text[start - 1]))
+                                      or (stop < len(text) and _is_word_char(text[stop]))):
+                continue
+            if token.lstrip:
+                while start > done and text[start - 1] in _WHITE_SPACE:
+                    start -= 1
+            if token.rstrip:
+                while stop < len(text) and text[stop] in _WHITE_SPACE:
+                    stop += 1
+            if start > done:
+                out.append((text[done:start], None))
+            out.append((text[start:stop], token))
+            done = pos = stop
+        if done < len(text):
+            out.append((text[done:], None))
+        return out
 
 
 def _template(spec: dict | None) -> tuple[list[int], list[int]]:
@@ -428,6 +434,8 @@ class Tokenizer:
             for token in self._added:
                 if token.normalized:  # matched after normalisation, against the normalised content
                     token.pattern = self._normalize(token.content)
+            self._split_raw = _AddedSplitter([t for t in self._added if not t.normalized])
+            self._split_normalized = _AddedSplitter([t for t in self._added if t.normalized])
         except _Unsupported as exc:
             raise ValueError(f"unsupported {exc}") from None
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError, struct.error) as exc:
@@ -452,11 +460,11 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         ids = list(self._prefix)
-        for segment, added in _split_added(text, [t for t in self._added if not t.normalized]):
+        for segment, added in self._split_raw(text):
             if added is not None:
                 ids.append(added.id)
                 continue
-            for piece, added2 in _split_added(self._normalize(segment), [t for t in self._added if t.normalized]):
+            for piece, added2 in self._split_normalized(self._normalize(segment)):
                 if added2 is not None:
                     ids.append(added2.id)
                 else:
