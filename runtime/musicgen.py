@@ -65,10 +65,9 @@ class MusicGen:
         self.providers = providers
         m = manifest
         self.tokenizer = TextTokenizer(folder / m.tokenizer)
-        # The decoder first: loading a graph briefly holds its weights twice (protobuf + tensors), and that
-        # peak is lowest while nothing else is resident.
+        # The decoder first: a graph with inline weights (folders exported before weights went to
+        # NAME.onnx.data) is held twice while it loads, and that peak is lowest with nothing else resident.
         self.decoder = open_session(folder / m.graphs["decoder"].file, providers, threads)
-        release_freed_memory()
         self._open_text_encoder = functools.partial(open_session, folder / m.graphs["text_encoder"].file,
                                                     providers, threads)
         self.text_encoder = None if low_memory else self._open_text_encoder()
