@@ -14,7 +14,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .runtime.audio import STRATEGIES
 from .runtime.errors import MusicGenError
+from .runtime.manifest import KV_CACHES, KV_DTYPES
+from .runtime.options import duration_frames
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-melody"
 
@@ -27,10 +30,29 @@ class _Command(click.Command):
             return super().invoke(ctx)
         except MusicGenError as exc:
             click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
+            sys.exit(2)
 
 
-@click.group()
+class _Group(click.Group):
+    """Usage errors (unknown option, bad value, missing argument) as one line, like every other error."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            click.echo(f"error: {exc.format_message()} (see --help)", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="musicgen-onnx")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the library does (to stderr).")
 def main(verbose: bool) -> None:
@@ -53,9 +75,9 @@ _LOW_MEMORY = click.option(
 @click.option("--no-validate", is_flag=True, help="Skip checking each graph against its torch module.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle (*.bin) weights; they can run code when loaded.")
-@click.option("--kv-cache", type=click.Choice(["static", "concat"]), default="static", show_default=True,
+@click.option("--kv-cache", type=click.Choice(KV_CACHES), default="static", show_default=True,
               help="static: in-place cache buffers (GroupQueryAttention; CPU fp32, CUDA fp16); concat: portable graph.")
-@click.option("--kv-dtype", type=click.Choice(["fp32", "fp16"]), default=None,
+@click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None,
               help="KV cache precision for int8/int4 (default fp32): fp16 halves the cache, ~10% slower on CPU.")
 def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, kv_cache, kv_dtype):
     """Export CHECKPOINT (a local folder or a hub id in the Hugging Face cache) to OUT_DIR."""
@@ -80,7 +102,7 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
 @click.option("--temperature", type=float, default=None)
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance scale (default 3).")
 @click.option("--greedy", is_flag=True, help="Argmax decoding (deterministic, what parity tests use).")
-@click.option("--normalize", type=click.Choice(["loudness", "peak", "none"]), default="loudness", show_default=True)
+@click.option("--normalize", type=click.Choice(STRATEGIES), default="loudness", show_default=True)
 @click.option("-o", "--output", type=click.Path(), default=None, help="Output file (one prompt); format from suffix.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None, help="Folder for one file per prompt.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -209,7 +231,7 @@ def bench(folder, seconds, batch, provider, threads, low_memory):
     t0 = time.perf_counter()
     audio = model.generate([f"benchmark prompt {i}" for i in range(batch)], duration=seconds, seed=0)
     total = time.perf_counter() - t0
-    steps = int(seconds * model.frame_rate) + model.manifest.max_delay
+    steps = duration_frames(seconds, model.frame_rate) + model.manifest.max_delay
     audio_s = audio.shape[-1] / model.sample_rate
     click.echo(f"model          {folder} ({model.manifest.graphs['decoder'].precision}, {model.manifest.kv_cache} "
                f"KV cache) on {model.providers[0]}")

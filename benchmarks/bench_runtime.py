@@ -28,7 +28,7 @@ PROMPT = "80s pop track with bassy drums and synth"
 
 
 def ensure_checkpoint(arch: str) -> Path:
-    from benchmarks.checkpoints import build_checkpoint
+    from musicgen_onnx.export.random_checkpoints import build_checkpoint
 
     folder = CACHE / arch
     if not (folder / "model.safetensors").exists() and not list(folder.glob("*.safetensors")):

@@ -31,7 +31,7 @@ python - <<'EOF'
 import json, os, time
 from pathlib import Path
 import numpy as np, torch
-from benchmarks.checkpoints import build_checkpoint
+from musicgen_onnx.export.random_checkpoints import build_checkpoint
 from musicgen_onnx.export.exporter import export
 from musicgen_onnx.export import reference
 from musicgen_onnx.runtime import MusicGen

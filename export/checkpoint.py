@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtime.errors import ExportError
+from ..runtime.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,7 @@ class Checkpoint:
     weight_files: list[Path]
 
     def weights_sha256(self) -> dict[str, str]:
-        out = {}
-        for path in self.weight_files:
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                while block := handle.read(1 << 22):
-                    digest.update(block)
-            out[path.name] = digest.hexdigest()
-        return out
+        return {path.name: sha256_file(path) for path in self.weight_files}
 
 
 def resolve(checkpoint: str, allow_pickle: bool = False) -> Checkpoint:

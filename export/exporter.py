@@ -22,15 +22,15 @@ import torch
 from ..runtime.errors import ExportError
 from ..runtime.options import GenerationOptions
 from ..runtime.manifest import (
-    KV_CACHES, MANIFEST_NAME, ChromaParams, GraphInfo, Manifest, sha256_file,
+    KV_CACHES, KV_DTYPES, MANIFEST_NAME, PRECISIONS, ChromaParams, GraphInfo, Manifest, sha256_file,
 )
+from ..runtime.session import open_session
 from . import checkpoint as ckpt_mod
 from . import validate
 from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder
 
 log = logging.getLogger(__name__)
 
-EXPORT_PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # int8/int4: weight-only MatMulNBits for the decoder's matmuls, block 32, symmetric, int8 compute on
 # CPU (accuracy level 4). The LM heads get 8 bits in both tiers: measured harmless on the full-size
 # small architecture (int4 tier: top-1 and KL vs fp32 unchanged) and 8% faster than fp32 heads. The
@@ -281,11 +281,7 @@ def _files_of(folder: Path, name: str) -> list[Path]:
 
 
 def _validate_graph(spec: GraphSpec, path: Path, precision: str) -> None:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = open_session(path)  # the runtime's own session settings, on CPU
     if spec.name == "audio_encoder":  # codes from an argmin: judged by the fraction that differ
         tol = validate.CODE_MISMATCH[precision]
     else:
@@ -323,12 +319,12 @@ def export(
 ) -> Path:
     """Export ``checkpoint`` into ``out_dir``; returns the folder. ``_fail_after`` is a test hook."""
     progress = progress or (lambda msg: log.info(msg))
-    if precision not in EXPORT_PRECISIONS:
-        raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(EXPORT_PRECISIONS)}")
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
     if kv_cache not in KV_CACHES:
         raise ExportError(f"kv_cache {kv_cache!r} is not supported; choose one of {', '.join(KV_CACHES)}")
-    if kv_dtype not in (None, "fp32", "fp16"):
-        raise ExportError(f"kv_dtype {kv_dtype!r} is not supported; choose fp32 or fp16")
+    if kv_dtype is not None and kv_dtype not in KV_DTYPES:
+        raise ExportError(f"kv_dtype {kv_dtype!r} is not supported; choose one of {', '.join(KV_DTYPES)}")
     if kv_dtype == "fp16" and (precision not in QUANT_BITS or kv_cache != "static"):
         raise ExportError(f"kv_dtype 'fp16' needs precision int8 or int4 with the static KV cache (fp16 keeps its "
                           f"cache in fp16 anyway; fp32 stays the exact reference), not {precision}/{kv_cache}")
@@ -387,12 +383,14 @@ def export(
             graphs[spec.name] = GraphInfo(
                 file=path.name, precision=graph_precision, inputs=tuple(spec.input_names),
                 outputs=tuple(spec.output_names), files={f.name: sha256_file(f) for f in files},
+                roles={n: n for n in [*spec.input_names, *spec.output_names]},  # our tensors are named for their roles
                 size_bytes=sum(f.stat().st_size for f in files),
             )
             if _fail_after == spec.name:
                 raise ExportError(f"injected failure after {spec.name}")
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        manifest = build_manifest(model, ckpt, graphs, kv_cache, source_label)
+        manifest = build_manifest(model, ckpt, graphs, kv_cache, source_label,
+                                  tokenizer_sha256=sha256_file(tmp / "tokenizer.json"))
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         _replace(tmp, out)
     except BaseException:
@@ -412,7 +410,8 @@ def _replace(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, source_label: str | None = None) -> Manifest:
+def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, source_label: str | None = None,
+                   tokenizer_sha256: str | None = None) -> Manifest:
     cfg = model.config
     dec = cfg.decoder
     K = dec.num_codebooks
@@ -441,6 +440,8 @@ def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, sou
         delays=delays,
         graphs=graphs,
         text_hidden_size=cfg.text_encoder.d_model,
+        text_vocab_size=cfg.text_encoder.vocab_size,
+        tokenizer_sha256=tokenizer_sha256,
         codebook_size=dec.vocab_size,
         special_token_id=dec.pad_token_id,
         sample_rate=codec.sampling_rate,

@@ -79,7 +79,7 @@ def resample(wav: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 
 def normalize(wav: np.ndarray, sample_rate: int, strategy: str = "loudness", peak_clip_headroom_db: float = 1.0,
               loudness_headroom_db: float = 14.0, loudness_compressor: bool = False) -> np.ndarray:
-    """audiocraft's ``normalize_audio`` + ``_clip_wav`` for one ``[channels, samples]`` clip (spec 9)."""
+    """audiocraft's ``normalize_audio`` + ``_clip_wav`` (data/audio_utils.py) for one ``[channels, samples]`` clip."""
     if strategy not in STRATEGIES:
         raise InvalidInputError(f"normalization strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     wav = np.asarray(wav, dtype=np.float32)

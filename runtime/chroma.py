@@ -1,4 +1,4 @@
-"""Melody conditioning: the winner-takes-all chroma of spec 2.2, in numpy.
+"""Melody conditioning: the winner-takes-all chroma of audiocraft's ``ChromaExtractor`` (modules/chroma.py), in numpy.
 
 Reproduces audiocraft's ``ChromaExtractor`` and transformers' ``MusicgenMelodyFeatureExtractor``
 (torchaudio ``Spectrogram(normalized=True, power=2, center=True)`` + librosa's chroma filter bank,
@@ -18,7 +18,8 @@ from .manifest import ChromaParams
 @functools.lru_cache(maxsize=4)
 def chroma_filter_bank(sample_rate: int, n_fft: int, num_chroma: int = 12, tuning: float = 0.0,
                        ctroct: float = 5.0, octwidth: float = 2.0) -> np.ndarray:
-    """librosa.filters.chroma with its defaults (norm=2, base_c=True), spec 2.5; ``[num_chroma, n_fft//2+1]``."""
+    """``librosa.filters.chroma`` with its defaults (tuning 0, ctroct 5, octwidth 2, norm=2, base_c=True),
+    which both references use; ``[num_chroma, n_fft//2+1]``."""
     freqs = np.linspace(0, sample_rate, n_fft, endpoint=False)[1:]
     frqbins = num_chroma * np.log2(freqs / (440.0 * 2.0 ** (tuning / num_chroma) / 16.0))
     frqbins = np.concatenate(([frqbins[0] - 1.5 * num_chroma], frqbins))
@@ -81,7 +82,8 @@ def chroma_onehot(wav: np.ndarray, params: ChromaParams, max_frames: int | None 
 
 
 def null_chroma(frames: int, num_chroma: int) -> np.ndarray:
-    """The CFG null / no-melody chroma: bin 0 (C) in every frame (spec 3.1)."""
+    """The CFG null / no-melody chroma: bin 0 (C) in every frame (audiocraft: chroma of the zeroed null wav;
+    transformers: ``input_features[..., 0] = 1``)."""
     out = np.zeros((frames, num_chroma), dtype=np.float32)
     out[:, 0] = 1.0
     return out

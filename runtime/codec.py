@@ -4,31 +4,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import roles
+
 
 class AudioCodec:
-    """``open_encoder`` is called on first use: only continuation needs the encoder, and loading it
-    up front would cost every generation its memory (~160 MB for the 32 kHz codec)."""
+    """The encoder graph is optional and opened on first use: only continuation needs it, and loading
+    it up front would cost every generation its memory (~160 MB for the 32 kHz codec)."""
 
-    def __init__(self, decoder_session, open_encoder, num_codebooks: int, audio_channels: int):
-        self.decoder = decoder_session
-        self._open_encoder = open_encoder
-        self._encoder = None
-        self.num_codebooks = num_codebooks
-        self.channels = audio_channels
+    def __init__(self, graphs, manifest):
+        self.graphs = graphs
+        self.num_codebooks = manifest.num_codebooks
+        self.channels = manifest.audio_channels
+        dec = manifest.graphs["audio_decoder"]
+        self._decode_io = dec.name(roles.AUDIO_CODES), dec.name(roles.AUDIO_VALUES)
+        enc = manifest.graphs.get("audio_encoder")
+        self._encode_io = (enc.name(roles.AUDIO_VALUES), enc.name(roles.AUDIO_CODES)) if enc else None
+        self.decoder = graphs["audio_decoder"]
 
     @property
-    def encoder(self):
-        if self._encoder is None and self._open_encoder is not None:
-            self._encoder = self._open_encoder()
-        return self._encoder
+    def can_encode(self) -> bool:
+        return self._encode_io is not None
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """``codes [B, K, T]`` -> float32 ``[B, channels, T * hop]``. Stereo codebooks are interleaved
-        ``[L0, R0, L1, R1, ...]`` (spec 4.4): each side is decoded by the mono codec, in one batch."""
+        ``[L0, R0, L1, R1, ...]`` (audiocraft ``InterleaveStereoCompressionModel``): each side is decoded by the mono codec, in one batch."""
         b = codes.shape[0]
         if self.channels == 2:
             codes = np.concatenate([codes[:, 0::2], codes[:, 1::2]], axis=0)  # [2B, K/2, T]
-        audio = self.decoder.run(["audio_values"], {"audio_codes": np.ascontiguousarray(codes, dtype=np.int64)})[0]
+        codes_name, audio_name = self._decode_io
+        audio = self.decoder.run([audio_name], {codes_name: np.ascontiguousarray(codes, dtype=np.int64)})[0]
         if self.channels == 2:
             audio = np.concatenate([audio[:b], audio[b:]], axis=1)
         return audio.astype(np.float32, copy=False)
@@ -38,7 +42,8 @@ class AudioCodec:
         converts) -> codes ``[B, K, ceil(samples / hop)]`` (stereo interleaved)."""
         b = audio.shape[0]
         flat = audio.reshape(b * self.channels, 1, -1) if self.channels == 2 else audio[:, :1]
-        codes = self.encoder.run(["audio_codes"], {"audio_values": np.ascontiguousarray(flat, dtype=np.float32)})[0]
+        audio_name, codes_name = self._encode_io
+        codes = self.graphs["audio_encoder"].run([codes_name], {audio_name: np.ascontiguousarray(flat, dtype=np.float32)})[0]
         if self.channels == 2:
             codes = codes.reshape(b, 2, codes.shape[1], codes.shape[2]).transpose(0, 2, 1, 3).reshape(b, -1, codes.shape[2])
         return codes

@@ -1,4 +1,5 @@
-"""The codebook delay pattern (spec 4): pure numpy, shared by generation and tests.
+"""The codebook delay pattern (audiocraft ``DelayedPatternProvider``, transformers
+``build_delay_pattern_mask``): pure numpy, shared by generation and tests.
 
 Step ``s`` of the delayed sequence holds, for codebook ``k``, frame ``t = s - 1 - delays[k]``; step 0 is
 the all-special start column, and every out-of-range position is the special token.

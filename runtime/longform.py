@@ -1,4 +1,4 @@
-"""Past the model's 30 s: audiocraft's extend_stride windows (spec 7.1), as pure arithmetic.
+"""Past the model's 30 s: audiocraft's extend_stride windows (audiocraft ``MusicGen._generate_tokens``), as pure arithmetic.
 
 Each window generates up to ``max_duration`` of frames; the frames after the stride become the next
 window's prompt, so consecutive windows overlap by ``max_duration - extend_stride`` seconds and each
@@ -11,6 +11,8 @@ would plan a window with nothing to generate (and fail) while this plan still ad
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .options import duration_frames
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,9 @@ class Window:
 def plan_windows(duration: float, frame_rate: float, max_duration: float, extend_stride: float,
                  prompt_frames: int = 0) -> list[Window]:
     """The windows of one generation; a duration within ``max_duration`` is a single window."""
-    total = int(duration * frame_rate)
-    stride = int(frame_rate * extend_stride)
-    max_frames = int(max_duration * frame_rate)
+    total = duration_frames(duration, frame_rate)
+    stride = duration_frames(extend_stride, frame_rate)
+    max_frames = duration_frames(max_duration, frame_rate)
     windows = []
     offset, prompt = 0, prompt_frames
     while offset + prompt < total:

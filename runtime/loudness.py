@@ -1,4 +1,4 @@
-"""Integrated loudness exactly as audiocraft measures it (torchaudio ``loudness``, spec 9), in numpy.
+"""Integrated loudness exactly as audiocraft measures it (torchaudio ``functional.loudness``, which audiocraft's ``normalize_loudness`` calls), in numpy.
 
 torchaudio designs RBJ-cookbook biquads at the signal's own rate (an approximation of BS.1770's
 48 kHz K-weighting) and clamps each filter's output to [-1, 1]; this module does the same, so

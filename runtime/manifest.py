@@ -10,23 +10,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFolderError
-from .options import GenerationOptions
+from . import roles
+from .errors import InvalidInputError, ModelFolderError
+from .options import GenerationOptions, duration_frames
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graphs carry a role -> tensor name map (version 1 folders: names were the roles)
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "musicgen_onnx.json"
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 CONDITIONINGS = ("prefix", "cross")  # melody checkpoints prepend; text-only ones cross-attend
 KV_CACHES = ("static", "concat")  # in-place buffers (GroupQueryAttention) or past+new concatenation
-GRAPH_NAMES = ("text_encoder", "decoder", "audio_decoder", "audio_encoder")
+KV_DTYPES = ("fp32", "fp16")
+REQUIRED_GRAPHS = ("text_encoder", "decoder", "audio_decoder")
+OPTIONAL_GRAPHS = ("audio_encoder", "stems")  # opened on first use: continuation, stem separation
+GRAPH_NAMES = REQUIRED_GRAPHS + OPTIONAL_GRAPHS
+MAX_FRAME_RATE = 200
+MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few kB
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -36,7 +44,11 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 @dataclass(frozen=True)
 class GraphInfo:
-    """One ONNX graph of the folder; ``files`` maps each file (graph and external data) to its sha256."""
+    """One ONNX graph of the folder; ``files`` maps each file (graph and external data) to its sha256.
+
+    ``roles`` maps what a tensor is for (see :mod:`.roles`) to the tensor's name in this graph. The
+    runtime only ever asks for roles, so a folder whose graphs name their tensors differently (another
+    exporter's) needs a different map, not a different loop."""
 
     file: str
     precision: str
@@ -44,6 +56,19 @@ class GraphInfo:
     outputs: tuple[str, ...]
     files: dict[str, str] = field(default_factory=dict)
     size_bytes: int = 0
+    roles: dict[str, str] = field(default_factory=dict)
+
+    def name(self, role: str) -> str:
+        try:
+            return self.roles[role]
+        except KeyError:
+            raise ModelFolderError(f"graph {self.file}: the manifest names no tensor for role {role!r}") from None
+
+    def names(self, roles) -> list[str]:
+        return [self.name(r) for r in roles]
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
 
 
 @dataclass(frozen=True)
@@ -76,8 +101,10 @@ class Manifest:
     max_duration: float = 30.0
     max_positions: int | None = None
     chroma: ChromaParams | None = None
-    defaults: GenerationOptions = GenerationOptions()  # audiocraft's defaults (spec 1.4)
+    defaults: GenerationOptions = GenerationOptions()  # audiocraft's MusicGen defaults (musicgen.py, set_generation_params)
     tokenizer: str = "tokenizer.json"
+    tokenizer_sha256: str | None = None  # None only in version 1 folders
+    text_vocab_size: int | None = None  # rows of the text encoder's embedding: the largest token id + 1
     source: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
@@ -92,7 +119,7 @@ class Manifest:
 
     @property
     def max_frames(self) -> int:
-        return int(self.max_duration * self.frame_rate)
+        return duration_frames(self.max_duration, self.frame_rate)
 
     @property
     def max_delay(self) -> int:
@@ -116,26 +143,74 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "manifest") -> "Manifest":
-        if not isinstance(data, dict):
-            raise ModelFolderError(f"{where}: expected a JSON object, found {type(data).__name__}")
+        """Read a manifest as untrusted input: every field's type is checked exactly (no bool as int,
+        no float as int, no string as number), unknown fields are refused, then :meth:`check` bounds
+        the numbers. Version 1 folders (before graph roles and the tokenizer hash) still load."""
+        r = _Reader(where)
+        data = r.obj(data, "manifest")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise ModelFolderError(
                 f"{where}: format version {version!r} is not supported by this musicgen-onnx "
-                f"(it reads version {FORMAT_VERSION}); re-export the model with this version"
+                f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))}); re-export the model with this version"
             )
-        try:
-            kwargs = dict(data)
-            kwargs["delays"] = tuple(int(d) for d in data["delays"])
-            kwargs["graphs"] = {
-                name: GraphInfo(**{**info, "inputs": tuple(info["inputs"]), "outputs": tuple(info["outputs"])})
-                for name, info in data["graphs"].items()
-            }
-            kwargs["chroma"] = ChromaParams(**data["chroma"]) if data.get("chroma") else None
-            kwargs["defaults"] = GenerationOptions(**data.get("defaults", {}))
-            manifest = cls(**kwargs)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ModelFolderError(f"{where}: malformed manifest ({exc})") from None
+        r.known(data, {f.name for f in dataclasses.fields(cls)}, "manifest")
+        graphs = {}
+        for name, info in r.obj(r.req(data, "graphs"), "graphs").items():
+            if name not in GRAPH_NAMES:
+                raise ModelFolderError(f"{where}: graph {name!r} is unknown (known: {', '.join(GRAPH_NAMES)})")
+            info = r.obj(info, f"graphs.{name}")
+            r.known(info, {f.name for f in dataclasses.fields(GraphInfo)}, f"graphs.{name}")
+            inputs = tuple(r.names(r.req(info, "inputs", f"graphs.{name}"), f"graphs.{name}.inputs"))
+            outputs = tuple(r.names(r.req(info, "outputs", f"graphs.{name}"), f"graphs.{name}.outputs"))
+            if version >= 2:
+                roles_map = {r.text(k, f"graphs.{name}.roles"): r.text(v, f"graphs.{name}.roles.{k}")
+                             for k, v in r.obj(r.req(info, "roles", f"graphs.{name}"), f"graphs.{name}.roles").items()}
+            else:  # version 1: the tensors were named for their roles
+                roles_map = {n: n for n in [*inputs, *outputs]}
+            graphs[name] = GraphInfo(
+                file=r.file(r.req(info, "file", f"graphs.{name}"), f"graphs.{name}.file"),
+                precision=r.text(r.req(info, "precision", f"graphs.{name}"), f"graphs.{name}.precision"),
+                inputs=inputs, outputs=outputs,
+                files={r.file(k, f"graphs.{name}.files"): r.sha256(v, f"graphs.{name}.files.{k}")
+                       for k, v in r.obj(r.req(info, "files", f"graphs.{name}"), f"graphs.{name}.files").items()},
+                size_bytes=r.integer(r.req(info, "size_bytes", f"graphs.{name}"), f"graphs.{name}.size_bytes", 0, 1 << 42),
+                roles=roles_map)
+        chroma = None
+        if data.get("chroma") is not None:
+            c = r.obj(data["chroma"], "chroma")
+            r.known(c, {f.name for f in dataclasses.fields(ChromaParams)}, "chroma")
+            chroma = ChromaParams(**{k: r.integer(v, f"chroma.{k}") for k, v in c.items()})
+        d = r.obj(data.get("defaults", {}), "defaults")
+        r.known(d, {f.name for f in dataclasses.fields(GenerationOptions)}, "defaults")
+        types = {"top_k": r.integer, "greedy": r.boolean, "seed": r.optional_integer}
+        defaults = GenerationOptions(**{k: types.get(k, r.number)(v, f"defaults.{k}") for k, v in d.items()})
+        source = r.obj(data.get("source", {}), "source")
+        for k, v in source.items():
+            r.text(k, "source")
+            if isinstance(v, dict):
+                for kk, vv in v.items():
+                    r.text(kk, f"source.{k}"), r.text(vv, f"source.{k}.{kk}")
+            elif v is not None:
+                r.text(v, f"source.{k}")
+        ints = {k: r.integer(r.req(data, k), k) for k in ("hidden_size", "num_layers", "num_heads", "num_codebooks",
+                                                          "audio_channels")}
+        ints.update({k: r.integer(data[k], k) for k in ("text_hidden_size", "codebook_size", "special_token_id",
+                                                      "sample_rate", "hop_length") if k in data})
+        manifest = cls(
+            conditioning=r.text(r.req(data, "conditioning"), "conditioning"),
+            delays=tuple(r.integer(x, "delays[]") for x in r.array(r.req(data, "delays"), "delays", 64)),
+            graphs=graphs,
+            kv_cache=r.text(data.get("kv_cache", "concat"), "kv_cache"),
+            max_duration=r.number(data.get("max_duration", 30.0), "max_duration"),
+            max_positions=r.optional_integer(data.get("max_positions"), "max_positions"),
+            text_vocab_size=r.optional_integer(data.get("text_vocab_size"), "text_vocab_size"),
+            chroma=chroma, defaults=defaults,
+            tokenizer=r.file(data.get("tokenizer", "tokenizer.json"), "tokenizer"),
+            tokenizer_sha256=None if data.get("tokenizer_sha256") is None else r.sha256(data["tokenizer_sha256"], "tokenizer_sha256"),
+            source=source, **ints)
+        if version >= 2 and manifest.tokenizer_sha256 is None:
+            raise ModelFolderError(f"{where}: tokenizer_sha256 is missing (format version 2 hashes the tokenizer)")
         manifest.check(where)
         return manifest
 
@@ -163,6 +238,15 @@ class Manifest:
         int_in("special_token_id", self.special_token_id, 0, 65536)
         int_in("sample_rate", self.sample_rate, 1000, 384000)
         int_in("hop_length", self.hop_length, 1, 1 << 16)
+        # Steps per second of audio: 50 for every released codec. Bounded so that a crafted rate cannot
+        # turn seconds of audio into millions of decoder steps (hop 1 at 32 kHz: 480,003 for 15 s).
+        need(1 <= self.frame_rate <= MAX_FRAME_RATE,
+             f"sample_rate / hop_length must be between 1 and {MAX_FRAME_RATE} frames per second, got {self.frame_rate:g}")
+        need(self.special_token_id == self.codebook_size,
+             f"special_token_id must equal codebook_size ({self.codebook_size}): MusicGen's special token is the "
+             f"embedding row after the codebook, got {self.special_token_id!r}")
+        if self.text_vocab_size is not None:
+            int_in("text_vocab_size", self.text_vocab_size, 1, 1 << 20)
         int_in("text_hidden_size", self.text_hidden_size, 1, 16384)
         need(len(self.delays) == self.num_codebooks, "delays must have one entry per codebook")
         need(all(0 <= d <= 64 for d in self.delays), "delays must be in [0, 64]")
@@ -179,17 +263,99 @@ class Manifest:
             int_in("chroma.num_chroma", c.num_chroma, 1, 48)
             int_in("chroma.chroma_length", c.chroma_length, 1, 10000)
             int_in("chroma.sample_rate", c.sample_rate, 1000, 384000)
-        for name in ("text_encoder", "decoder", "audio_decoder"):
+        try:  # a folder's defaults are the options of every call that sets nothing: refused on load, not later
+            self.defaults.check(self.max_duration, self.frame_rate, self.codebook_size)
+        except InvalidInputError as exc:
+            raise ModelFolderError(f"{where}: defaults: {exc}") from None
+        for name in REQUIRED_GRAPHS:
             need(name in self.graphs, f"graph {name!r} is missing from the manifest")
         for name, info in self.graphs.items():
             need(info.precision in PRECISIONS, f"graph {name}: precision must be one of {PRECISIONS}")
+            inputs, outputs = roles.required(name, self.conditioning, self.kv_cache, self.num_layers)
+            for role in inputs:
+                need(info.roles.get(role) in info.inputs, f"graph {name}: role {role!r} must name one of its inputs")
+            for role in outputs:
+                need(info.roles.get(role) in info.outputs, f"graph {name}: role {role!r} must name one of its outputs")
             for rel in [info.file, *info.files]:
                 need(_is_plain_relative(rel), f"graph {name}: file {rel!r} must be a plain name inside the folder")
 
 
+class _Reader:
+    """Exact-type readers for untrusted JSON values; every refusal is one line naming the field."""
+
+    MAX_TEXT = 4096
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def fail(self, name: str, rule: str, value) -> None:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ModelFolderError(f"{self.where}: {name} must be {rule}, got {shown}")
+
+    def obj(self, value, name: str) -> dict:
+        if not isinstance(value, dict):
+            self.fail(name, "a JSON object", value)
+        return value
+
+    def array(self, value, name: str, max_len: int) -> list:
+        if not isinstance(value, (list, tuple)) or len(value) > max_len:
+            self.fail(name, f"a list of at most {max_len} items", value)
+        return value
+
+    def req(self, data: dict, key: str, where: str = "manifest"):
+        if key not in data:
+            raise ModelFolderError(f"{self.where}: {where} has no {key!r}")
+        return data[key]
+
+    def known(self, data: dict, allowed: set, name: str) -> None:
+        unknown = sorted(str(k) for k in data if k not in allowed)
+        if unknown:
+            shown = ", ".join(repr(k[:40]) for k in unknown[:3])
+            raise ModelFolderError(f"{self.where}: {name} has unknown field(s) {shown}; this musicgen-onnx reads "
+                                   f"format version {FORMAT_VERSION}")
+
+    def integer(self, value, name: str, lo: int = -(1 << 62), hi: int = 1 << 62) -> int:
+        if type(value) is not int or not lo <= value <= hi:
+            self.fail(name, f"an integer in [{lo}, {hi}]" if hi < (1 << 62) else "an integer", value)
+        return value
+
+    def optional_integer(self, value, name: str):
+        return None if value is None else self.integer(value, name)
+
+    def number(self, value, name: str) -> float:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            self.fail(name, "a finite number", value)
+        return value
+
+    def boolean(self, value, name: str) -> bool:
+        if type(value) is not bool:
+            self.fail(name, "true or false", value)
+        return value
+
+    def text(self, value, name: str) -> str:
+        if not isinstance(value, str) or len(value) > self.MAX_TEXT:
+            self.fail(name, f"a string of at most {self.MAX_TEXT} characters", value)
+        return value
+
+    def names(self, value, name: str) -> list[str]:
+        return [self.text(v, f"{name}[]") for v in self.array(value, name, 4096)]
+
+    def file(self, value, name: str) -> str:
+        if not isinstance(value, str) or not _is_plain_relative(value):
+            self.fail(name, "a plain name of a file inside the model folder", value)
+        return value
+
+    def sha256(self, value, name: str) -> str:
+        if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            self.fail(name, "a sha256 hex digest", value)
+        return value
+
+
 def _is_plain_relative(name: str) -> bool:
-    p = Path(name)
-    return bool(name) and not p.is_absolute() and ".." not in p.parts and len(p.parts) == 1
+    """A name, not a path: no folders, no parent, no NUL, nothing a filesystem treats specially."""
+    return (0 < len(name) <= 255 and name not in (".", "..") and not any(c in name for c in "/\\\0")
+            and not Path(name).is_absolute())
 
 
 def load_manifest(folder: str | os.PathLike) -> Manifest:
@@ -199,27 +365,58 @@ def load_manifest(folder: str | os.PathLike) -> Manifest:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise ModelFolderError(f"{folder}: no {MANIFEST_NAME}; not a musicgen-onnx model folder (export one first)")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ModelFolderError(f"{path}: unreadable manifest (larger than {MAX_MANIFEST_BYTES >> 20} MiB)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"{path}: unreadable manifest ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, 5000-digit numbers
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ModelFolderError(f"{path}: unreadable manifest ({reason})") from None
     return Manifest.from_dict(data, where=str(path))
 
 
-def verify_files(folder: str | os.PathLike, manifest: Manifest, hash_files: bool = True) -> None:
-    """Every file the manifest names exists, has its recorded size and, unless skipped, its hash."""
+def folder_file(folder: str | os.PathLike, name: str) -> Path:
+    """The one way to reach a file of a model folder: a plain name that resolves, after symlinks, to a
+    regular file directly inside the folder. Anything else is a one-line :class:`ModelFolderError`."""
     folder = Path(folder)
-    tok = folder / manifest.tokenizer
-    if not tok.is_file():
-        raise ModelFolderError(f"{folder}: tokenizer file {manifest.tokenizer!r} is missing")
+    if not _is_plain_relative(name):
+        raise ModelFolderError(f"{folder}: {name!r} is not a plain file name inside the model folder")
+    try:
+        root = folder.resolve(strict=True)
+        real = (folder / name).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise ModelFolderError(f"{folder}: {name!r} is missing") from None
+    if real.parent != root:
+        raise ModelFolderError(f"{folder}: {name!r} resolves to {str(real)!r}, outside the model folder")
+    if not real.is_file():
+        raise ModelFolderError(f"{folder}: {name!r} is not a regular file")
+    return real
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise ModelFolderError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+
+
+def verify_files(folder: str | os.PathLike, manifest: Manifest, hash_files: bool = True) -> None:
+    """Every file the folder uses exists inside it, has its recorded size and, unless skipped, its hash;
+    no graph reads a file the manifest does not list."""
+    from .onnx_files import MalformedGraph, external_data_locations
+
+    folder = Path(folder)
+    tok = folder_file(folder, manifest.tokenizer)
+    if hash_files and manifest.tokenizer_sha256 is not None and _file_digest(tok) != manifest.tokenizer_sha256:
+        raise ModelFolderError(f"{tok}: sha256 does not match the manifest (file corrupt, truncated or replaced)")
     for name, info in manifest.graphs.items():
+        if info.file not in info.files:
+            raise ModelFolderError(f"{folder}: graph {name}: its file {info.file!r} is not among its hashed files")
         total = 0
         for rel, digest in info.files.items():
-            path = folder / rel
-            if not path.is_file():
-                raise ModelFolderError(f"{folder}: graph {name} needs {rel!r}, which is missing")
+            path = folder_file(folder, rel)
             total += path.stat().st_size
-            if hash_files and sha256_file(path) != digest:
+            if hash_files and _file_digest(path) != digest:
                 raise ModelFolderError(
                     f"{path}: sha256 does not match the manifest (file corrupt, truncated or replaced)"
                 )
@@ -227,3 +424,12 @@ def verify_files(folder: str | os.PathLike, manifest: Manifest, hash_files: bool
             raise ModelFolderError(
                 f"{folder}: graph {name} files total {total} bytes, manifest says {info.size_bytes} (truncated?)"
             )
+        graph = folder_file(folder, info.file)
+        try:
+            locations = external_data_locations(graph)
+        except (MalformedGraph, OSError, ValueError) as exc:
+            raise ModelFolderError(f"{graph}: not a readable ONNX graph ({exc})") from None
+        unlisted = sorted(loc for loc in locations if loc not in info.files)
+        if unlisted:
+            raise ModelFolderError(f"{graph}: reads external data {unlisted[0]!r}, which the manifest does not list "
+                                   f"for graph {name}")

@@ -48,7 +48,7 @@ def prepare_melodies(melody, melody_sample_rate, batch: int, params: ChromaParam
 
 def window_chroma(wavs: list[np.ndarray], start_s: float, length_s: float, params: ChromaParams) -> np.ndarray:
     """Chroma of the ``length_s`` seconds of each melody starting at ``start_s``, taken from the melody's
-    periodic extension (audiocraft's long-form windows, spec 7.1): ``pos = arange(a, a + n) % len``."""
+    periodic extension (audiocraft ``MusicGen._generate_tokens``): ``pos = arange(a, a + n) % len``."""
     a = int(start_s * params.sample_rate)
     n = int(length_s * params.sample_rate)
     cut = [w[np.arange(a, a + n) % w.shape[0]] for w in wavs]

@@ -9,6 +9,16 @@ from .errors import InvalidInputError
 
 MIN_FRAMES = 4  # the codec's first reflect-padded convolution needs more frames than its half-kernel
 MAX_DURATION_S = 3600.0  # long-form generation works in windows; an hour bounds what one call may ask
+# Bounds that keep every logit finite: CFG multiplies logit differences (tens in fp32) by the scale, and
+# sampling divides by the temperature (in float64). Musical values are 1-10 and 0.1-2; audiocraft checks neither.
+MAX_GUIDANCE = 100.0
+TEMPERATURE_RANGE = (1e-3, 100.0)
+
+
+def duration_frames(duration: float, frame_rate: float) -> int:
+    """Frames for ``duration`` seconds: audiocraft's ``int(duration * frame_rate)`` (truncation, as in
+    ``MusicGen._generate_tokens``); the one place this rule lives."""
+    return int(duration * frame_rate)
 
 
 @dataclass(frozen=True)
@@ -26,8 +36,7 @@ class GenerationOptions:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def frames(self, frame_rate: float) -> int:
-        """audiocraft's ``int(duration * frame_rate)`` (truncation, spec 4.3)."""
-        return int(self.duration * frame_rate)
+        return duration_frames(self.duration, frame_rate)
 
     def check(self, max_duration: float, frame_rate: float, codebook_size: int) -> "GenerationOptions":
         """``max_duration`` is the model's window (30 s); longer durations are generated in windows."""
@@ -50,12 +59,13 @@ class GenerationOptions:
         if not 0.0 <= self.top_p <= 1.0:
             raise InvalidInputError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p!r}")
         number("temperature", self.temperature)
-        if not self.greedy and self.temperature <= 0:
-            raise InvalidInputError(f"temperature must be > 0 when sampling (use greedy decoding instead), "
-                                    f"got {self.temperature!r}")
+        lo, hi = TEMPERATURE_RANGE
+        if not self.greedy and not lo <= self.temperature <= hi:
+            raise InvalidInputError(f"temperature must be > 0 when sampling (between {lo:g} and {hi:g}; use greedy "
+                                    f"decoding for argmax), got {self.temperature!r}")
         number("guidance_scale", self.guidance_scale)
-        if self.guidance_scale < 0:
-            raise InvalidInputError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
+        if not 0 <= self.guidance_scale <= MAX_GUIDANCE:
+            raise InvalidInputError(f"guidance_scale must be >= 0 and at most {MAX_GUIDANCE:g}, got {self.guidance_scale!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise InvalidInputError(f"seed must be a non-negative integer, got {self.seed!r}")
         return self

@@ -1,4 +1,5 @@
-"""Next-token choice (spec 3.2 and 5): CFG combine, then greedy or temperature + top-k / top-p sampling.
+"""Next-token choice: CFG combine (audiocraft ``LMModel._sample_next_token``, transformers
+``ClassifierFreeGuidanceLogitsProcessor``), then greedy or temperature + top-k / top-p sampling.
 
 audiocraft semantics: top-p, when > 0, *replaces* top-k; top-k keeps ties with the k-th probability.
 Draws come from a seeded ``numpy.random.Generator``: same seed, same tokens on the same provider.

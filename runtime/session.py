@@ -1,9 +1,15 @@
-"""onnxruntime sessions: provider choice and loading with errors a user can act on."""
+"""onnxruntime sessions: provider choice, session settings, and loading with errors a user can act on.
+
+Every session of the project (the runtime's, and the exporter's validation) is opened by
+:func:`open_session` with a :class:`SessionSettings`, so both measure the same thing.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidInputError, ModelFolderError
@@ -53,7 +59,42 @@ def release_freed_memory() -> None:
             pass
 
 
-def open_session(path: Path, providers: list[str], threads: int | None = None):
+def check_memory(what: str, nbytes: int) -> None:
+    """Refuse an allocation larger than this machine's physical memory before making it: numbers from a
+    crafted manifest or an absurd request end in one line, not in the OOM killer."""
+    import os
+
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if nbytes > physical:
+        raise InvalidInputError(f"{what} would need {nbytes / 1e9:.1f} GB, more than this machine's "
+                                f"{physical / 1e9:.1f} GB of memory; ask for a shorter duration or fewer prompts")
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How graphs are opened: onnxruntime provider names in order of preference, per-provider options
+    (e.g. ``{"CUDAExecutionProvider": {"use_tf32": "0"}}``) and the CPU thread count."""
+
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    threads: int | None = None
+
+    @classmethod
+    def resolve(cls, providers=None, threads: int | None = None, provider_options=None) -> "SessionSettings":
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InvalidInputError(f"threads must be a positive integer, got {threads!r}")
+        return cls(tuple(resolve_providers(providers)), dict(provider_options or {}), threads)
+
+    @property
+    def device(self) -> str:
+        """Where buffers that a graph reads and writes in place belong ("cuda" or "cpu")."""
+        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+
+
+def open_session(path: Path, settings: SessionSettings = SessionSettings()):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -66,10 +107,137 @@ def open_session(path: Path, providers: list[str], threads: int | None = None):
     # back. Measured no slower: melody int8 with fp16 KV, 10 s, 14.4 vs 13.5 steps/s; small fp32 and
     # int4 within run-to-run noise over four alternating runs.
     opts.enable_cpu_mem_arena = False
-    if threads:
-        opts.intra_op_num_threads = threads
+    if settings.threads:
+        opts.intra_op_num_threads = settings.threads
+    providers = [(p, settings.provider_options.get(p, {})) for p in settings.providers]
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ModelFolderError(f"{path}: onnxruntime cannot load this graph ({first})") from None
+
+
+def _ort_errors() -> tuple[type, ...]:
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(getattr(state, n) for n in ("Fail", "InvalidArgument", "RuntimeException", "InvalidGraph",
+                                              "NoSuchFile", "EPFail", "NotImplemented") if hasattr(state, n))
+
+
+class Graph:
+    """A session whose run failures are one-line :class:`ModelFolderError`s naming the graph: the
+    manifest and I/O checks at load catch what they can, and a graph from a hostile folder that still
+    fails inside onnxruntime must not end in a traceback."""
+
+    def __init__(self, session, where: str):
+        self.session = session
+        self.where = where
+        self._errors = _ort_errors()
+
+    def __getattr__(self, name):  # get_inputs, get_outputs, io_binding, ...
+        return getattr(self.session, name)
+
+    def _failed(self, exc: Exception) -> ModelFolderError:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return ModelFolderError(f"{self.where} failed in onnxruntime ({first})")
+
+    def run(self, outputs, feeds):
+        try:
+            return self.session.run(outputs, feeds)
+        except self._errors as exc:
+            raise self._failed(exc) from None
+
+    def run_with_iobinding(self, binding):
+        try:
+            return self.session.run_with_iobinding(binding)
+        except self._errors as exc:
+            raise self._failed(exc) from None
+
+
+class GraphSessions:
+    """The folder's graphs as sessions, opened when first asked for and then kept (the decoder at load,
+    optional graphs such as the audio encoder only if a call needs them). ``run_transient`` serves a
+    graph the caller does not want resident (``low_memory``'s text encoder): opened, run, released."""
+
+    def __init__(self, folder: Path, manifest, settings: SessionSettings):
+        self.folder = folder
+        self.manifest = manifest
+        self.settings = settings
+        self._open: dict = {}
+        self._lock = threading.Lock()  # one model serves concurrent calls: open each graph once
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest.graphs
+
+    def is_open(self, name: str) -> bool:
+        return name in self._open
+
+    def _path(self, name: str) -> Path:
+        if not self.has(name):
+            raise ModelFolderError(f"{self.folder}: this export has no {name} graph")
+        from .manifest import folder_file
+
+        return folder_file(self.folder, self.manifest.graphs[name].file)
+
+    def _open_checked(self, name: str):
+        session = open_session(self._path(name), self.settings)
+        check_graph_io(self.folder, name, session, self.manifest)
+        return Graph(session, f"{self.folder}: graph {name}")
+
+    def __getitem__(self, name: str):
+        with self._lock:
+            if name not in self._open:
+                self._open[name] = self._open_checked(name)
+            return self._open[name]
+
+    def run_transient(self, name: str, outputs: list[str], feeds: dict) -> list:
+        if name in self._open:
+            return self._open[name].run(outputs, feeds)
+        session = self._open_checked(name)
+        result = session.run(outputs, feeds)
+        del session
+        release_freed_memory()
+        return result
+
+
+def expected_dims(name: str, manifest) -> dict[str, dict[int, int]]:
+    """Role -> {axis: size} that the graph's declared shapes must agree with, where they are fixed."""
+    from . import roles
+
+    m = manifest
+    per_side = m.num_codebooks // m.audio_channels
+    cache = {r: {1: m.num_heads, 3: m.head_dim} for kind in ("past", "present") for r in roles.layers(kind, m.num_layers)}
+    cross = {r: {1: m.num_heads, 3: m.head_dim} for r in roles.layers("cross", m.num_layers)}
+    if name == "decoder":
+        dims = {roles.TOKEN_IDS: {1: m.num_codebooks}, roles.LOGITS: {1: m.num_codebooks, 2: m.codebook_size},
+                roles.PREFIX_EMBEDS: {2: m.hidden_size}, **cache}
+        return {**dims, **cross} if not m.is_melody else dims
+    if name == "text_encoder":
+        if m.is_melody:
+            return {roles.CHROMA: {2: m.chroma.num_chroma}, roles.PREFIX: {2: m.hidden_size}}
+        return cross
+    if name in ("audio_decoder", "audio_encoder"):
+        return {roles.AUDIO_CODES: {1: per_side}, roles.AUDIO_VALUES: {1: 1}}
+    return {}
+
+
+def check_graph_io(folder, name: str, session, manifest) -> None:
+    """The graph declares exactly the tensors the manifest lists, with the sizes the manifest's numbers
+    imply: a folder whose graphs disagree with its manifest is refused at load, not mid-generation."""
+    info = manifest.graphs[name]
+    ins = {i.name: i for i in session.get_inputs()}
+    outs = {o.name: o for o in session.get_outputs()}
+    where = f"{folder}: graph {name} ({info.file})"
+    if set(ins) != set(info.inputs) or set(outs) != set(info.outputs):
+        raise ModelFolderError(f"{where} declares inputs {sorted(ins)[:4]}... and outputs {sorted(outs)[:4]}..., "
+                               f"not those the manifest lists")
+    for role, axes in expected_dims(name, manifest).items():
+        if not info.has(role):
+            continue
+        tensor = ins.get(info.roles[role]) or outs.get(info.roles[role])
+        shape = tensor.shape if tensor is not None else []
+        for axis, size in axes.items():
+            got = shape[axis] if axis < len(shape) else None
+            if isinstance(got, int) and got != size:
+                raise ModelFolderError(f"{where}: {tensor.name} has size {got} on axis {axis}, the manifest implies "
+                                       f"{size}")

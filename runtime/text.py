@@ -12,7 +12,8 @@ from .tokenizer import Tokenizer
 
 class TextTokenizer:
     """``tokenizer.json`` (read by :mod:`.tokenizer`): ``</s>`` appended by the file's template, padded
-    to the longest prompt of the batch with the pad id, no truncation (spec 2.1)."""
+    to the longest prompt of the batch with the pad id, no truncation (transformers' processor
+    with ``padding=True``; audiocraft ``T5Conditioner.tokenize``)."""
 
     def __init__(self, path: str | os.PathLike):
         self._tok = Tokenizer.from_file(path)
@@ -21,7 +22,8 @@ class TextTokenizer:
 
     def __call__(self, texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)``, int64 ``[batch, longest]``. A ``None`` prompt becomes ``""``
-        with an all-zero mask row: audiocraft's dropped description (spec 2.1)."""
+        with an all-zero mask row: audiocraft's dropped description (``T5Conditioner.tokenize`` zeroes
+        the mask of empty entries)."""
         try:
             encodings = [self._tok.encode("" if t is None else t) for t in texts]
         except ValueError as exc:

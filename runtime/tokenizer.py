@@ -8,7 +8,7 @@ exporter re-checks every file it writes) and refuses, naming the component, a ``
 uses anything else.
 
 It follows ``tokenizers`` (transformers' fast tokenizer, the parity reference) even where that differs
-from ``sentencepiece`` (audiocraft's slow tokenizer, spec 2.1 / divergence 10): the ``Precompiled``
+from ``sentencepiece`` (audiocraft's ``T5Conditioner`` uses the slow ``T5Tokenizer``): the ``Precompiled``
 normaliser works per grapheme cluster with the shortest matching rule, so a combining mark after a
 compatibility character is dropped (``"Ａ\\u0301"`` -> ``"A"``), and WhitespaceSplit splits on all of
 Unicode's White_Space. On ordinary prompts the three agree. The NFKC-family normalisers use Python's

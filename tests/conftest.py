@@ -1,25 +1,60 @@
-"""Shared fixtures: tiny random-weight checkpoints of each family, exported once per session."""
+"""Shared fixtures: tiny random-weight checkpoints of each family, exported once per session, and the CLI.
+
+Two kinds of test live here. Runtime tests need only the runtime install (numpy, onnxruntime,
+soundfile, soxr, click) plus the test tools; export tests need the ``export`` extra (torch,
+transformers) to build checkpoints or compute references. Export tests are marked ``export``:
+automatically when they use a checkpoint fixture, by ``pytestmark`` where a whole module needs torch.
+``.ci/run`` runs everything, then ``-m "not export"`` again in a virtual environment without torch;
+there the modules that import torch at the top are not collected (``collect_ignore``).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "tests"):  # `benchmarks` (checkpoint builder) and the tests' shared helpers
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+if str(ROOT / "tests") not in sys.path:  # the tests' shared helpers (`from conftest import ...`)
+    sys.path.insert(0, str(ROOT / "tests"))
 
 FAMILIES = ["tiny-melody", "tiny-melody-stereo", "tiny-text", "tiny-text-stereo"]
 BUNDLED = ROOT / "models" / "tiny-melody"
+CLI = [sys.executable, "-m", "musicgen_onnx.cli"]
+EXPORT_FIXTURES = {"checkpoint_dir", "exported", "reference_model"}
+EXPORT_MODULES = ["test_export.py", "test_parity.py", "test_sensitivity.py", "test_tiers.py", "test_tokenizer.py"]
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+collect_ignore = [] if HAVE_TORCH else EXPORT_MODULES
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "export: needs the export extra (torch, transformers)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if EXPORT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.export)
+
+
+def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    """``musicgen-onnx ARGS`` in a fresh interpreter, output captured as text."""
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, **kw)
+
+
+@pytest.fixture
+def cli():
+    """``cli("generate", "a prompt", "-o", path)`` -> CompletedProcess (returncode, stdout, stderr)."""
+    return run_cli
 
 
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory):
     """``checkpoint_dir(arch)`` -> a transformers checkpoint folder, built on first use."""
-    from benchmarks.checkpoints import build_checkpoint
+    from musicgen_onnx.export.random_checkpoints import build_checkpoint
 
     root = tmp_path_factory.mktemp("checkpoints")
     built = {}

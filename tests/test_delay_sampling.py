@@ -1,10 +1,9 @@
-"""The loop's small pieces: delay pattern (vs transformers and spec 4.3) and the sampler (spec 5)."""
+"""The loop's small pieces: delay pattern (vs transformers' build_delay_pattern_mask) and the sampler."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from musicgen_onnx.runtime.delay import DelayPattern
 from musicgen_onnx.runtime.sampling import Sampler, classifier_free_guidance
@@ -23,6 +22,8 @@ def test_spec_example_mono_t7():
 
 @pytest.mark.parametrize("stereo", [False, True])
 def test_valid_mask_equals_transformers_build_delay_pattern_mask(stereo, reference_model):
+    import torch
+
     model, _ = reference_model("tiny-text-stereo" if stereo else "tiny-text")
     K = model.decoder.num_codebooks
     frames = 9

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -141,50 +139,48 @@ def test_no_disk_space_is_a_clear_error(checkpoint_dir, tmp_path, monkeypatch):
         export(str(checkpoint_dir("tiny-text")), tmp_path / "a")
 
 
-def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "musicgen_onnx.cli", *args], capture_output=True, text=True, **kw)
 
 
-def test_cli_export_errors_are_one_line_exit_2(checkpoint_dir, tmp_path):
-    r = _cli("export", str(checkpoint_dir("tiny-text")), str(tmp_path / "x"), "--precision", "int3")
+def test_cli_export_errors_are_one_line_exit_2(checkpoint_dir, tmp_path, cli):
+    r = cli("export", str(checkpoint_dir("tiny-text")), str(tmp_path / "x"), "--precision", "int3")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "precision 'int3'" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("export", str(checkpoint_dir("tiny-text")), str(tmp_path / "x"), "--kv-dtype", "fp16")
+    r = cli("export", str(checkpoint_dir("tiny-text")), str(tmp_path / "x"), "--kv-dtype", "fp16")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "needs precision int8 or int4" in r.stderr
-    r = _cli("export", str(tmp_path / "nope"), str(tmp_path / "x"))
+    r = cli("export", str(tmp_path / "nope"), str(tmp_path / "x"))
     assert r.returncode == 2 and "no such folder" in r.stderr
 
 
-def test_cli_export_then_info(checkpoint_dir, tmp_path):
+def test_cli_export_then_info(checkpoint_dir, tmp_path, cli):
     out = tmp_path / "m"
-    r = _cli("export", str(checkpoint_dir("tiny-melody-stereo")), str(out))
+    r = cli("export", str(checkpoint_dir("tiny-melody-stereo")), str(out))
     assert r.returncode == 0, r.stderr
     for stage in ("loading", "exporting decoder", "validating decoder", "done"):
         assert stage in r.stderr
-    r = _cli("info", str(out))
+    r = cli("info", str(out))
     assert r.returncode == 0, r.stderr
     assert "melody, stereo" in r.stdout and "sha256 verified" in r.stdout and "decoder" in r.stdout
 
 
-def test_info_refuses_broken_folders(exported, tmp_path):
+def test_info_refuses_broken_folders(exported, tmp_path, cli):
     folder = shutil.copytree(exported("tiny-text"), tmp_path / "m")
     data = (folder / "decoder.onnx").read_bytes()
     (folder / "decoder.onnx").write_bytes(data[: len(data) // 2])
-    r = _cli("info", str(folder))
+    r = cli("info", str(folder))
     assert r.returncode == 2 and "truncated" in r.stderr
     (folder / "decoder.onnx").write_bytes(data[:-4] + b"abcd")
-    r = _cli("info", str(folder))
+    r = cli("info", str(folder))
     assert r.returncode == 2 and "sha256 does not match" in r.stderr
     (folder / "decoder.onnx").unlink()
-    r = _cli("info", str(folder))
+    r = cli("info", str(folder))
     assert r.returncode == 2 and "missing" in r.stderr
-    r = _cli("info", str(tmp_path / "nothing"))
+    r = cli("info", str(tmp_path / "nothing"))
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
 def test_bundled_model_matches_what_the_exporter_builds(tmp_path):
     """Rebuild the committed tiny model with its script: manifest numbers and graph I/O must agree."""
-    from benchmarks.bundle import build
+    from musicgen_onnx.export.random_checkpoints import build_bundled as build
 
     fresh = load_manifest(build(tmp_path / "tiny", progress=lambda m: None))
     committed = load_manifest(BUNDLED)

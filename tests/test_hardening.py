@@ -21,9 +21,7 @@ from musicgen_onnx.runtime.audio import load_audio
 from musicgen_onnx.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
 from musicgen_onnx.runtime.melody import prepare_melodies
 
-from conftest import BUNDLED
-
-CLI = [sys.executable, "-m", "musicgen_onnx.cli"]
+from conftest import BUNDLED, CLI
 
 
 def _wait_for(predicate, timeout=60.0):
@@ -35,7 +33,7 @@ def _wait_for(predicate, timeout=60.0):
     return False
 
 
-def test_kill_9_during_export_leaves_no_folder(checkpoint_dir, tmp_path):
+def test_kill_9_during_export_leaves_no_folder(checkpoint_dir, tmp_path, cli):
     out = tmp_path / "model"
     proc = subprocess.Popen([*CLI, "export", str(checkpoint_dir("tiny-melody")), str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -44,17 +42,16 @@ def test_kill_9_during_export_leaves_no_folder(checkpoint_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
-    r = subprocess.run([*CLI, "info", str(out)], capture_output=True, text=True)
+    r = cli("info", out)
     assert r.returncode == 2
     # the next export succeeds and clears what the killed one left
-    r = subprocess.run([*CLI, "export", str(checkpoint_dir("tiny-melody")), str(out), "--no-validate"],
-                       capture_output=True, text=True)
+    r = cli("export", checkpoint_dir("tiny-melody"), out, "--no-validate")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_kill_9_during_generate_leaves_no_output(tmp_path, stream):
+def test_kill_9_during_generate_leaves_no_output(tmp_path, stream, cli):
     out = tmp_path / "song.wav"
     args = [*CLI, "generate", "a very long piece", "--duration", "1200", "-o", str(out), "--quiet"]
     proc = subprocess.Popen(args + (["--stream"] if stream else []), stdout=subprocess.DEVNULL,
@@ -66,8 +63,7 @@ def test_kill_9_during_generate_leaves_no_output(tmp_path, stream):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
-    r = subprocess.run([*CLI, "generate", "short", "--duration", "0.5", "-o", str(out), "--quiet"],
-                       capture_output=True, text=True)
+    r = cli("generate", "short", "--duration", "0.5", "-o", out, "--quiet")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["song.wav"]
 

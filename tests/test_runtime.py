@@ -41,14 +41,13 @@ def test_sampling_options_change_the_draws(model):
     assert not np.array_equal(k, p) and not np.array_equal(k, t)
 
 
-def test_low_memory_gives_the_same_audio_without_a_resident_text_encoder(model, tmp_path):
+def test_low_memory_gives_the_same_audio_without_a_resident_text_encoder(model, tmp_path, cli):
     lean = MusicGen.from_pretrained(BUNDLED, providers="cpu", low_memory=True)
-    assert lean.text_encoder is None
+    assert not lean.graphs.is_open("text_encoder")
     kw = dict(duration=0.3, seed=5, melody=np.sin(np.arange(32000) * 0.05)[None], melody_sample_rate=32000)
     np.testing.assert_array_equal(lean.generate(["happy rock"], **kw), model.generate(["happy rock"], **kw))
-    assert lean.text_encoder is None  # loaded for the call, released after
-    r = subprocess.run([sys.executable, "-m", "musicgen_onnx.cli", "generate", "techno", "--duration", "0.2",
-                        "--low-memory", "--quiet", "-o", str(tmp_path / "x.wav")], capture_output=True, text=True)
+    assert not lean.graphs.is_open("text_encoder")  # loaded for the call, released after
+    r = cli("generate", "techno", "--duration", "0.2", "--low-memory", "--quiet", "-o", tmp_path / "x.wav")
     assert r.returncode == 0 and sf.info(str(tmp_path / "x.wav")).frames == 6400, r.stderr
 
 
@@ -200,7 +199,7 @@ def _files(tmp_path):
     (folder / "decoder.onnx").unlink()
     folder = shutil.copytree(BUNDLED, tmp_path / "model_v2")
     data = json.loads((folder / MANIFEST_NAME).read_text())
-    data["format_version"] = 2
+    data["format_version"] = 3
     (folder / MANIFEST_NAME).write_text(json.dumps(data))
 
 
@@ -223,7 +222,7 @@ CLI_CASES = [
     (["-o", "{d}/nofolder/out.wav"], "does not exist"),
     (["-o", "{d}/out.aiff2"], "unknown format"),
     (["--model", "{d}/model_nograph"], "decoder.onnx"),
-    (["--model", "{d}/model_v2"], "format version 2"),
+    (["--model", "{d}/model_v2"], "format version 3"),
     (["--model", "{d}/nothing"], "does not exist"),
     (["--provider", "tpu"], "provider 'tpu' is unknown"),
     (["--provider", "cuda"], "provider 'cuda' is not available here"),
@@ -241,12 +240,11 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize("args, message", CLI_CASES, ids=[" ".join(a).replace("{d}/", "") for a, _ in CLI_CASES])
-def test_cli_bad_input_one_line_exit_2_no_output(args, message, tmp_path):
+def test_cli_bad_input_one_line_exit_2_no_output(args, message, tmp_path, cli):
     _files(tmp_path)
     args = [a.format(d=tmp_path) for a in args]
     out = ["-o", str(tmp_path / "result.wav")] if "-o" not in args else []
-    r = subprocess.run([sys.executable, "-m", "musicgen_onnx.cli", "generate", "a prompt", "--duration", "0.3",
-                        "--quiet", *out, *args], capture_output=True, text=True)
+    r = cli("generate", "a prompt", "--duration", "0.3", "--quiet", *out, *args)
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if not line.startswith("using the bundled")]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
@@ -256,10 +254,9 @@ def test_cli_bad_input_one_line_exit_2_no_output(args, message, tmp_path):
     assert not list(tmp_path.glob(".*.partial"))
 
 
-def test_cli_generate_writes_files(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "musicgen_onnx.cli", "generate", "happy rock", "sad jazz",
-                        "--duration", "1", "--out-dir", str(tmp_path / "o"), "--seed", "1", "--normalize", "peak"],
-                       capture_output=True, text=True)
+def test_cli_generate_writes_files(tmp_path, cli):
+    r = cli("generate", "happy rock", "sad jazz", "--duration", "1", "--out-dir", tmp_path / "o", "--seed", "1",
+            "--normalize", "peak")
     assert r.returncode == 0, r.stderr
     files = sorted((tmp_path / "o").glob("*.wav"))
     assert [f.name for f in files] == ["00_happy_rock.wav", "01_sad_jazz.wav"]

@@ -6,13 +6,13 @@ its worst); the README's table gives what the full-size small architecture measu
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from musicgen_onnx.export.verify import logit_agreement
+
+from conftest import BUNDLED
 from musicgen_onnx.runtime import MusicGen
 
 PROMPTS = ["A happy rock track with guitar", "sad jazz with piano"]
@@ -46,7 +46,7 @@ def test_quantized_tiers_stay_close_to_fp32(variant, quantized, exported):
     fp32 = MusicGen.from_pretrained(exported("tiny-text"), providers="cpu")
     q = MusicGen.from_pretrained(quantized[variant], providers="cpu")
     assert q.manifest.graphs["decoder"].precision == precision
-    kv_inputs = [i.type for i in q.decoder.get_inputs() if i.name.startswith("past.")]
+    kv_inputs = [i.type for i in q.graphs["decoder"].get_inputs() if i.name.startswith("past.")]
     assert set(kv_inputs) == {"tensor(float16)" if variant.endswith("kv16") else "tensor(float)"}
     assert q.manifest.graphs["text_encoder"].precision == "fp32"
     _, codes = fp32.generate(PROMPTS, duration=1.0, greedy=True, return_codes=True)
@@ -68,24 +68,20 @@ def test_logit_agreement_metrics():
     assert m["top1"] == 0.0 and m["max_abs"] == 2.0 and m["kl"] > 0.5
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "musicgen_onnx.cli", *args], capture_output=True, text=True)
-
-
-def test_verify_passes_fp32_and_fails_a_broken_folder(exported, checkpoint_dir, tmp_path):
-    r = _cli("verify", str(exported("tiny-melody")), str(checkpoint_dir("tiny-melody")), "--frames", "10")
+def test_verify_passes_fp32_and_fails_a_broken_folder(exported, checkpoint_dir, tmp_path, cli):
+    r = cli("verify", str(exported("tiny-melody")), str(checkpoint_dir("tiny-melody")), "--frames", "10")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "greedy tokens identical" in r.stdout and "FAIL" not in r.stdout
     # the same folder checked against another checkpoint of the same architecture must fail
-    from benchmarks.checkpoints import build_checkpoint
+    from musicgen_onnx.export.random_checkpoints import build_checkpoint
 
     other = build_checkpoint("tiny-melody", tmp_path / "other", seed=1)
-    r = _cli("verify", str(exported("tiny-melody")), str(other), "--frames", "10")
+    r = cli("verify", str(exported("tiny-melody")), str(other), "--frames", "10")
     assert r.returncode == 1 and "FAIL" in r.stdout
 
 
-def test_bench_reports_its_numbers():
-    r = _cli("bench", str(__import__("conftest").BUNDLED), "--seconds", "0.5")
+def test_bench_reports_its_numbers(cli):
+    r = cli("bench", BUNDLED, "--seconds", "0.5")
     assert r.returncode == 0, r.stderr
     for word in ("load", "steps/s", "real-time factor", "peak RSS"):
         assert word in r.stdout

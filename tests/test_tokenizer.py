@@ -51,7 +51,7 @@ def t5(tmp_path_factory):
     """(tokenizer.json path, sentencepiece processor) of a T5 tokenizer built like the released ones."""
     import sentencepiece as spm
 
-    from benchmarks.checkpoints import build_sentencepiece_tokenizer
+    from musicgen_onnx.export.random_checkpoints import build_sentencepiece_tokenizer
 
     folder = build_sentencepiece_tokenizer(tmp_path_factory.mktemp("t5tok"))
     spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))

@@ -6,8 +6,12 @@ loading code is the real one, and random weights change no timing. The weights a
 output; with transformers' default init (std 0.02 embeddings, zero EnCodec codebooks) every prompt
 gives the same tokens and every token the same audio, and parity tests built on that prove nothing.
 
-    python -m benchmarks.checkpoints melody benchmarks/cache/melody        # full size, ~6 GB
-    python -m benchmarks.checkpoints tiny-melody /tmp/tiny                  # seconds
+    python -m musicgen_onnx.export.random_checkpoints melody benchmarks/cache/melody   # full size, ~6 GB
+    python -m musicgen_onnx.export.random_checkpoints tiny-melody /tmp/tiny             # seconds
+    python -m musicgen_onnx.export.random_checkpoints --bundle [OUT_DIR]   # rebuild models/tiny-melody
+
+It lives in the package (export extra) because the tests build their fixtures with it and the
+benchmarks their full-size checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import json
 import math
 from pathlib import Path
 
-# Spec 1.1: (hidden, layers, heads, codebooks, conditioning)
+# (hidden, layers, heads, codebooks, conditioning): audiocraft's config/model/lm/model_scale/*.yaml and
+# transformers' convert_musicgen(_melody)_transformers.py decoder configs
 FULL_SIZE = {
     "small": (1024, 24, 16, 4, "cross"),
     "medium": (1536, 48, 24, 4, "cross"),
@@ -38,10 +43,10 @@ TINY = {
 }
 ARCHITECTURES = {**FULL_SIZE, **TINY}
 
-# t5-base (every released checkpoint uses it, spec 1.1) and a tiny stand-in.
+# t5-base (every released checkpoint uses it: both transformers conversion scripts load "t5-base") and a tiny stand-in.
 T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
 T5_TINY = dict(vocab_size=512, d_model=24, d_kv=12, d_ff=48, num_layers=2, num_heads=2)
-# facebook/encodec_32khz (spec 1.2) and a reduced codec that keeps the 640-sample hop and 2048 codes.
+# facebook/encodec_32khz (its hub config.json) and a reduced codec that keeps the 640-sample hop and 2048 codes.
 ENCODEC_32K = dict(hidden_size=128, num_filters=64)
 ENCODEC_TINY = dict(hidden_size=16, num_filters=4)
 
@@ -213,13 +218,37 @@ def build_checkpoint(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
+BUNDLED = Path(__file__).resolve().parent.parent / "models" / "tiny-melody"
+BUNDLED_ARCH, BUNDLED_SEED = "tiny-melody", 0
+
+
+def build_bundled(out_dir: str | Path = BUNDLED, progress=print) -> Path:
+    """The committed tiny model: this module's ``tiny-melody`` checkpoint (seed 0), exported."""
+    import tempfile
+
+    from .exporter import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = build_checkpoint(BUNDLED_ARCH, Path(tmp) / BUNDLED_ARCH, seed=BUNDLED_SEED)
+        return export(str(ckpt), Path(out_dir), force=True, progress=progress,
+                      source_label=f"random-weight {BUNDLED_ARCH} (musicgen_onnx/export/random_checkpoints.py, "
+                                   f"seed {BUNDLED_SEED})")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("arch", choices=sorted(ARCHITECTURES))
-    parser.add_argument("out_dir")
+    parser.add_argument("--bundle", action="store_true", help="rebuild the bundled tiny model (OUT_DIR optional)")
+    parser.add_argument("arch", nargs="?", help=f"one of {', '.join(sorted(ARCHITECTURES))}")
+    parser.add_argument("out_dir", nargs="?")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(build_checkpoint(args.arch, args.out_dir, args.seed))
+    if args.bundle:
+        out = args.out_dir or args.arch  # `--bundle DIR`: the one positional is the folder
+        print(build_bundled(Path(out) if out else BUNDLED))
+    elif args.arch and args.out_dir:
+        print(build_checkpoint(args.arch, args.out_dir, args.seed))
+    else:
+        parser.error("give ARCH OUT_DIR, or --bundle [OUT_DIR]")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,197 @@
+"""One generation call: conditioning -> windows -> steps -> codes.
+
+A :class:`GenerationTask` holds everything a call changes (the sampler and its random state, the
+window plan, the tail carried between windows, progress); the :class:`~.musicgen.MusicGen` it reads
+from is shared and never written, so one loaded model can serve concurrent calls. Each window runs a
+:class:`StepLoop`: condition once, then one decoder call per step over the delay pattern.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+
+from .chroma import batch_chroma
+from .errors import InvalidInputError, ModelFolderError
+from .longform import Window, plan_windows
+from .melody import prepare_melodies, window_chroma
+from .options import GenerationOptions
+from .sampling import Sampler, classifier_free_guidance
+
+if TYPE_CHECKING:
+    from .musicgen import MusicGen
+
+ProgressFn = Callable[[int, int], None]
+ChooseFn = Callable[[int, np.ndarray], np.ndarray]  # (step, CFG-combined logits [B, K, V]) -> tokens [B, K]
+
+
+class StderrProgress:
+    """``steps done/total, steps/s`` on one refreshed stderr line."""
+
+    def __init__(self, interval: float = 0.2):
+        self.start = time.perf_counter()
+        self.interval = interval
+        self.last = -interval
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done != total and now - self.last < self.interval:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        end = "\n" if done == total else ""
+        sys.stderr.write(f"\rgenerating: {done}/{total} steps, {rate:.1f} steps/s{end}")
+        sys.stderr.flush()
+
+
+MAX_BATCH = 64  # prompts per call: memory and time grow with it; a server batches within this bound
+
+
+def check_descriptions(descriptions) -> list[str | None]:
+    if isinstance(descriptions, str):
+        descriptions = [descriptions]
+    if not isinstance(descriptions, (list, tuple)) or len(descriptions) == 0:
+        raise InvalidInputError("descriptions: give a non-empty list of prompts (a prompt may be None for no text)")
+    if len(descriptions) > MAX_BATCH:
+        raise InvalidInputError(f"descriptions: {len(descriptions)} prompts in one call, at most {MAX_BATCH} allowed; "
+                                f"split them over several calls")
+    for i, d in enumerate(descriptions):
+        if d is not None and not isinstance(d, str):
+            raise InvalidInputError(f"descriptions[{i}]: a prompt must be a string or None, got {type(d).__name__}")
+    return list(descriptions)
+
+
+class StepLoop:
+    """One window's autoregressive loop. Iterating yields the step index after each step; ``seq`` is
+    the delayed sequence ``[B, K, frames + max_delay + 1]`` filled so far. Known positions (``prompt``
+    frames, and the special token wherever the delay pattern has no frame) are never overwritten, as
+    in audiocraft's ``LMModel.generate``."""
+
+    def __init__(self, model: "MusicGen", descriptions: list[str | None], chroma: np.ndarray | None, frames: int,
+                 guidance_scale: float, choose: ChooseFn, prompt: np.ndarray | None = None):
+        codes = np.full((len(descriptions), model.manifest.num_codebooks, frames), -1, dtype=np.int64)  # -1: to generate
+        self.start = 1
+        if prompt is not None:
+            codes[:, :, : prompt.shape[2]] = prompt
+            self.start = prompt.shape[2] + 1
+        self.seq = model.pattern.delay(codes)
+        self.guidance_scale = guidance_scale
+        self.use_cfg = guidance_scale != 1.0  # at 1 the null rows cannot change the result
+        self.choose = choose
+        self.conditioning = model.conditioner(descriptions, chroma, self.use_cfg)
+        rows = 2 * len(descriptions) if self.use_cfg else len(descriptions)
+        self.stepper = model.new_stepper(rows, self.conditioning, self.seq.shape[2])
+
+    def __iter__(self) -> Iterator[int]:
+        seq = self.seq
+        columns = seq[:, :, : self.start]  # the first call: the start column and any prompt
+        new_positions = self.conditioning.prefix_length + self.start
+        for s in range(self.start, seq.shape[2]):
+            ids = np.concatenate([columns, columns]) if self.use_cfg else columns
+            logits = self.stepper.run(ids, new_positions)
+            if not np.isfinite(logits).all():
+                raise ModelFolderError(f"the decoder produced non-finite logits at step {s}: the graph's weights "
+                                       f"are broken")
+            if self.use_cfg:
+                logits = classifier_free_guidance(logits, self.guidance_scale)
+                if not np.isfinite(logits).all():
+                    raise InvalidInputError(f"guidance_scale {self.guidance_scale:g} made the logits overflow at step "
+                                            f"{s}; use a smaller guidance_scale")
+            seq[:, :, s] = np.where(seq[:, :, s] == -1, self.choose(s, logits), seq[:, :, s])
+            columns = seq[:, :, s:s + 1]
+            new_positions = 1
+            yield s
+
+
+@dataclass(frozen=True)
+class GenerationInputs:
+    """A call's checked inputs: prompts, melodies (mono, at the chroma rate, or None), options, and the
+    codes to continue from (or None)."""
+
+    descriptions: list[str | None]
+    melodies: list[np.ndarray] | None
+    options: GenerationOptions
+    prompt_codes: np.ndarray | None = None
+
+    @classmethod
+    def check(cls, model: "MusicGen", descriptions, melody, melody_sample_rate, options: GenerationOptions,
+              prompt_codes=None) -> "GenerationInputs":
+        m = model.manifest
+        descriptions = check_descriptions(descriptions)
+        options = options.check(m.max_duration, m.frame_rate, m.codebook_size)
+        if melody is not None and not m.is_melody:
+            raise InvalidInputError("melody: this model is text-only (no chroma conditioning); "
+                                    "use a MusicGen-Melody export or drop the melody")
+        melodies = prepare_melodies(melody, melody_sample_rate, len(descriptions), m.chroma) if m.is_melody else None
+        if prompt_codes is not None:
+            if not isinstance(prompt_codes, np.ndarray) or prompt_codes.ndim != 3 \
+                    or prompt_codes.shape[:2] != (len(descriptions), m.num_codebooks):
+                shape = list(prompt_codes.shape) if isinstance(prompt_codes, np.ndarray) else type(prompt_codes).__name__
+                raise InvalidInputError(f"prompt codes must be [{len(descriptions)}, {m.num_codebooks}, frames], got {shape}")
+            if prompt_codes.shape[2] >= options.frames(m.frame_rate):
+                raise InvalidInputError(f"duration {options.duration:g} s must be longer than the prompt "
+                                        f"({prompt_codes.shape[2] / m.frame_rate:g} s): the output includes it")
+            if prompt_codes.shape[2] >= m.max_frames:
+                raise InvalidInputError(f"prompt: {prompt_codes.shape[2] / m.frame_rate:g} s of audio, but a prompt must "
+                                        f"be shorter than the model's {m.max_duration:g} s window")
+            if not np.issubdtype(prompt_codes.dtype, np.integer) or prompt_codes.size and (
+                    prompt_codes.min() < 0 or prompt_codes.max() >= m.codebook_size):
+                raise InvalidInputError(f"prompt codes must be integers in [0, {m.codebook_size - 1}]")
+            prompt_codes = prompt_codes.astype(np.int64)
+        return cls(descriptions, melodies, options, prompt_codes)
+
+
+class GenerationTask:
+    """Codes for one call, yielded in output order as soon as every codebook has them: the prompt
+    first, then each window's new frames. Memory is the output's: each window's cache is freed."""
+
+    def __init__(self, model: "MusicGen", inputs: GenerationInputs, progress: bool | ProgressFn = False):
+        self.model = model
+        self.inputs = inputs
+        o = inputs.options
+        m = model.manifest
+        self.sampler = Sampler(o.greedy, o.temperature, o.top_k, o.top_p, o.seed)
+        prompt_frames = 0 if inputs.prompt_codes is None else inputs.prompt_codes.shape[2]
+        self.windows = plan_windows(o.duration, m.frame_rate, m.max_duration, o.extend_stride, prompt_frames)
+        self.total_steps = sum(w.new_frames + m.max_delay for w in self.windows)
+        self.report = StderrProgress() if progress is True else (progress or None)
+        self.done_steps = 0
+
+    def codes(self) -> Iterator[np.ndarray]:
+        pattern, max_delay = self.model.pattern, self.model.manifest.max_delay
+        carried = self.inputs.prompt_codes  # the user's prompt, then each window's tail
+        if carried is not None:
+            yield carried
+        for i, window in enumerate(self.windows):
+            loop = StepLoop(self.model, self.inputs.descriptions, self.window_chroma(window), window.frames,
+                            self.inputs.options.guidance_scale, lambda s, logits: self.sampler(logits), carried)
+            emitted = window.prompt_frames
+            for s in loop:
+                self._advance()
+                ready = min(window.frames, s - max_delay)
+                if ready > emitted:
+                    yield pattern.undelay(loop.seq, ready, emitted)
+                    emitted = ready
+            if i + 1 < len(self.windows):
+                tail = self.windows[i + 1].prompt_frames
+                carried = pattern.undelay(loop.seq, window.frames, window.frames - tail)
+
+    def _advance(self) -> None:
+        self.done_steps += 1
+        if self.report:
+            self.report(self.done_steps, self.total_steps)
+
+    def window_chroma(self, window: Window) -> np.ndarray | None:
+        """The whole melody (tiled to 235 frames) for a single window; for long-form windows, the
+        window's 30 s cut of the melody's periodic extension (audiocraft ``MusicGen._generate_tokens``)."""
+        melodies = self.inputs.melodies
+        if melodies is None:
+            return None
+        params = self.model.manifest.chroma
+        if len(self.windows) > 1:
+            return window_chroma(melodies, window.start_s, self.model.max_duration, params)
+        return batch_chroma(melodies, params)

@@ -1,0 +1,49 @@
+"""What each graph tensor is for: the roles the runtime asks a manifest for.
+
+A role names a tensor's job (the decoder's token ids, layer 3's past keys); the manifest's
+``GraphInfo.roles`` maps it to the tensor's name in that folder's graph. This project's exporter names
+tensors after their roles; a folder written by another exporter gets its own map. Roles are
+the contract, so they are spelled here once, and ``required`` says which ones each graph must have.
+"""
+
+from __future__ import annotations
+
+# text encoder
+TEXT_IDS = "input_ids"
+TEXT_MASK = "attention_mask"
+CHROMA = "chroma"  # melody models: one-hot chroma [rows, frames, 12], projected and tiled into the prefix
+PREFIX = "encoder_hidden_states"  # melody models: the whole prefix [chroma; text] the decoder prepends
+# decoder
+TOKEN_IDS = "input_ids"
+PREFIX_EMBEDS = "prefix_embeds"  # melody models: the prefix on the first call, empty afterwards
+ENCODER_MASK = "encoder_attention_mask"  # text-only models: which text positions cross-attention sees
+PAST_LENGTH = "past_length"  # static cache: how many positions of the buffers are filled
+LOGITS = "logits"  # [rows, codebooks, vocab], last position only
+# codec
+AUDIO_CODES = "audio_codes"
+AUDIO_VALUES = "audio_values"
+
+
+def layers(kind: str, num_layers: int) -> list[str]:
+    """Per-layer key/value roles in graph order: ``past`` / ``present`` (decoder cache), ``cross``
+    (text-only models: cross-attention keys/values the text encoder computes once per generation)."""
+    return [f"{kind}.{i}.{which}" for i in range(num_layers) for which in ("key", "value")]
+
+
+def required(graph: str, conditioning: str, kv_cache: str, num_layers: int) -> tuple[list[str], list[str]]:
+    """``(input roles, output roles)`` a graph must map for the runtime to drive it."""
+    prefix = conditioning == "prefix"
+    if graph == "text_encoder":
+        if prefix:
+            return [TEXT_IDS, TEXT_MASK, CHROMA], [PREFIX]
+        return [TEXT_IDS, TEXT_MASK], layers("cross", num_layers)
+    if graph == "decoder":
+        conditioning_inputs = [PREFIX_EMBEDS] if prefix else [ENCODER_MASK, *layers("cross", num_layers)]
+        cache = [PAST_LENGTH] if kv_cache == "static" else []
+        return [TOKEN_IDS, *conditioning_inputs, *cache, *layers("past", num_layers)], \
+            [LOGITS, *layers("present", num_layers)]
+    if graph == "audio_decoder":
+        return [AUDIO_CODES], [AUDIO_VALUES]
+    if graph == "audio_encoder":
+        return [AUDIO_VALUES], [AUDIO_CODES]
+    return [], []
