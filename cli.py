@@ -116,7 +116,7 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
 def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperature, guidance, greedy,
              normalize, output, out_dir, provider, extend_stride, continue_from, stream, quiet, low_memory):
     """Generate music for each PROMPT and write audio files."""
-    from .runtime.audio import check_output_path, normalize as normalize_audio, write_audio
+    from .runtime.audio import check_output_path, save_audio
     from .runtime.errors import InvalidInputError
     from .runtime.musicgen import MusicGen
 
@@ -147,7 +147,7 @@ def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperatu
     else:
         audio = model.generate(list(prompts), melody=list(melody) or None, progress=not quiet, **options)
         for wav, target in zip(audio, targets):
-            write_audio(target, normalize_audio(wav, model.sample_rate, normalize), model.sample_rate)
+            save_audio(target, wav, model.sample_rate, normalize)
         samples = audio.shape[-1]
     for target in targets:
         click.echo(str(target))

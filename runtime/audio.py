@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import re
+import struct
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +20,41 @@ from .loudness import integrated_loudness
 WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
 STRATEGIES = ("loudness", "peak", "none")
 
+MIN_PROMPT_SECONDS = 0.1
+"""Shortest continuation prompt, for ``read_input(min_seconds=...)``. EnCodec's last encoder conv
+(kernel 7) reflect-pads 3 frames, which needs at least 4 frames at the 640-sample hop: the bundled
+model's ``audio_encoder.onnx`` accepts 1921 samples at 32 kHz and fails on 1920 with a Pad-reflect
+error. 0.1 s (3200 samples, 5 frames) is that bound rounded up, with room for resampler rounding."""
 
-def load_audio(path: str | os.PathLike, what: str = "melody") -> tuple[np.ndarray, int]:
-    """``(float32 [channels, samples], sample_rate)`` or a one-line :class:`InvalidInputError`."""
+_BLOCK_FRAMES = 1 << 16  # frames per soundfile read: big enough to be fast, small next to any limit
+_MEASURED_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW")
+_MEASURED_FORMATS = ("WAV", "WAVEX", "AIFF", "W64", "RF64", "CAF", "AU")
+
+
+def load_audio(path: str | os.PathLike, what: str = "melody",
+               max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """``(float32 [channels, samples], sample_rate)`` or a one-line :class:`InvalidInputError`.
+
+    Only the first ``max_seconds`` are decoded (all of it when None): a two-hour melody used for
+    15 s of music costs memory for what the generation reads, not for the file."""
     import soundfile as sf
 
+    p = _existing_file(path, what)
+    name = f"{what} file {str(p)!r}"
+    check_seconds(max_seconds, "max_seconds")
+    with _QuietStderr():  # libmpg123 prints its parser's notes on fd 2 before soundfile raises
+        try:
+            data, sr = _read_prefix(p, name, max_seconds)
+        except InvalidInputError:
+            raise
+        except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError... by format
+            formats = ", ".join(sorted(sf.available_formats()))
+            raise InvalidInputError(f"{name} cannot be read as audio ({_read_error_reason(exc, p)}); "
+                                    f"readable formats: {formats}") from None
+    return check_samples(data.T, sr, name), int(sr)
+
+
+def _existing_file(path, what: str) -> Path:
     p = Path(path)
     if not p.exists():
         raise InvalidInputError(f"{what} file {str(p)!r} does not exist")
@@ -26,25 +62,201 @@ def load_audio(path: str | os.PathLike, what: str = "melody") -> tuple[np.ndarra
         raise InvalidInputError(f"{what} file {str(p)!r} is a directory, not an audio file")
     if p.stat().st_size == 0:
         raise InvalidInputError(f"{what} file {str(p)!r} is empty")
+    return p
+
+
+def check_seconds(seconds, name: str) -> None:
+    """``max_seconds`` / ``min_seconds`` come from callers' options: refuse nonsense (0, NaN, a string)
+    rather than read nothing, everything, or fail in arithmetic later."""
+    if seconds is None:
+        return
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidInputError(f"{name} must be a positive number of seconds or None, got {seconds!r}")
+
+
+def _read_error_reason(exc: Exception, p: Path) -> str:
+    """libsndfile's first line, minus the path we already name; its "does not exist or is not a
+    regular file" for a file that does exist means it recognised no format in the bytes."""
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    reason = reason.replace(f"Error opening {str(p)!r}: ", "")
+    if "does not exist or is not a regular file" in reason:
+        return "format not recognised or data corrupt"
+    return reason
+
+
+def _read_prefix(p: Path, name: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """``[frames, channels]`` float32 of at most ``max_seconds``, refusing truncated files first."""
+    import soundfile as sf
+
+    with sf.SoundFile(str(p)) as f:
+        _check_complete(p, f, name)
+        limit = None if max_seconds is None else math.ceil(max_seconds * f.samplerate)
+        return _read_frames(f, limit, p.stat().st_size), f.samplerate
+
+
+def _read_frames(f, limit: int | None, file_size: int) -> np.ndarray:
+    """Up to ``limit`` frames (all when None), read block by block. Uncompressed containers report a
+    frame count libsndfile measured from the bytes present (at least a byte a sample), so one buffer
+    of that size is filled in place; any other count is the header's word (a crafted one can claim
+    terabytes), so blocks are collected until the data or the limit ends."""
+    measured = f.format in _MEASURED_FORMATS and f.subtype in _MEASURED_SUBTYPES
+    if measured and f.frames * f.channels <= file_size:
+        out = np.empty((f.frames if limit is None else min(limit, f.frames), f.channels), dtype=np.float32)
+        got = 0
+        while got < out.shape[0]:
+            n = f.read(dtype="float32", always_2d=True, out=out[got:got + _BLOCK_FRAMES]).shape[0]
+            if n == 0:
+                break
+            got += n
+        return out[:got]
+    blocks, got = [], 0
+    while limit is None or got < limit:
+        step = _BLOCK_FRAMES if limit is None else min(_BLOCK_FRAMES, limit - got)
+        block = f.read(step, dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            break
+        blocks.append(block)
+        got += block.shape[0]
+    return np.concatenate(blocks) if blocks else np.empty((0, f.channels), dtype=np.float32)
+
+
+def _check_complete(p: Path, f, name: str) -> None:
+    """libsndfile quietly shortens a WAV/AIFF whose data ends before its header says (a cut-off
+    download) to the samples present; refuse it instead, comparing the header's count with the
+    count libsndfile found."""
+    if f.subtype not in _MEASURED_SUBTYPES:
+        return  # compressed payloads: header units are blocks, not frames
+    declared = {"WAV": _wav_declared_frames, "WAVEX": _wav_declared_frames, "AIFF": _aiff_declared_frames}
+    reader = declared.get(f.format)
+    frames = reader(p) if reader else None
+    if frames is not None and frames > f.frames:
+        raise InvalidInputError(f"{name} is truncated: header says {frames} samples, file holds {f.frames}")
+
+
+def _chunks(fh, endian: str, limit: int = 4096):
+    """``(id, size)`` of each RIFF/IFF chunk after the 12-byte form header, the file positioned at
+    the chunk's body; only headers are read (bodies are skipped by seeking), at most ``limit``."""
+    for _ in range(limit):
+        head = fh.read(8)
+        if len(head) < 8:
+            return
+        size = struct.unpack(endian + "I", head[4:])[0]
+        body = fh.tell()
+        yield head[:4], size
+        fh.seek(body + size + (size & 1))
+
+
+def _wav_declared_frames(p: Path) -> int | None:
+    """Frames the ``data`` chunk claims (its size / fmt's block align); None for a streamed WAV
+    (size 0 or 0xFFFFFFFF: "until the end of the file") or a layout not understood."""
+    with open(p, "rb") as fh:
+        form = fh.read(12)
+        if form[:4] not in (b"RIFF", b"RIFX") or form[8:12] != b"WAVE":
+            return None
+        endian = "<" if form[:4] == b"RIFF" else ">"
+        block_align = None
+        for cid, size in _chunks(fh, endian):
+            if cid == b"fmt ":
+                body = fh.read(min(size, 16))
+                block_align = struct.unpack(endian + "H", body[12:14])[0] if len(body) >= 14 else None
+            elif cid == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+    return None
+
+
+def _aiff_declared_frames(p: Path) -> int | None:
+    """``numSampleFrames`` of the COMM chunk."""
+    with open(p, "rb") as fh:
+        form = fh.read(12)
+        if form[:4] != b"FORM" or form[8:12] not in (b"AIFF", b"AIFC"):
+            return None
+        for cid, size in _chunks(fh, ">"):
+            if cid == b"COMM":
+                body = fh.read(6)
+                return struct.unpack(">I", body[2:6])[0] if len(body) == 6 else None
+    return None
+
+
+class _QuietStderr:
+    """Points fd 2 at /dev/null while libsndfile opens and decodes: its codecs (libmpg123) write
+    diagnostics straight to fd 2, which ``sys.stderr`` redirection cannot catch, so a user would see
+    parser notes above our one-line error. Nested and concurrent users share one redirection
+    (a count under a lock), so fd 2 is restored exactly once, by the last to leave, even on error."""
+
+    _lock = threading.Lock()
+    _depth = 0
+    _saved: int | None = None
+
+    def __enter__(self):
+        cls = type(self)
+        with cls._lock:
+            if cls._depth == 0:
+                cls._saved = _redirect_fd2()
+            cls._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        cls = type(self)
+        with cls._lock:
+            cls._depth -= 1
+            if cls._depth == 0 and cls._saved is not None:
+                os.dup2(cls._saved, 2)
+                os.close(cls._saved)
+                cls._saved = None
+        return False
+
+
+def _redirect_fd2() -> int | None:
+    """A duplicate of the current fd 2 (to restore later) after pointing fd 2 at /dev/null; None
+    when there is no fd 2 to silence."""
     try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError... by format
-        formats = ", ".join(sorted(sf.available_formats()))
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InvalidInputError(f"{what} file {str(p)!r} cannot be read as audio ({reason}); "
-                                f"readable formats: {formats}") from None
-    return check_samples(data.T, sr, f"{what} file {str(p)!r}"), int(sr)
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        saved = os.dup(2)
+    except OSError:
+        return None
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        os.close(saved)
+        return None
+    try:
+        os.dup2(devnull, 2)
+    finally:
+        os.close(devnull)
+    return saved
 
 
-def check_samples(wav, sr, what: str) -> np.ndarray:
-    """Validate an in-memory waveform: ``[samples]`` or ``[channels, samples]``, finite, non-empty."""
-    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or not 1000 <= sr <= 384000:
-        raise InvalidInputError(f"{what}: sample rate must be an integer in [1000, 384000] Hz, got {sr!r}")
-    arr = np.asarray(wav, dtype=np.float32)
+_NOT_SAMPLES = {"U": "strings", "S": "bytes", "O": "Python objects", "c": "complex numbers", "b": "booleans",
+                "M": "dates", "m": "time spans", "V": "raw records"}
+
+
+def check_samples(wav, sr, what: str, max_seconds: float | None = None) -> np.ndarray:
+    """Validate an in-memory waveform: ``[samples]`` or ``[channels, samples]`` of real numbers (ints or
+    floats; strings, objects, complex and bools are refused rather than cast, which would raise deep
+    in numpy or silently drop an imaginary part), finite, non-empty. Cut to ``max_seconds`` before
+    the float32 copy and the finiteness scan, so neither costs memory for unused audio."""
+    _check_rate(sr, what)
+    try:
+        arr = np.asarray(wav)
+    except (ValueError, TypeError):  # ragged nested lists
+        raise InvalidInputError(f"{what}: expected numbers as [samples] or [channels, samples], got a "
+                                f"{type(wav).__name__} whose rows differ in length or hold non-numbers") from None
+    if arr.dtype.kind not in "iuf":
+        kind = _NOT_SAMPLES.get(arr.dtype.kind, f"dtype {arr.dtype}")
+        raise InvalidInputError(f"{what}: samples must be real numbers (integer or float), got {kind}")
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2:
         raise InvalidInputError(f"{what}: expected [samples] or [channels, samples], got shape {arr.shape}")
+    if max_seconds is not None:
+        arr = arr[:, :math.ceil(max_seconds * sr)]
+    arr = np.asarray(arr, dtype=np.float32)
     if arr.shape[1] == 0:
         raise InvalidInputError(f"{what}: contains no samples")
     if not np.isfinite(arr).all():
@@ -52,15 +264,46 @@ def check_samples(wav, sr, what: str) -> np.ndarray:
     return arr
 
 
-def read_input(item, sample_rate: int | None, what: str, kind: str) -> tuple[np.ndarray, int, str]:
+def _check_rate(sr, what: str) -> None:
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or not 1000 <= sr <= 384000:
+        raise InvalidInputError(f"{what}: sample rate must be an integer in [1000, 384000] Hz, got {sr!r}")
+
+
+def check_min_samples(wav: np.ndarray, sample_rate: int, min_samples: int, rate: int, what: str,
+                      needer: str) -> None:
+    """Refuse ``wav [channels, samples]`` at ``sample_rate`` if it would hold fewer than ``min_samples``
+    once resampled to ``rate``: what consumes it downstream (EnCodec's reflect padding, the chroma
+    STFT) fails or means nothing below that, with an error that names neither the input nor the
+    minimum. Checked at the input's own rate, rounded up, so resampling cannot fall short."""
+    need = -(-min_samples * int(sample_rate) // int(rate))
+    have = wav.shape[-1]
+    if have >= need:
+        return
+    at_input = "" if sample_rate == rate else f", {need} at its {sample_rate} Hz"
+    raise InvalidInputError(f"{what} is too short: {have} samples ({have / sample_rate:.6g} s at {sample_rate} Hz); "
+                            f"{needer} needs at least {min_samples / rate:g} s ({min_samples} samples at "
+                            f"{rate} Hz{at_input})")
+
+
+def read_input(item, sample_rate: int | None, what: str, kind: str, max_seconds: float | None = None,
+               min_seconds: float | None = None) -> tuple[np.ndarray, int, str]:
     """A user's audio input (``kind``: "melody", "prompt"), a file path or an array with its sample
-    rate, -> ``(float32 [channels, samples], sample_rate, how to name it in errors)``."""
+    rate, -> ``(float32 [channels, samples], sample_rate, how to name it in errors)``.
+
+    ``max_seconds``: keep (and, for files, decode) only that much. ``min_seconds``: refuse shorter
+    inputs, for consumers that fail below a length (continuation: :data:`MIN_PROMPT_SECONDS`)."""
+    check_seconds(min_seconds, "min_seconds")
     if isinstance(item, (str, os.PathLike)):
-        wav, sr = load_audio(item, what)
-        return wav, sr, f"{what} file {str(item)!r}"
-    if sample_rate is None:
+        wav, sr = load_audio(item, what, max_seconds)
+        name = f"{what} file {str(item)!r}"
+    elif sample_rate is None:
         raise InvalidInputError(f"{what}: an array {kind} needs {kind}_sample_rate")
-    return check_samples(item, sample_rate, what), int(sample_rate), what
+    else:
+        check_seconds(max_seconds, "max_seconds")
+        wav, sr, name = check_samples(item, sample_rate, what, max_seconds), int(sample_rate), what
+    if min_seconds is not None:
+        check_min_samples(wav, sr, math.ceil(round(min_seconds * sr, 6)), sr, name, f"a {kind}")
+    return wav, sr, name
 
 
 def to_mono(wav: np.ndarray) -> np.ndarray:
@@ -114,24 +357,87 @@ def check_output_path(path: str | os.PathLike) -> tuple[Path, str, Path]:
 
 
 def _temporary(p: Path, parent: Path) -> tuple[int, str]:
-    for stale in parent.glob(f".{p.name}.*.partial"):  # left by a writer that was killed (kill -9)
-        stale.unlink(missing_ok=True)
+    """A new hidden ``.NAME.PID.RANDOM.partial`` beside ``p``, after removing the partials of ``p``
+    whose writer is dead (killed with -9). The pid in the name tells a live concurrent writer's
+    partial, which must survive (its rename would fail), from a dead one's."""
+    _remove_dead_partials(p, parent)
     try:
-        return tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=parent)
+        return tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".partial", dir=parent)
     except OSError as exc:
         raise InvalidInputError(f"output file {str(p)!r} cannot be written ({exc.strerror})") from None
 
 
-def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> Path:
-    """Write ``[channels, samples]`` to ``path`` (format from the suffix), whole or not at all."""
+def _remove_dead_partials(p: Path, parent: Path) -> None:
+    """Exact name match: ``song.wav``'s pattern never matches ``song.wav.2.wav``'s partials (mkstemp's
+    random part has no dots). Best effort: a partial that cannot be removed is left."""
+    pattern = re.compile(rf"\.{re.escape(p.name)}\.(\d+)\.[a-z0-9_]+\.partial")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and not _pid_alive(int(match.group(1))):
+            try:
+                (parent / name).unlink()
+            except OSError:
+                pass
+
+
+def _pid_alive(pid: int) -> bool:
+    """False only when the process surely does not exist; any doubt keeps the partial."""
+    if os.name == "nt" or pid <= 0:  # on Windows os.kill(pid, 0) would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: alive, another user's
+        return True
+    return True
+
+
+_SUBTYPES = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}
+
+
+def _encode_into(handle, wav, sample_rate: int, fmt: str, what: str) -> None:
+    """The one place that decides how each format is encoded (16-bit PCM for the lossless ones),
+    for files and for bytes alike. Encoder refusals (a rate MP3 lacks, a bad shape) become one line;
+    OSError (disk full) is left to the caller, who knows the file."""
     import soundfile as sf
 
+    _check_rate(sample_rate, what)
+    arr = np.asarray(wav, dtype=np.float32)
+    if arr.ndim not in (1, 2):
+        raise InvalidInputError(f"{what}: expected [channels, samples], got shape {arr.shape}")
+    try:
+        sf.write(handle, arr.T, sample_rate, format=fmt, subtype=_SUBTYPES[fmt])
+    except (RuntimeError, ValueError, TypeError) as exc:  # LibsndfileError is a RuntimeError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInputError(f"{what}: audio cannot be encoded as {fmt} ({reason})") from None
+
+
+def encode_audio(wav, sample_rate: int, format: str = "wav") -> bytes:
+    """``wav [channels, samples]`` (already normalised: see :func:`normalize`) as the bytes of a
+    ``format`` file ("wav", "flac", "ogg", "mp3"), encoded exactly as :func:`write_audio` writes it,
+    for callers that send audio rather than save it (a server)."""
+    fmt = WRITE_FORMATS.get("." + str(format).lower().lstrip("."))
+    if fmt is None:
+        raise InvalidInputError(f"audio format {format!r} is unknown; use one of "
+                                f"{', '.join(s.lstrip('.') for s in WRITE_FORMATS)}")
+    buffer = io.BytesIO()
+    _encode_into(buffer, wav, sample_rate, fmt, f"{fmt} audio")
+    return buffer.getvalue()
+
+
+def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> Path:
+    """Write ``[channels, samples]`` to ``path`` (format from the suffix), whole or not at all. The
+    encoder writes straight into the hidden partial file (no second copy of the audio in memory)."""
     p, fmt, parent = check_output_path(path)
-    subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt]
     fd, tmp = _temporary(p, parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            sf.write(handle, np.asarray(wav, dtype=np.float32).T, sample_rate, format=fmt, subtype=subtype)
+            _encode_into(handle, wav, sample_rate, fmt, f"output file {str(p)!r}")
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -142,6 +448,15 @@ def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> P
             raise InvalidInputError(f"output file {str(p)!r} could not be written ({exc.strerror or exc})") from None
         raise
     return p
+
+
+def save_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int, strategy: str = "loudness", *,
+               peak_clip_headroom_db: float = 1.0, loudness_headroom_db: float = 14.0,
+               loudness_compressor: bool = False) -> Path:
+    """Normalise ``wav [channels, samples]`` with ``strategy`` and write it atomically: what every
+    writer of finished audio does (CLI, streaming commit, ``audio_write``), in one place."""
+    out = normalize(wav, sample_rate, strategy, peak_clip_headroom_db, loudness_headroom_db, loudness_compressor)
+    return write_audio(path, out, sample_rate)
 
 
 class StreamingWriter:
@@ -168,7 +483,7 @@ class StreamingWriter:
         try:
             self._file.close()
             data, _ = sf.read(self.tmp, dtype="float32", always_2d=True)
-            write_audio(self.path, normalize(data.T, self.sample_rate, strategy), self.sample_rate)
+            save_audio(self.path, data.T, self.sample_rate, strategy)
         finally:
             Path(self.tmp).unlink(missing_ok=True)
         return self.path
@@ -197,5 +512,5 @@ def audio_write(stem_name: str | os.PathLike, wav, sample_rate: int, format: str
         raise InvalidInputError(f"audio_write: expected [channels, samples], got shape {arr.shape}")
     suffix = "." + format.lower().lstrip(".")
     path = Path(f"{stem_name}{suffix}") if add_suffix else Path(stem_name)
-    out = normalize(arr, sample_rate, strategy, peak_clip_headroom_db, loudness_headroom_db, loudness_compressor)
-    return write_audio(path, out, sample_rate)
+    return save_audio(path, arr, sample_rate, strategy, peak_clip_headroom_db=peak_clip_headroom_db,
+                      loudness_headroom_db=loudness_headroom_db, loudness_compressor=loudness_compressor)

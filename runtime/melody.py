@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -12,12 +13,37 @@ from .errors import InvalidInputError
 from .manifest import ChromaParams
 
 
-def prepare_melodies(melody, melody_sample_rate, batch: int, params: ChromaParams) -> list[np.ndarray] | None:
+_RESAMPLER_MARGIN_S = 1.0
+"""Read past what the chroma uses: soxr's output differs from the whole file's only in the last
+~300 samples of a cut input (measured, 44.1 -> 32 kHz HQ), so 1 s keeps every used sample exact."""
+
+
+def prepare_melodies(melody, melody_sample_rate, batch: int, params: ChromaParams,
+                     max_seconds: float | None = None) -> list[np.ndarray] | None:
     """One melody for all prompts or one per prompt, each a path or an array, -> ``batch`` mono float32
     waveforms at ``params.sample_rate`` (None entries become audiocraft's 1-sample null wav); None when
-    no melody is given at all."""
+    no melody is given at all.
+
+    ``max_seconds``: the furthest point any window reads (generation duration + one model window);
+    only that much of each melody (plus what the single-window chroma and the resampler need) is
+    decoded, so the chroma equals the whole melody's while a two-hour file costs what is used."""
     if melody is None:
         return None
+    items = _melody_items(melody, batch)
+    if all(item is None for item in items):
+        return None
+    read_s = _seconds_to_read(max_seconds, params)
+    wavs = []
+    for i, item in enumerate(items):
+        what = f"melody[{i}]" if len(items) > 1 else "melody"
+        if item is None:
+            wavs.append(np.zeros(1, dtype=np.float32))  # audiocraft's null wav
+            continue
+        wavs.append(_prepare_one(item, melody_sample_rate, what, params, read_s))
+    return wavs * batch if len(wavs) == 1 and batch > 1 else wavs
+
+
+def _melody_items(melody, batch: int) -> list:
     if isinstance(melody, (str, os.PathLike)) or (isinstance(melody, np.ndarray) and melody.ndim <= 2):
         items = [melody]
     elif isinstance(melody, np.ndarray) and melody.ndim == 3:
@@ -29,21 +55,32 @@ def prepare_melodies(melody, melody_sample_rate, batch: int, params: ChromaParam
     if len(items) not in (1, batch):
         raise InvalidInputError(f"melody: got {len(items)} melodies for {batch} prompts; "
                                 "give one melody for all prompts or one per prompt")
-    if all(item is None for item in items):
+    return items
+
+
+def _seconds_to_read(max_seconds: float | None, params: ChromaParams) -> float | None:
+    """A single window takes the chroma of the melody's first ``chroma_length`` frames whatever the
+    duration (frames see ``n_fft // 2`` past their centre), long-form windows read up to
+    ``max_seconds``; either way plus the resampler's margin."""
+    if max_seconds is None:
         return None
-    wavs = []
-    for i, item in enumerate(items):
-        what = f"melody[{i}]" if len(items) > 1 else "melody"
-        if item is None:
-            wavs.append(np.zeros(1, dtype=np.float32))  # audiocraft's null wav
-            continue
-        wav, sr, what = audio_io.read_input(item, melody_sample_rate, what, "melody")
-        mono = audio_io.to_mono(wav)
-        if float(np.max(np.abs(mono))) < 1e-4:
-            raise InvalidInputError(f"{what} is silent (peak below -80 dBFS) and carries no melody; "
-                                    "pass melody=None to generate from text alone")
-        wavs.append(audio_io.resample(mono, sr, params.sample_rate))
-    return wavs * batch if len(wavs) == 1 and batch > 1 else wavs
+    audio_io.check_seconds(max_seconds, "max_seconds")
+    span = ((params.chroma_length - 1) * params.hop_length + params.n_fft // 2 + 1) / params.sample_rate
+    return max(float(max_seconds), span) + _RESAMPLER_MARGIN_S
+
+
+def _prepare_one(item, melody_sample_rate, what: str, params: ChromaParams, read_s: float | None) -> np.ndarray:
+    """One melody -> mono float32 at the chroma rate, refusing what has no chroma to give: shorter
+    than one chroma hop (the STFT would be all padding) or silent."""
+    wav, sr, what = audio_io.read_input(item, melody_sample_rate, what, "melody", max_seconds=read_s)
+    mono = audio_io.to_mono(wav)
+    audio_io.check_min_samples(mono, sr, params.hop_length, params.sample_rate, what, "a melody (one chroma hop)")
+    if float(np.max(np.abs(mono))) < 1e-4:
+        cut = read_s is not None and mono.shape[0] >= math.ceil(read_s * sr)
+        where = f" over its first {read_s:g} s (all this generation uses)" if cut else ""
+        raise InvalidInputError(f"{what} is silent (peak below -80 dBFS){where} and carries no melody; "
+                                "pass melody=None to generate from text alone")
+    return audio_io.resample(mono, sr, params.sample_rate)
 
 
 def window_chroma(wavs: list[np.ndarray], start_s: float, length_s: float, params: ChromaParams) -> np.ndarray:
