@@ -126,35 +126,44 @@ def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperatu
         raise InvalidInputError(f"--output names one file but {len(prompts)} prompts were given; use --out-dir")
     if continue_from and melody:
         raise InvalidInputError("--continue and --melody cannot be combined (audiocraft continues with the null melody)")
+    created = _make_folder(Path(out_dir)) if out_dir else []
     targets = _targets(prompts, output, out_dir)
-    for target in targets:  # refuse before spending minutes on generation
-        check_output_path(target)
-    if model_dir is None:
-        model_dir = BUNDLED_MODEL
-        click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music",
-                   err=True)
-    t0 = time.perf_counter()
-    model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
-    load_s = time.perf_counter() - t0
-    options = dict(duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
-                   guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride)
-    if continue_from:
-        prompt_codes = model.encode_prompt(continue_from)
-        options["prompt_codes"] = np.repeat(prompt_codes, len(prompts), axis=0)
-    t_gen = time.perf_counter()
-    if stream:
-        samples = _stream(model, list(prompts), list(melody) or None, options, targets, normalize, quiet, t_gen)
-    else:
-        audio = model.generate(list(prompts), melody=list(melody) or None, progress=not quiet, **options)
-        for wav, target in zip(audio, targets):
-            save_audio(target, wav, model.sample_rate, normalize)
-        samples = audio.shape[-1]
-    for target in targets:
-        click.echo(str(target))
-    if not quiet:
-        total = time.perf_counter() - t0
-        click.echo(f"{len(targets)} x {samples / model.sample_rate:.2f} s of audio in {total:.2f} s "
-                   f"(model load {load_s:.2f} s)", err=True)
+    try:
+        for target in targets:  # refuse before spending minutes on generation
+            check_output_path(target)
+        if model_dir is None:
+            model_dir = BUNDLED_MODEL
+            click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music",
+                       err=True)
+        t0 = time.perf_counter()
+        model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
+        load_s = time.perf_counter() - t0
+        options = dict(duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
+                       guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride)
+        if continue_from:
+            prompt_codes = model.encode_prompt(continue_from)
+            options["prompt_codes"] = np.repeat(prompt_codes, len(prompts), axis=0)
+        t_gen = time.perf_counter()
+        if stream:
+            samples = _stream(model, list(prompts), list(melody) or None, options, targets, normalize, quiet, t_gen)
+        else:
+            audio = model.generate(list(prompts), melody=list(melody) or None, progress=not quiet, **options)
+            for wav, target in zip(audio, targets):
+                save_audio(target, wav, model.sample_rate, normalize)
+            samples = audio.shape[-1]
+        for target in targets:
+            click.echo(str(target))
+        if not quiet:
+            total = time.perf_counter() - t0
+            click.echo(f"{len(targets)} x {samples / model.sample_rate:.2f} s of audio in {total:.2f} s "
+                       f"(model load {load_s:.2f} s)", err=True)
+    except BaseException:
+        for folder in reversed(created):  # a failed run leaves no folder it made behind
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else wrote there
+                break
+        raise
 
 
 def _stream(model, prompts, melody, options, targets, normalize, quiet, t_gen) -> int:
@@ -179,12 +188,22 @@ def _stream(model, prompts, melody, options, targets, normalize, quiet, t_gen) -
     return samples
 
 
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the ones this call created, outermost first."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()][::-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from .runtime.errors import InvalidInputError
+
+        raise InvalidInputError(f"--out-dir {str(folder)!r} cannot be created ({exc.strerror or exc})") from None
+    return missing
+
+
 def _targets(prompts, output, out_dir) -> list[Path]:
     if output:
         return [Path(output)]
     folder = Path(out_dir) if out_dir else Path(".")
-    if out_dir:
-        folder.mkdir(parents=True, exist_ok=True)
     names = []
     for i, prompt in enumerate(prompts):
         slug = "".join(c if c.isalnum() else "_" for c in prompt.lower())[:40].strip("_") or "prompt"

@@ -126,7 +126,9 @@ class GenerationInputs:
         if melody is not None and not m.is_melody:
             raise InvalidInputError("melody: this model is text-only (no chroma conditioning); "
                                     "use a MusicGen-Melody export or drop the melody")
-        melodies = prepare_melodies(melody, melody_sample_rate, len(descriptions), m.chroma) if m.is_melody else None
+        # long-form windows read the melody up to one window past the duration; never more
+        melodies = prepare_melodies(melody, melody_sample_rate, len(descriptions), m.chroma,
+                                    max_seconds=options.duration + m.max_duration) if m.is_melody else None
         if prompt_codes is not None:
             if not isinstance(prompt_codes, np.ndarray) or prompt_codes.ndim != 3 \
                     or prompt_codes.shape[:2] != (len(descriptions), m.num_codebooks):

@@ -135,7 +135,9 @@ class MusicGen:
         items = list(prompt) if isinstance(prompt, np.ndarray) and prompt.ndim == 3 else [prompt]
         converted = []
         for item in items:
-            wav, sr, _ = audio_io.read_input(item, prompt_sample_rate, "prompt", "prompt")
+            # read one second past the window at most: a longer prompt is refused by the window rule
+            wav, sr, _ = audio_io.read_input(item, prompt_sample_rate, "prompt", "prompt",
+                                             max_seconds=self.max_duration + 1, min_seconds=audio_io.MIN_PROMPT_SECONDS)
             if self.audio_channels == 1:
                 wav = wav.mean(axis=0, keepdims=True)
             else:

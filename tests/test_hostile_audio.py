@@ -238,9 +238,6 @@ def test_ten_sample_prompt_file_is_refused_with_the_minimum(tmp_path):
                               "32000 Hz); a prompt needs at least 0.1 s (3200 samples at 32000 Hz)")
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="runtime/musicgen.py's encode_prompt must pass min_seconds=audio_io.MIN_PROMPT_SECONDS "
-                          "to read_input; drop this marker when it does")
 def test_encode_prompt_refuses_a_10_sample_prompt(model, tmp_path):
     sf.write(tmp_path / "p.wav", np.full(10, 0.5), 32000)
     for prompt, rate in ((str(tmp_path / "p.wav"), None), (np.full((1, 10), 0.5), 32000)):

@@ -267,3 +267,14 @@ def test_fuzz_hostile_folder(tmp_path_factory, edits, swap):
         model.generate(["x"], duration=0.2, seed=0)
     except (ModelFolderError, InvalidInputError) as exc:
         assert "\n" not in str(exc)
+
+
+def test_a_failed_run_leaves_no_out_dir_and_a_long_prompt_is_refused(cli, tmp_path):
+    import soundfile as sf
+
+    _one_line(cli("generate", "x", "--out-dir", tmp_path / "new" / "deeper", "--guidance", "1e39"), "guidance_scale")
+    assert not (tmp_path / "new").exists()
+    sf.write(tmp_path / "long.wav", 0.1 * np.sin(np.arange(32000 * 40) * 0.05), 32000)
+    _one_line(cli("generate", "x", "--continue", tmp_path / "long.wav", "--duration", "45", "-o", tmp_path / "c.wav"),
+              "shorter than the model's 30 s window")
+    assert not (tmp_path / "c.wav").exists()
