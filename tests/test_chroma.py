@@ -19,6 +19,7 @@ def tone(freq, seconds, sr=32000, amp=0.5):
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
+@pytest.mark.export  # needs the onnx / transformers packages of the export extra
 def test_filter_bank_equals_transformers():
     from transformers.audio_utils import chroma_filter_bank as hf
 

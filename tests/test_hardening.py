@@ -76,6 +76,7 @@ def _rewrite_manifest_hashes(folder: Path) -> None:
     (folder / MANIFEST_NAME).write_text(json.dumps(data))
 
 
+@pytest.mark.export  # needs the onnx / transformers packages of the export extra
 def test_external_data_outside_the_folder_is_refused(tmp_path):
     """Even with a manifest that agrees, a graph whose weights point outside the folder does not load."""
     import onnx

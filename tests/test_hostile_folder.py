@@ -143,6 +143,7 @@ def test_the_tokenizer_is_hashed_and_confined(tmp_path):
         MusicGen.from_pretrained(folder, providers="cpu")
 
 
+@pytest.mark.export  # needs the onnx / transformers packages of the export extra
 def test_a_graph_reading_an_unlisted_file_is_refused(tmp_path):
     import onnx
 
