@@ -42,7 +42,8 @@ class MusicGen:
         decoder = self.graphs["decoder"]
         if not low_memory:  # low_memory: the text encoder is opened per call (GraphSessions.run_transient)
             self.graphs["text_encoder"]
-        self.conditioner = Conditioner(TextTokenizer(folder_file(folder, m.tokenizer)), self.graphs, m)
+        tokenizer = TextTokenizer(folder_file(folder, m.tokenizer), max_id=m.text_vocab_size)
+        self.conditioner = Conditioner(tokenizer, self.graphs, m)
         self.codec = AudioCodec(self.graphs, m)
         self.pattern = DelayPattern(m.delays, m.special_token_id)
         self._decoder_io = DecoderIO.of(m.graphs["decoder"], m.num_layers, m.kv_cache)
