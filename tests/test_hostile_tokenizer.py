@@ -156,6 +156,7 @@ def test_regexes_that_can_backtrack_are_refused_by_name(tmp_path, pattern, rule)
 ALLOWED = [" {2,}", r"\s+", r"\A▁", r"[\s\]]{2,}", r"\S\s", r"a|b{2,}", "(?:ab)+", "x{2}", r"[^\s]+", ""]
 
 
+@pytest.mark.export  # tokenizers / sentencepiece (the export extra) build or check the reference
 @pytest.mark.parametrize("pattern", ALLOWED)
 def test_the_regexes_sentencepiece_converters_write_still_match_tokenizers(tmp_path, pattern):
     from tokenizers import Tokenizer as Reference
@@ -358,7 +359,7 @@ class _Spec:
 def t5_spec(tmp_path_factory):
     """The T5-like tokenizer.json (Precompiled charsmap, WhitespaceSplit + Metaspace, 103 added tokens), with a
     Strip, a regex and a literal Replace after the charsmap: every component the reader supports, in one file."""
-    from benchmarks.checkpoints import build_sentencepiece_tokenizer
+    from musicgen_onnx.export.random_checkpoints import build_sentencepiece_tokenizer
 
     folder = build_sentencepiece_tokenizer(tmp_path_factory.mktemp("t5tok"))
     spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
@@ -427,6 +428,7 @@ HOSTILE_PROMPTS = ["A calm piano melody", "x </s> ﬁ  <extra_id_0>   " + "a" * 
                    "lofi chill " * 372]  # 4092 characters: past 512 tokens, after all the work
 
 
+@pytest.mark.export  # tokenizers / sentencepiece (the export extra) build or check the reference
 @settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(edits=st.lists(EDITS, min_size=1, max_size=3), max_id=st.sampled_from([None, None, 32128, 300, 150]))
