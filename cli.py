@@ -79,14 +79,18 @@ _LOW_MEMORY = click.option(
               help="static: in-place cache buffers (GroupQueryAttention; CPU fp32, CUDA fp16); concat: portable graph.")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None,
               help="KV cache precision for int8/int4 (default fp32): fp16 halves the cache, ~10% slower on CPU.")
-def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, kv_cache, kv_dtype):
+@click.option("--atol", type=float, default=None,
+              help="Validation: absolute tolerance for every graph (default per graph and precision).")
+@click.option("--rtol", type=float, default=None,
+              help="Validation: tolerance relative to each output's max |value| (default per graph and precision).")
+def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, kv_cache, kv_dtype, atol, rtol):
     """Export CHECKPOINT (a local folder or a hub id in the Hugging Face cache) to OUT_DIR."""
     try:
         from .export.exporter import export as run_export
     except ImportError as exc:
         raise MusicGenError(f"export needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
     run_export(checkpoint, out_dir, precision=precision, opset=opset, validate_graphs=not no_validate,
-               force=force, allow_pickle=allow_pickle, kv_cache=kv_cache, kv_dtype=kv_dtype,
+               force=force, allow_pickle=allow_pickle, kv_cache=kv_cache, kv_dtype=kv_dtype, atol=atol, rtol=rtol,
                progress=lambda msg: click.echo(msg, err=True))
 
 
@@ -283,7 +287,8 @@ def info(folder, no_hash):
         f"source         {src.get('checkpoint', '?')}" + (f" @ {src['revision']}" if src.get("revision") else ""),
         f"family         {m.family} ({'prefix' if m.is_melody else 'cross-attention'} conditioning)",
         f"decoder        {m.num_layers} layers, {m.num_heads} heads, hidden {m.hidden_size}, "
-        f"{m.num_codebooks} codebooks x {m.codebook_size}, delays {list(m.delays)}, {m.kv_cache} KV cache",
+        f"{m.num_codebooks} codebooks x {m.codebook_size}, delays {list(m.delays)}, {m.kv_cache} KV cache "
+        f"({m.kv_dtype or 'dtype not recorded'})",
         f"audio          {m.sample_rate} Hz, {m.audio_channels} channel(s), {m.frame_rate:g} frames/s, "
         f"max {m.max_duration:g} s",
     ]

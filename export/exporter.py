@@ -280,12 +280,13 @@ def _files_of(folder: Path, name: str) -> list[Path]:
     return files
 
 
-def _validate_graph(spec: GraphSpec, path: Path, precision: str) -> None:
+def _validate_graph(spec: GraphSpec, path: Path, precision: str, atol: float | None = None,
+                    rtol: float | None = None) -> None:
     session = open_session(path)  # the runtime's own session settings, on CPU
     if spec.name == "audio_encoder":  # codes from an argmin: judged by the fraction that differ
         tol = validate.CODE_MISMATCH[precision]
     else:
-        tol = validate.TOLERANCES[precision][spec.name]
+        tol = validate.TOLERANCES[precision][spec.name].overridden(atol, rtol)
     input_types = {i.name: i.type for i in session.get_inputs()}
     for n, case in enumerate([spec.example, *spec.cases]):
         feeds = {name: t.numpy().astype(np.float16) if input_types[name] == "tensor(float16)" else t.numpy()
@@ -315,9 +316,13 @@ def export(
     kv_dtype: str | None = None,
     progress: Callable[[str], None] | None = None,
     source_label: str | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
     _fail_after: str | None = None,
 ) -> Path:
-    """Export ``checkpoint`` into ``out_dir``; returns the folder. ``_fail_after`` is a test hook."""
+    """Export ``checkpoint`` into ``out_dir``; returns the folder. ``atol`` / ``rtol`` replace the
+    validation tolerances of every graph (``max|diff| <= atol + rtol * max|reference|``), as optimum's
+    ``--atol`` does. ``_fail_after`` is a test hook."""
     progress = progress or (lambda msg: log.info(msg))
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
@@ -328,6 +333,10 @@ def export(
     if kv_dtype == "fp16" and (precision not in QUANT_BITS or kv_cache != "static"):
         raise ExportError(f"kv_dtype 'fp16' needs precision int8 or int4 with the static KV cache (fp16 keeps its "
                           f"cache in fp16 anyway; fp32 stays the exact reference), not {precision}/{kv_cache}")
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 <= value < float("inf")):
+            raise ExportError(f"{name} must be a finite number >= 0, got {value!r}")
     if not (14 <= opset <= 21):
         raise ExportError(f"opset {opset} is not supported; choose an opset in [14, 21]")
     out = Path(out_dir)
@@ -361,9 +370,11 @@ def export(
         if validate_graphs:
             step("checking the export wrappers against transformers")
             validate.check_wrappers_against_transformers(
-                model, by_name["text_encoder"].module, by_name["decoder"].module, ckpt.conditioning, 1e-3)
+                model, by_name["text_encoder"].module, by_name["decoder"].module, ckpt.conditioning,
+                validate.WRAPPER_TOLERANCE.overridden(atol, rtol))
             validate.check_codec_against_transformers(
-                model.audio_encoder, by_name["audio_decoder"].module, by_name["audio_encoder"].module, 1e-4, 0.01)
+                model.audio_encoder, by_name["audio_decoder"].module, by_name["audio_encoder"].module,
+                validate.CODEC_WRAPPER_TOLERANCE.overridden(atol, rtol))
         graphs = {}
         for spec in specs:
             path = tmp / f"{spec.name}.onnx"
@@ -378,7 +389,7 @@ def export(
                 graph_precision = "fp32"  # the codec (and, quantised, the text encoder) stay fp32
             if validate_graphs:
                 step(f"validating {spec.name} against its torch module")
-                _validate_graph(spec, path, graph_precision)
+                _validate_graph(spec, path, graph_precision, atol, rtol)
             files = _files_of(tmp, spec.name)
             graphs[spec.name] = GraphInfo(
                 file=path.name, precision=graph_precision, inputs=tuple(spec.input_names),
@@ -390,7 +401,8 @@ def export(
                 raise ExportError(f"injected failure after {spec.name}")
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         manifest = build_manifest(model, ckpt, graphs, kv_cache, source_label,
-                                  tokenizer_sha256=sha256_file(tmp / "tokenizer.json"))
+                                  tokenizer_sha256=sha256_file(tmp / "tokenizer.json"),
+                                  kv_dtype="fp16" if precision == "fp16" or kv_dtype == "fp16" else "fp32")
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         _replace(tmp, out)
     except BaseException:
@@ -411,7 +423,7 @@ def _replace(tmp: Path, out: Path) -> None:
 
 
 def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, source_label: str | None = None,
-                   tokenizer_sha256: str | None = None) -> Manifest:
+                   tokenizer_sha256: str | None = None, kv_dtype: str = "fp32") -> Manifest:
     cfg = model.config
     dec = cfg.decoder
     K = dec.num_codebooks
@@ -432,6 +444,7 @@ def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, sou
     return Manifest(
         conditioning=ckpt.conditioning,
         kv_cache=kv_cache,
+        kv_dtype=kv_dtype,
         hidden_size=dec.hidden_size,
         num_layers=dec.num_hidden_layers,
         num_heads=dec.num_attention_heads,

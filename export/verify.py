@@ -53,6 +53,28 @@ class Check:
         return self.value >= self.bound if self.higher_is_better else self.value <= self.bound
 
 
+def check_pairing(manifest, ckpt, folder) -> None:
+    """The folder must have been exported from a checkpoint of the same family and sizes: compared
+    fact by fact, so a mismatch names both sides instead of failing inside transformers."""
+    from ..runtime.errors import ExportError
+
+    dec = ckpt.config.get("decoder") or {}
+    family = {"prefix": "melody", "cross": "text-only"}
+    facts = [
+        ("family", family[manifest.conditioning], family[ckpt.conditioning]),
+        ("codebooks", manifest.num_codebooks, dec.get("num_codebooks")),
+        ("audio channels", manifest.audio_channels, dec.get("audio_channels", 1)),
+        ("hidden size", manifest.hidden_size, dec.get("hidden_size")),
+        ("layers", manifest.num_layers, dec.get("num_hidden_layers")),
+        ("attention heads", manifest.num_heads, dec.get("num_attention_heads")),
+        ("codebook size", manifest.codebook_size, dec.get("vocab_size")),
+    ]
+    for name, ours, theirs in facts:
+        if ours != theirs:
+            raise ExportError(f"{folder} ({manifest.family}) does not match checkpoint {ckpt.name!r}: {name} "
+                              f"{ours} in the folder, {theirs} in the checkpoint")
+
+
 def verify(folder, checkpoint, frames: int = 50, providers="cpu") -> tuple[str, list[Check]]:
     """Run the three checks; returns the decoder's precision and the checks (each with its bound)."""
     from ..runtime import MusicGen
@@ -61,8 +83,9 @@ def verify(folder, checkpoint, frames: int = 50, providers="cpu") -> tuple[str, 
     from .checkpoint import resolve
 
     ckpt = resolve(checkpoint)
-    model, tokenizer = reference.load(ckpt.folder)
     ours = MusicGen.from_pretrained(folder, providers=providers)
+    check_pairing(ours.manifest, ckpt, folder)  # before the reference runs: a mismatch is one line
+    model, tokenizer = reference.load(ckpt.folder)
     precision = ours.manifest.graphs["decoder"].precision
     bounds = BOUNDS[precision]
     chroma = features = melodies = None

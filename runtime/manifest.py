@@ -93,6 +93,7 @@ class Manifest:
     delays: tuple[int, ...]
     graphs: dict[str, GraphInfo]
     kv_cache: str = "concat"
+    kv_dtype: str | None = None  # the cache's precision at the graph boundary (None: version 1 folders)
     text_hidden_size: int = 768
     codebook_size: int = 2048
     special_token_id: int = 2048
@@ -202,6 +203,7 @@ class Manifest:
             delays=tuple(r.integer(x, "delays[]") for x in r.array(r.req(data, "delays"), "delays", 64)),
             graphs=graphs,
             kv_cache=r.text(data.get("kv_cache", "concat"), "kv_cache"),
+            kv_dtype=None if data.get("kv_dtype") is None else r.text(data["kv_dtype"], "kv_dtype"),
             max_duration=r.number(data.get("max_duration", 30.0), "max_duration"),
             max_positions=r.optional_integer(data.get("max_positions"), "max_positions"),
             text_vocab_size=r.optional_integer(data.get("text_vocab_size"), "text_vocab_size"),
@@ -227,6 +229,7 @@ class Manifest:
 
         need(self.conditioning in CONDITIONINGS, f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         need(self.kv_cache in KV_CACHES, f"kv_cache must be one of {KV_CACHES}, got {self.kv_cache!r}")
+        need(self.kv_dtype is None or self.kv_dtype in KV_DTYPES, f"kv_dtype must be one of {KV_DTYPES}, got {self.kv_dtype!r}")
         int_in("hidden_size", self.hidden_size, 1, 16384)
         int_in("num_layers", self.num_layers, 1, 256)
         int_in("num_heads", self.num_heads, 1, 256)

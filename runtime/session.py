@@ -231,6 +231,11 @@ def check_graph_io(folder, name: str, session, manifest) -> None:
     if set(ins) != set(info.inputs) or set(outs) != set(info.outputs):
         raise ModelFolderError(f"{where} declares inputs {sorted(ins)[:4]}... and outputs {sorted(outs)[:4]}..., "
                                f"not those the manifest lists")
+    if name == "decoder" and manifest.kv_dtype is not None:
+        want = {"fp16": "tensor(float16)", "fp32": "tensor(float)"}[manifest.kv_dtype]
+        past = info.roles.get("past.0.key")
+        if past in ins and ins[past].type != want:
+            raise ModelFolderError(f"{where}: its KV cache is {ins[past].type}, the manifest says {manifest.kv_dtype}")
     for role, axes in expected_dims(name, manifest).items():
         if not info.has(role):
             continue

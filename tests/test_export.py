@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -264,3 +265,25 @@ def test_external_weight_files_load_like_inline_graphs(checkpoint_dir, exported,
     data.write_bytes(data.read_bytes()[:-10])
     with pytest.raises(ModelFolderError, match="decoder.onnx.data"):
         MusicGen.from_pretrained(out, providers="cpu")
+
+
+def test_validation_is_relative_to_each_outputs_scale(checkpoint_dir, tmp_path):
+    """A checkpoint with larger activations than the fixtures (its text projection scaled x1000): an
+    absolute bound fails on the cross-attention keys, the per-graph relative bound passes."""
+    from safetensors.torch import load_file, save_file
+
+    src = Path(shutil.copytree(checkpoint_dir("tiny-text"), tmp_path / "big"))
+    weights = load_file(src / "model.safetensors")
+    for key in [k for k in weights if k.startswith("enc_to_dec_proj.")]:
+        weights[key] = weights[key] * 1000
+    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ExportError, match=r"graph text_encoder, output cross\.\d\.(key|value) .* > tolerance .*rtol 0 x"):
+        export(str(src), tmp_path / "absolute", rtol=0)
+    export(str(src), tmp_path / "relative")
+    with pytest.raises(ExportError, match="rtol must be a finite number >= 0"):
+        export(str(src), tmp_path / "x", rtol=-1)
+
+
+def test_info_shows_the_kv_cache_dtype(exported, cli):
+    r = cli("info", exported("tiny-text"))
+    assert r.returncode == 0 and "static KV cache (fp32)" in r.stdout, r.stderr

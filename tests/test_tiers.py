@@ -85,3 +85,12 @@ def test_bench_reports_its_numbers(cli):
     assert r.returncode == 0, r.stderr
     for word in ("load", "steps/s", "real-time factor", "peak RSS"):
         assert word in r.stdout
+
+
+def test_verify_names_both_sides_when_folder_and_checkpoint_differ(exported, checkpoint_dir, cli):
+    r = cli("verify", exported("tiny-melody"), checkpoint_dir("tiny-text"), "--frames", "4")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    line = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(line) == 1 and "family melody in the folder, text-only in the checkpoint" in line[0], r.stderr
+    r = cli("verify", exported("tiny-melody"), checkpoint_dir("tiny-melody-stereo"), "--frames", "4")
+    assert r.returncode == 2 and "codebooks 4 in the folder, 8 in the checkpoint" in r.stderr, r.stderr
