@@ -96,8 +96,13 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
 
 @main.command(cls=_Command)
 @click.argument("prompts", nargs=-1, required=True)
-@click.option("--model", "model_dir", type=click.Path(), default=None,
-              help="Exported model folder (default: the bundled tiny model, random weights).")
+@click.option("--model", "model_dir", default=None,
+              help="Exported model folder, hub repo org/name, or audiocraft name such as 'melody' "
+                   "(default: the bundled tiny model, random weights).")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for --model org/name.")
+@click.option("--precision", default=None, help="fp32/fp16/int8/int4: the hub sub-folder, or the tier to export a name in.")
+@click.option("--export", "export_missing", is_flag=True,
+              help="Export an audiocraft name that is not in the cache yet (needs the export extra).")
 @click.option("--melody", multiple=True, type=click.Path(), help="Melody file: one for all prompts or one per prompt.")
 @click.option("--duration", type=float, default=None, help="Seconds of audio (model default: 15).")
 @click.option("--seed", type=int, default=None)
@@ -117,7 +122,7 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
 @click.option("--stream", is_flag=True, help="Write audio while generating (1 s chunks); normalised at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_LOW_MEMORY
-def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperature, guidance, greedy,
+def generate(prompts, model_dir, revision, precision, export_missing, melody, duration, seed, top_k, top_p, temperature, guidance, greedy,
              normalize, output, out_dir, provider, extend_stride, continue_from, stream, quiet, low_memory):
     """Generate music for each PROMPT and write audio files."""
     from .runtime.audio import check_output_path, save_audio
@@ -140,7 +145,8 @@ def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperatu
             click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music",
                        err=True)
         t0 = time.perf_counter()
-        model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
+        model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory, revision=revision,
+                                         precision=precision, export=export_missing)
         load_s = time.perf_counter() - t0
         options = dict(duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
                        guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride)

@@ -389,11 +389,22 @@ def folder_file(folder: str | os.PathLike, name: str) -> Path:
         real = (folder / name).resolve(strict=True)
     except (OSError, RuntimeError):
         raise ModelFolderError(f"{folder}: {name!r} is missing") from None
-    if real.parent != root:
+    if real.parent != root and real.parent not in _hub_blobs(root):
         raise ModelFolderError(f"{folder}: {name!r} resolves to {str(real)!r}, outside the model folder")
     if not real.is_file():
         raise ModelFolderError(f"{folder}: {name!r} is not a regular file")
     return real
+
+
+def _hub_blobs(root: Path) -> list[Path]:
+    """A Hugging Face cache snapshot (``models--org--name/snapshots/REV[/sub]``) holds symlinks into its
+    repo's ``blobs`` folder: that folder, and only that one, is part of the model folder too."""
+    parts = root.parts
+    if "snapshots" not in parts:
+        return []
+    i = len(parts) - 1 - parts[::-1].index("snapshots")
+    repo = Path(*parts[:i])
+    return [repo / "blobs"] if repo.name.startswith("models--") and 0 < len(parts) - i - 1 <= 2 else []
 
 
 def _file_digest(path: Path) -> str:

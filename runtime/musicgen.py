@@ -22,6 +22,7 @@ from .codec import AudioCodec, StreamDecoder
 from .conditioning import Conditioner
 from .delay import DelayPattern
 from .errors import InvalidInputError
+from .hub import DEFAULT_NAME, resolve_model
 from .generation import GenerationInputs, GenerationTask, ProgressFn, StepLoop, check_descriptions
 from .manifest import Manifest, folder_file, load_manifest, verify_files
 from .options import GenerationOptions
@@ -55,20 +56,28 @@ class MusicGen:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, providers=None, verify_hashes: bool = True,
-                        threads: int | None = None, low_memory: bool = False) -> "MusicGen":
-        """Load an exported folder. ``providers``: "auto" (default), "cpu", "cuda" or an onnxruntime list.
+                        threads: int | None = None, low_memory: bool = False, *, revision: str | None = None,
+                        precision: str | None = None, export: bool = False) -> "MusicGen":
+        """Load an exported folder, a hub repo ``org/name`` (``revision``, ``precision`` sub-folder; the
+        ``hub`` extra) or an audiocraft name ('melody', 'small', ... exported into the project's cache,
+        on demand with ``export=True``; ``precision`` defaults to fp16 on CUDA, int8 on CPU): see
+        ``runtime/hub.py``. ``providers``: "auto" (default), "cpu", "cuda" or an onnxruntime list.
         Files are checked against the manifest (sizes always, sha256 unless ``verify_hashes=False``).
 
         ``low_memory=True`` keeps the text encoder (T5, fp32 in every tier: 0.44 GB for melody) out of
         memory between calls: it is loaded for each generation (or long-form window) and released
         before the decoder's KV cache is allocated, at about a second per call."""
-        folder = Path(folder)
         settings = SessionSettings.resolve(providers, threads)
+        folder = resolve_model(folder, revision, precision, export, settings.providers)
         manifest = load_manifest(folder)
         verify_files(folder, manifest, hash_files=verify_hashes)
         return cls(folder, manifest, settings, low_memory)
 
-    get_pretrained = from_pretrained  # the audiocraft name
+    @classmethod
+    def get_pretrained(cls, name: str = DEFAULT_NAME, device: str | None = None, **kwargs) -> "MusicGen":
+        """audiocraft's ``MusicGen.get_pretrained(name, device)``: ``device`` "cpu" or "cuda" picks the
+        provider; the other keywords are ``from_pretrained``'s (``export=True`` exports on demand)."""
+        return cls.from_pretrained(name, providers=kwargs.pop("providers", device), **kwargs)
 
     # ------------------------------------------------------------------ facts
     @property

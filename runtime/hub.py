@@ -1,0 +1,133 @@
+"""Where a model comes from: a local folder, a Hugging Face hub repo, or an audiocraft name.
+
+``resolve_model`` turns what a user typed into a local model folder, the way audiocraft's
+``get_pretrained('melody')`` and optimum's ``from_pretrained(..., export=True)`` meet users:
+
+* an existing folder is used as it is;
+* an audiocraft name ('melody', 'small', 'stereo-large', 'facebook/musicgen-melody', ...) is an
+  exported folder in this project's cache (``MUSICGEN_ONNX_HOME``, default ``~/.cache/musicgen-onnx``),
+  made on demand by the exporter when asked to (``export=True``), otherwise named in the error with the
+  command that makes it;
+* any other ``org/name`` is a hub repo holding an exported folder (at its root, or one sub-folder per
+  precision), fetched with ``huggingface_hub`` into its normal cache (``HF_HOME``, ``HF_HUB_OFFLINE``,
+  tokens and revisions as the hub library handles them): the manifest first, then exactly the files it
+  lists. The runtime then checks every file's size and sha256 as for any folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from .errors import ModelFolderError
+from .manifest import MANIFEST_NAME, PRECISIONS
+
+log = logging.getLogger(__name__)
+
+# audiocraft's names (MusicGen.get_pretrained) -> the checkpoint each exports from
+CHECKPOINTS = {name: f"facebook/musicgen-{name}" for name in (
+    "small", "medium", "large", "melody", "melody-large", "stereo-small", "stereo-medium", "stereo-large",
+    "stereo-melody", "stereo-melody-large")}
+DEFAULT_NAME = "facebook/musicgen-melody"  # audiocraft's get_pretrained default
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def cache_home() -> Path:
+    """Exported folders made on demand live here: ``MUSICGEN_ONNX_HOME`` or the user's cache folder."""
+    if os.environ.get("MUSICGEN_ONNX_HOME"):
+        return Path(os.environ["MUSICGEN_ONNX_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "musicgen-onnx"
+
+
+def default_precision(providers) -> str:
+    """fp16 on CUDA (its GroupQueryAttention has no fp32 kernel), int8 on CPU (10x PyTorch, near-fp32 quality)."""
+    return "fp16" if providers and providers[0] == "CUDAExecutionProvider" else "int8"
+
+
+def checkpoint_of(name: str) -> str | None:
+    if name in CHECKPOINTS:
+        return CHECKPOINTS[name]
+    return name if name in CHECKPOINTS.values() else None
+
+
+def resolve_model(model: str | os.PathLike, revision: str | None = None, precision: str | None = None,
+                  export: bool = False, providers=None, progress=None) -> Path:
+    """A local folder to load for ``model`` (see the module docstring); one-line errors otherwise."""
+    path = Path(model)
+    if path.is_dir():
+        return path
+    name = str(model)
+    if precision is not None and precision not in PRECISIONS:
+        raise ModelFolderError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    checkpoint = checkpoint_of(name)
+    if checkpoint is not None:
+        return _exported(checkpoint, precision or default_precision(providers), export, progress)
+    if not _REPO_ID.match(name) or ".." in name:
+        raise ModelFolderError(f"model {name!r}: no such folder, not an audiocraft name "
+                               f"({', '.join(CHECKPOINTS)}) and not a hub repo id 'org/name'")
+    return _from_hub(name, revision, precision)
+
+
+def _exported(checkpoint: str, precision: str, export: bool, progress) -> Path:
+    folder = cache_home() / f"{checkpoint.replace('/', '--')}-{precision}"
+    if (folder / MANIFEST_NAME).is_file():  # the exporter renames a finished folder into place: complete
+        return folder
+    command = f"musicgen-onnx export {checkpoint} {folder} --precision {precision}"
+    if not export:
+        raise ModelFolderError(f"{checkpoint} ({precision}) is not exported yet; pass export=True (CLI: --export, "
+                               f"needs the 'export' extra) or run: {command}")
+    try:
+        from ..export.exporter import export as run_export
+    except ImportError as exc:
+        raise ModelFolderError(f"exporting {checkpoint} needs the 'export' extra (pip install "
+                               f"'musicgen-onnx[export]'): {exc}") from None
+    log.info("exporting %s (%s) into %s", checkpoint, precision, folder)
+    return run_export(checkpoint, folder, precision=precision, progress=progress)
+
+
+def _hub_errors():
+    from huggingface_hub import errors
+
+    return errors
+
+
+def _from_hub(repo: str, revision: str | None, precision: str | None) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download, snapshot_download
+    except ImportError:
+        raise ModelFolderError(f"model {repo!r} looks like a hub repo id; reading it needs the 'hub' extra: "
+                               f"pip install 'musicgen-onnx[hub]'") from None
+    errors = _hub_errors()
+    sub = f"{precision}/" if precision else ""
+    where = f"hub repo {repo!r}" + (f" @ {revision}" if revision else "")
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would bury the one line this call ends with
+    try:
+        manifest_path = Path(hf_hub_download(repo, f"{sub}{MANIFEST_NAME}", revision=revision))
+        from .manifest import load_manifest
+
+        manifest = load_manifest(manifest_path.parent)
+        files = [f"{sub}{manifest.tokenizer}", f"{sub}{MANIFEST_NAME}"]
+        files += [f"{sub}{rel}" for info in manifest.graphs.values() for rel in info.files]
+        snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=files))
+    except errors.LocalEntryNotFoundError:
+        raise ModelFolderError(f"{where}: not in the local Hugging Face cache and the hub cannot be reached "
+                               f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')})") from None
+    except errors.RepositoryNotFoundError:
+        raise ModelFolderError(f"{where}: no such repository (or it is private: log in with `hf auth login`)") from None
+    except errors.RevisionNotFoundError:
+        raise ModelFolderError(f"{where}: no such revision") from None
+    except errors.EntryNotFoundError:
+        raise ModelFolderError(f"{where}: has no {sub}{MANIFEST_NAME}"
+                               + ("" if precision else " at its root (pass --precision for a sub-folder)")
+                               + "; not a musicgen-onnx model repo") from None
+    except (errors.HfHubHTTPError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelFolderError(f"{where}: download failed ({first})") from None
+    finally:
+        hub_log.setLevel(level)
+    return snapshot / sub if sub else snapshot
