@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,28 @@ from ..runtime.manifest import sha256_file
 log = logging.getLogger(__name__)
 
 MODEL_TYPES = {"musicgen": "cross", "musicgen_melody": "prefix"}
+# The first transformers release whose greedy generate this runtime reproduces, per family: export
+# validates its graphs against transformers and verify compares with it, so an older one would make a
+# wrong reference. Bisected on random-weight tiny checkpoints (README, "What matches what"): melody
+# agrees 0% up to 5.17.0 and 100% from 5.18.0; text-only 100% from 5.0.0 (4.57 drops the text).
+MIN_TRANSFORMERS = {"prefix": "5.18.0", "cross": "5.0.0"}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def check_transformers(conditioning: str, installed: str | None = None) -> None:
+    """Refuse a transformers older than the family's reference floor, naming the version needed."""
+    if installed is None:
+        import transformers
+
+        installed = transformers.__version__
+    need = MIN_TRANSFORMERS[conditioning]
+    if _version(installed) < _version(need):
+        family = "MusicGen-Melody" if conditioning == "prefix" else "text-only MusicGen"
+        raise ExportError(f"transformers {installed} is too old as the reference for {family} checkpoints: "
+                          f"its generate differs from the released model; install transformers>={need}")
 
 
 @dataclass
@@ -74,6 +97,7 @@ def resolve(checkpoint: str, allow_pickle: bool = False) -> Checkpoint:
             raise ExportError(f"checkpoint {checkpoint!r}: weights are pickle files ({pickles[0].name}), which can run "
                               "code when loaded; pass --allow-pickle if you trust them")
         weights = pickles
+    check_transformers(MODEL_TYPES[model_type])
     return Checkpoint(folder=folder, name=checkpoint, revision=revision, config=config,
                       conditioning=MODEL_TYPES[model_type], weight_files=weights)
 

@@ -24,9 +24,9 @@ def generate(model, tokenizer, texts, frames, input_features=None, guidance_scal
     transformers returns only audio, so the codes are captured where it hands them to EnCodec.
     """
     enc = tokenizer(texts, padding=True, return_tensors="pt")
-    kwargs = dict(enc)
+    kwargs = {k: v.to(model.device) for k, v in enc.items()}  # the model may live on a GPU
     if input_features is not None:
-        kwargs["input_features"] = torch.as_tensor(input_features)
+        kwargs["input_features"] = torch.as_tensor(input_features).to(model.device, model.dtype)
     captured = []
     codec = model.audio_encoder
     original = codec.decode
@@ -49,12 +49,12 @@ def generate(model, tokenizer, texts, frames, input_features=None, guidance_scal
         codes[:, 0::2], codes[:, 1::2] = left, right
     else:
         codes = captured[0]
-    audio = out.sequences.numpy()
+    audio = out.sequences.float().cpu().numpy()
     if not return_scores:
-        return codes.numpy(), audio
+        return codes.cpu().numpy(), audio
     batch, K = codes.shape[0], codes.shape[1]
     scores = torch.stack(out.scores, dim=1).reshape(batch, K, len(out.scores), -1).transpose(1, 2)
-    return codes.numpy(), audio, scores.float().numpy()
+    return codes.cpu().numpy(), audio, scores.float().cpu().numpy()
 
 
 def chroma_features(wavs, sample_rate=32000, n_fft=16384, hop=4096):

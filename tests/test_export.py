@@ -287,3 +287,21 @@ def test_validation_is_relative_to_each_outputs_scale(checkpoint_dir, tmp_path):
 def test_info_shows_the_kv_cache_dtype(exported, cli):
     r = cli("info", exported("tiny-text"))
     assert r.returncode == 0 and "static KV cache (fp32)" in r.stdout, r.stderr
+
+
+def test_an_older_transformers_is_refused_as_the_reference(checkpoint_dir, monkeypatch):
+    from musicgen_onnx.export import checkpoint as ckpt_mod
+
+    ckpt_mod.check_transformers("prefix", "5.18.0")
+    ckpt_mod.check_transformers("cross", "5.0.0")
+    with pytest.raises(ExportError, match=r"transformers 5.17.0 is too old .* MusicGen-Melody .* install "
+                                          r"transformers>=5.18.0"):
+        ckpt_mod.check_transformers("prefix", "5.17.0")
+    with pytest.raises(ExportError, match="text-only MusicGen"):
+        ckpt_mod.check_transformers("cross", "4.57.6")
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    with pytest.raises(ExportError, match="install transformers>=5.18.0"):
+        ckpt_mod.resolve(str(checkpoint_dir("tiny-melody")))
+    ckpt_mod.resolve(str(checkpoint_dir("tiny-text")))  # text-only is fine on 5.17
