@@ -14,28 +14,38 @@ from ..runtime.manifest import sha256_file
 log = logging.getLogger(__name__)
 
 MODEL_TYPES = {"musicgen": "cross", "musicgen_melody": "prefix"}
-# The first transformers release whose greedy generate this runtime reproduces, per family: export
-# validates its graphs against transformers and verify compares with it, so an older one would make a
-# wrong reference. Bisected on random-weight tiny checkpoints (README, "What matches what"): melody
-# agrees 0% up to 5.17.0 and 100% from 5.18.0; text-only 100% from 5.0.0 (4.57 drops the text).
-MIN_TRANSFORMERS = {"prefix": "5.18.0", "cross": "5.0.0"}
+# transformers releases whose greedy generate this runtime reproduces, per family: export validates its
+# graphs against transformers and verify compares with it, so a release outside these would be a wrong
+# reference. Bisected on the random-weight tiny checkpoints (greedy codes of 2 prompts x 30 frames vs
+# 5.24; 5.0.0, 5.8.1, 5.12.1, 5.13.0-5.16.1, 5.17.0-5.24.0 checked; README, "What matches what"):
+# melody agrees 100% on 5.0.0-5.16.0 and from 5.18.0, 0% on 5.16.1 and 5.17.0; text-only 100% on all.
+# (4.57 drops the melody model's text and melody.)
+MIN_TRANSFORMERS = {"prefix": "5.0.0", "cross": "5.0.0"}
+BAD_TRANSFORMERS = {"prefix": [("5.16.1", "5.18.0")], "cross": []}  # [first bad, first good again)
 
 
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
 
 
-def check_transformers(conditioning: str, installed: str | None = None) -> None:
-    """Refuse a transformers older than the family's reference floor, naming the version needed."""
-    if installed is None:
-        import transformers
+def _installed_transformers() -> str:
+    import transformers
 
-        installed = transformers.__version__
-    need = MIN_TRANSFORMERS[conditioning]
-    if _version(installed) < _version(need):
-        family = "MusicGen-Melody" if conditioning == "prefix" else "text-only MusicGen"
-        raise ExportError(f"transformers {installed} is too old as the reference for {family} checkpoints: "
-                          f"its generate differs from the released model; install transformers>={need}")
+    return transformers.__version__
+
+
+def check_transformers(conditioning: str, installed: str | None = None) -> None:
+    """Refuse a transformers release known to be a wrong reference for the family, naming what is needed."""
+    installed = installed or _installed_transformers()
+    family = "MusicGen-Melody" if conditioning == "prefix" else "text-only MusicGen"
+    have = _version(installed)
+    if have < _version(MIN_TRANSFORMERS[conditioning]):
+        raise ExportError(f"transformers {installed} is too old as the reference for {family} checkpoints; "
+                          f"install transformers>={MIN_TRANSFORMERS[conditioning]}")
+    for first_bad, fixed in BAD_TRANSFORMERS[conditioning]:
+        if _version(first_bad) <= have < _version(fixed):
+            raise ExportError(f"transformers {installed} gives other greedy tokens than the released model for "
+                              f"{family} checkpoints ({first_bad} up to {fixed} do); install transformers>={fixed}")
 
 
 @dataclass

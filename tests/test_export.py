@@ -289,19 +289,20 @@ def test_info_shows_the_kv_cache_dtype(exported, cli):
     assert r.returncode == 0 and "static KV cache (fp32)" in r.stdout, r.stderr
 
 
-def test_an_older_transformers_is_refused_as_the_reference(checkpoint_dir, monkeypatch):
+def test_a_transformers_known_to_be_a_wrong_reference_is_refused(checkpoint_dir, monkeypatch):
     from musicgen_onnx.export import checkpoint as ckpt_mod
 
-    ckpt_mod.check_transformers("prefix", "5.18.0")
-    ckpt_mod.check_transformers("cross", "5.0.0")
-    with pytest.raises(ExportError, match=r"transformers 5.17.0 is too old .* MusicGen-Melody .* install "
-                                          r"transformers>=5.18.0"):
+    for good in ("5.0.0", "5.16.0", "5.18.0", "5.24.0"):
+        ckpt_mod.check_transformers("prefix", good)
+    ckpt_mod.check_transformers("cross", "5.17.0")
+    with pytest.raises(ExportError, match=r"transformers 5.17.0 gives other greedy tokens than the released model for "
+                                          r"MusicGen-Melody checkpoints \(5.16.1 up to 5.18.0 do\); install transformers>=5.18.0"):
         ckpt_mod.check_transformers("prefix", "5.17.0")
-    with pytest.raises(ExportError, match="text-only MusicGen"):
+    with pytest.raises(ExportError, match="5.16.1 gives other greedy tokens"):
+        ckpt_mod.check_transformers("prefix", "5.16.1")
+    with pytest.raises(ExportError, match="4.57.6 is too old .* text-only MusicGen"):
         ckpt_mod.check_transformers("cross", "4.57.6")
-    import transformers
-
-    monkeypatch.setattr(transformers, "__version__", "5.17.0")
+    monkeypatch.setattr(ckpt_mod, "_installed_transformers", lambda: "5.17.0")
     with pytest.raises(ExportError, match="install transformers>=5.18.0"):
         ckpt_mod.resolve(str(checkpoint_dir("tiny-melody")))
     ckpt_mod.resolve(str(checkpoint_dir("tiny-text")))  # text-only is fine on 5.17
