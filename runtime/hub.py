@@ -65,9 +65,9 @@ def resolve_model(model: str | os.PathLike, revision: str | None = None, precisi
     checkpoint = checkpoint_of(name)
     if checkpoint is not None:
         return _exported(checkpoint, precision or default_precision(providers), export, progress)
-    if not _REPO_ID.match(name) or ".." in name:
-        raise ModelFolderError(f"model {name!r}: no such folder, not an audiocraft name "
-                               f"({', '.join(CHECKPOINTS)}) and not a hub repo id 'org/name'")
+    if not _REPO_ID.match(name) or ".." in name or path.parent.is_dir():  # models/x: a folder that is missing
+        raise ModelFolderError(f"model folder {name!r} does not exist or is not a directory (nor is it an "
+                               f"audiocraft name such as 'melody', or a hub repo id 'org/name')")
     return _from_hub(name, revision, precision)
 
 
@@ -79,13 +79,24 @@ def _exported(checkpoint: str, precision: str, export: bool, progress) -> Path:
     if not export:
         raise ModelFolderError(f"{checkpoint} ({precision}) is not exported yet; pass export=True (CLI: --export, "
                                f"needs the 'export' extra) or run: {command}")
+    run_export = _exporter(checkpoint)
+    log.info("exporting %s (%s) into %s", checkpoint, precision, folder)
+    return run_export(checkpoint, folder, precision=precision, progress=progress)
+
+
+def _exporter(checkpoint: str):
+    """The exporter, found through the ``musicgen_onnx.exporters`` entry point that the package declares:
+    the runtime never imports the export stage (it needs torch), it only asks for it by name."""
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="musicgen_onnx.exporters") if ep.name == "transformers"]
     try:
-        from ..export.exporter import export as run_export
+        if not found:
+            raise ImportError("no exporter is registered")
+        return found[0].load()
     except ImportError as exc:
         raise ModelFolderError(f"exporting {checkpoint} needs the 'export' extra (pip install "
                                f"'musicgen-onnx[export]'): {exc}") from None
-    log.info("exporting %s (%s) into %s", checkpoint, precision, folder)
-    return run_export(checkpoint, folder, precision=precision, progress=progress)
 
 
 def _hub_errors():

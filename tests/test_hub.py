@@ -118,8 +118,11 @@ def test_names_resolve_to_the_cache_and_never_to_the_bundled_model(tmp_path, mon
         resolve_model("small")
     with pytest.raises(ModelFolderError, match="precision 'int3' is not one of"):
         resolve_model("small", precision="int3")
-    with pytest.raises(ModelFolderError, match="not an audiocraft name"):
+    with pytest.raises(ModelFolderError, match="model folder 'no-such-thing' does not exist"):
         resolve_model("no-such-thing")
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelFolderError, match="does not exist"):  # a missing folder under one that exists
+        resolve_model(str(tmp_path / "models" / "melody-onnx"))
     from musicgen_onnx.runtime import MusicGen
 
     with pytest.raises(ModelFolderError, match="facebook/musicgen-melody .* is not exported yet"):
