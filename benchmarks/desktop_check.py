@@ -281,7 +281,9 @@ def main(argv=None) -> int:
     for seconds in [float(s) for s in args.bench_durations.split(",")]:
         row = {"duration_s": seconds, "frozen": [], "installed": []}
         for i in range(args.repeats):
-            for side in ("frozen", "installed"):  # alternate, so drift on a shared machine hits both
+            # Alternate, and swap who goes first every repeat (ABBA): drift on a shared machine and
+            # whatever the previous run leaves warm then hit both sides alike.
+            for side in ("frozen", "installed") if i % 2 == 0 else ("installed", "frozen"):
                 exe_cmd = [str(exe)] if side == "frozen" else installed_cli()
                 run = Run(exe_cmd + ["generate", PROMPT, "--duration", f"{seconds:g}", "--seed", "0",
                                      "-o", f"bench.{side}.wav"], work, env)
