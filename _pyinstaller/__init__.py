@@ -25,12 +25,11 @@ def get_hook_dirs() -> list[str]:
 def bundled_model_datas() -> list[tuple[str, str]]:
     """The bundled model as PyInstaller ``(source file, destination folder)`` pairs.
 
-    Why not ``collect_data_files('musicgen_onnx')``: this package maps its directory with
-    ``package-dir``, so in an editable install the package directory is the repository root, which
-    ``collect_data_files`` (a) places at the bundle root instead of under ``musicgen_onnx/`` (it strips
-    the package name from the path, and the root is not named after it) and (b) walks entirely for its
-    ``**/*.py`` excludes, virtual environments and exported multi-GB models included. Listing the one
-    folder that is package data gives the same result as on a regular install, everywhere.
+    Why not ``collect_data_files('musicgen_onnx')``: it takes every non-Python file under the package
+    directory (and, because this package maps its directory with ``package-dir``, a source checkout's
+    package directory is the repository root, exported multi-GB models included). Listing the one
+    folder that is package data is exact, and needs no PyInstaller, so ``desktop/collect.py`` and the
+    tests use this same list.
     """
     folder = Path(__file__).resolve().parent.parent / BUNDLED_MODEL_SUBDIR
     dest = str(Path("musicgen_onnx") / BUNDLED_MODEL_SUBDIR)

@@ -134,3 +134,16 @@ def test_build_without_pyinstaller_is_one_line(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == \
         "error: the desktop build needs PyInstaller: pip install 'musicgen-onnx[package]'"
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_build_refuses_an_editable_install(collect, monkeypatch):
+    """PyInstaller cannot follow setuptools' editable finder: such a build would freeze a broken app."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import desktop.build as build
+    finally:
+        sys.path.remove(str(ROOT))
+    monkeypatch.setattr(build, "package_dir", lambda name: ROOT)
+    monkeypatch.setattr(build.importlib.util, "find_spec", lambda name: object())  # as if PyInstaller were there
+    with pytest.raises(build.BuildError, match="editable install"):
+        build.check_environment()
