@@ -13,12 +13,16 @@ instead. This script:
    extra: torch is not in the app), checking exit codes and each WAV (soundfile reads it; 32 kHz;
    ``int(duration * 50) * 640`` samples), and that every shared library the process mapped came from
    the app folder or the system (read from /proc/PID/maps while it runs);
-3. reports the folder size (with and without the model; the largest parts), cold start to the first
-   progress line (and to ``info`` completing), and the same generation's wall time frozen vs installed
-   (the venv's ``musicgen-onnx``), alternating, twice each, plus whether both wrote the same samples.
+3. freezes a four-line host app that uses the Python API with a plain ``pyinstaller host.py`` (only the
+   package's pyinstaller40 hook collects the bundled model) and runs it the same way;
+4. reports the folder size (with and without the model; the largest parts), cold start to the first
+   progress line (and to ``info`` completing), and the same generation's wall and CPU time frozen vs
+   installed (the venv's ``musicgen-onnx``), alternating ABBA, twice each by default (medians), plus
+   whether both wrote the same samples for the same seed.
 
-Results go to ``--json`` (default benchmarks/results/desktop_check.json) and a table on stdout. Exit 1
-if a check failed.
+Run it from a regular (non-editable) install with the ``package`` extra. Results go to ``--json``
+(default benchmarks/results/desktop_check.json, gitignored) and a table on stdout. Exit 1 if a check
+failed, 2 on a usage error.
 """
 
 from __future__ import annotations
