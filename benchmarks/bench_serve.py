@@ -1,7 +1,7 @@
 """Load test of ``musicgen-onnx serve`` on 127.0.0.1: batching against one request at a time.
 
     python -m benchmarks.bench_serve [--model FOLDER] [--requests 32] [--seconds 2] [--clients 1,4,16]
-                                     [--time-limit 300] [--stream-seconds 10] [--repeat N] [--no-unbatched] [--json out.json]
+        [--time-limit 300] [--stream-seconds 10] [--repeat N] [--no-unbatched] [--json out.json]
 
 For each client count C it starts a server (``--max-batch 16``, and again with ``--max-batch 1``:
 the same requests served one at a time), sends the same fixed number of requests from C closed-loop

@@ -68,12 +68,12 @@ class GenerationOptions:
             raise InvalidInputError(f"guidance_scale must be >= 0 and at most {MAX_GUIDANCE:g}, got {self.guidance_scale!r}")
         if isinstance(self.seed, (list, tuple)):
             if not 1 <= len(self.seed) <= MAX_SEEDS or not all(s is None or _seed_ok(s) for s in self.seed):
-                raise InvalidInputError(f"seed: a list of seeds must hold 1 to {MAX_SEEDS} entries, each a non-negative "
-                                        f"integer below 2**64 or None (one per prompt), got {self.seed!r}")
+                raise InvalidInputError(f"seed: a list of seeds must hold 1 to {MAX_SEEDS} entries, each a "
+                                        f"non-negative integer below 2**64 or None (one per prompt), got {self.seed!r}")
             return replace(self, seed=tuple(self.seed))
         if self.seed is not None and not _seed_ok(self.seed):
-            raise InvalidInputError(f"seed must be a non-negative integer below 2**64 or a list of one per prompt, "
-                                    f"got {self.seed!r}")
+            raise InvalidInputError(f"seed must be a non-negative integer below 2**64 or a list of one per "
+                                    f"prompt, got {self.seed!r}")
         return self
 
 

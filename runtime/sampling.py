@@ -4,8 +4,9 @@
 audiocraft semantics: top-p, when > 0, *replaces* top-k; top-k keeps ties with the k-th probability.
 Draws come from one seeded ``numpy.random.Generator`` per batch row, so a row's tokens depend on its
 own seed and logits only, never on its batch mates (a server batches strangers' requests and must give
-each the audio its seed promises). Same seed, same tokens on the same provider. Bit-identical draws with torch are impossible (torch.multinomial's internals), which is why parity is
-shown with greedy decoding.
+each the audio its seed promises). Same seed, same tokens on the same provider. Bit-identical draws
+with torch are impossible (torch.multinomial's internals), which is why parity is shown with greedy
+decoding.
 """
 
 from __future__ import annotations

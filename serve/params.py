@@ -63,7 +63,8 @@ def form_value(name: str, text: str):
     try:
         return json.loads(text)
     except ValueError:
-        raise InvalidInputError(f"{name}: {text[:40]!r} is not a {'boolean' if name in BOOL_FIELDS else 'number'}") from None
+        kind = "boolean" if name in BOOL_FIELDS else "number"
+        raise InvalidInputError(f"{name}: {text[:40]!r} is not a {kind}") from None
 
 
 def check_fields(fields: dict) -> dict:

@@ -232,7 +232,8 @@ def test_multipart_faults(client):
     r = client.post("/v1/continue", data={"duration": "1"})
     one_line_error(r, 400)
     multipart = {"content-type": "multipart/form-data; boundary=xx"}
-    r = client.post("/v1/generate", content=b"--xx\r\nContent-Type: text/plain\r\n\r\nhi\r\n--xx--\r\n", headers=multipart)
+    no_name = b"--xx\r\nContent-Type: text/plain\r\n\r\nhi\r\n--xx--\r\n"
+    r = client.post("/v1/generate", content=no_name, headers=multipart)
     assert "malformed multipart" in one_line_error(r, 400)
     part = b'--xx\r\nContent-Disposition: form-data; name="duration"\r\n\r\n1\r\n'
     r = client.post("/v1/generate", content=part + part + b"--xx--\r\n", headers=multipart)
