@@ -225,8 +225,12 @@ def _targets(prompts, output, out_dir) -> list[Path]:
 @click.option("--max-duration", default=30.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True),
               help="Longest clip a request may ask for, in seconds.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment on a local Ray instance "
+                                                    "(extra 'ray'); each replica batches its own requests.")
+@click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 64), help="Ray Serve replicas.")
 @_LOW_MEMORY
-def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration, provider, low_memory):
+def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration, provider, use_ray, replicas,
+          low_memory):
     """Serve the model over HTTP: POST /v1/generate, /v1/continue; GET /, /v1/model, /metrics, /openapi.json."""
     try:
         import uvicorn
@@ -242,6 +246,20 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
     if model_dir is None:
         model_dir = BUNDLED_MODEL
         click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music", err=True)
+    if use_ray:
+        try:
+            from ray import serve as _  # noqa: F401
+        except ImportError as exc:
+            raise MusicGenError(f"--ray needs the 'ray' extra (pip install 'musicgen-onnx[ray]'): {exc}") from None
+        import os
+
+        from .serve.ray_app import run as run_ray
+
+        threads = max(1, (os.cpu_count() or 1) // replicas)  # replicas share the machine's cores
+        click.echo(f"serving {model_dir} with Ray Serve, {replicas} replicas x {threads} thread(s), on "
+                   f"http://{host}:{port}/ (SIGTERM or Ctrl-C: stop)", err=True)
+        run_ray(str(model_dir), host, port, replicas, settings, provider, threads, low_memory)
+        return
     model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
     app = create_app(model, settings)
     click.echo(f"serving {model_dir} on http://{host}:{port}/ (Ctrl-C or SIGTERM: finish queued requests, stop)",

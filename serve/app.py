@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import struct
 
 import numpy as np
@@ -135,7 +136,8 @@ def create_app(model, settings: ServeSettings) -> Starlette:
         })
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "queue": batcher.queue_length()})
+        # the pid tells replicas apart behind a proxy (Ray Serve)
+        return JSONResponse({"status": "ok", "queue": batcher.queue_length(), "pid": os.getpid()})
 
     async def metrics_route(request: Request) -> Response:
         return PlainTextResponse(metrics.render(batcher.queue_length(), batcher.in_flight()),
