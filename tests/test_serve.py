@@ -303,6 +303,45 @@ def test_incompatible_requests_do_not_share_a_batch(server):
     assert sizes == ["1"] * 4  # token length, duration, sampling settings each split the batch
 
 
+def test_melody_requests_batch_by_melody_length_and_keep_their_seeds(server):
+    url, app = server
+
+    def send(prompt, seconds, freq, seed):
+        return httpx.post(url + "/v1/generate", data={"prompt": prompt, "duration": "0.4", "seed": str(seed)},
+                          files={"melody": ("m.wav", wav_bytes(seconds, freq), "audio/wav")}, timeout=60)
+
+    jobs = [("sad jazz", 1.0, 220, 1), ("lofi beat", 1.0, 330, 2), ("calm piano", 1.5, 440, 3)]
+    alone = [send(*j) for j in jobs]
+    app.state.batcher.pause()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(send, *j) for j in jobs]
+            wait_queued(app, 3)
+            app.state.batcher.resume()
+            together = [f.result() for f in futures]
+    finally:
+        app.state.batcher.resume()
+    assert [r.headers["x-batch-size"] for r in together] == ["2", "2", "1"]  # the 1.5 s melody batches alone
+    assert [r.content for r in together] == [r.content for r in alone]
+
+
+def test_a_client_leaving_the_queue_gives_up_its_place(server):
+    url, app = server
+    before = metric(httpx.get(url + "/metrics").text, "musicgen_cancelled_rows_total")
+    app.state.batcher.pause()
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/generate", json={"prompt": "gone", "duration": 0.3}, timeout=0.5)
+        for _ in range(100):
+            if app.state.batcher.queue_length() == 0:
+                break
+            time.sleep(0.05)
+        assert app.state.batcher.queue_length() == 0
+    finally:
+        app.state.batcher.resume()
+    assert metric(httpx.get(url + "/metrics").text, "musicgen_cancelled_rows_total") == before + 1
+
+
 # ---------------------------------------------------------------- streaming
 def test_stream_sends_a_wav_as_it_is_generated(server, model):
     url, _ = server
