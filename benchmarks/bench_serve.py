@@ -33,6 +33,25 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["sad jazz", "lofi beat", "calm piano", "soft piano"]  # 8 tokens each with the bundled tokenizer
+CANDIDATES = ["sad jazz", "lofi beat", "calm piano", "soft piano", "happy rock", "dark techno", "epic drums",
+              "warm synth", "slow blues", "funky bass", "chill house", "jazz trio", "rock anthem", "folk guitar"]
+
+
+def same_length_prompts(model: str | None) -> list[str]:
+    """Prompts of one token length for ``model``'s tokenizer (the biggest such group): only those batch."""
+    if model is None:
+        return PROMPTS
+    from collections import defaultdict
+
+    from musicgen_onnx.runtime.manifest import folder_file, load_manifest
+    from musicgen_onnx.runtime.text import TextTokenizer
+
+    m = load_manifest(model)
+    tok = TextTokenizer(folder_file(Path(model), m.tokenizer), max_id=m.text_vocab_size)
+    groups = defaultdict(list)
+    for p in CANDIDATES:
+        groups[tok([p])[0].shape[1]].append(p)
+    return max(groups.values(), key=len)
 
 
 def free_port() -> int:
@@ -85,7 +104,7 @@ class Server:
             self.proc.wait()
 
 
-def run_load(url: str, clients: int, requests: int, seconds: float, time_limit: float) -> dict:
+def run_load(url: str, clients: int, requests: int, seconds: float, time_limit: float, prompts: list[str]) -> dict:
     deadline = time.monotonic() + time_limit
     lock = threading.Lock()
     todo = list(range(requests))
@@ -103,7 +122,7 @@ def run_load(url: str, clients: int, requests: int, seconds: float, time_limit: 
                     i = todo.pop(0)
                 t0 = time.perf_counter()
                 try:
-                    r = c.post("/v1/generate", json={"prompt": PROMPTS[i % len(PROMPTS)], "duration": seconds,
+                    r = c.post("/v1/generate", json={"prompt": prompts[i % len(prompts)], "duration": seconds,
                                                       "seed": i})
                     ok = r.status_code == 200
                 except httpx.HTTPError as exc:
@@ -171,6 +190,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     rows = []
+    prompts = same_length_prompts(args.model)
+    print(f"prompts: {prompts}", file=sys.stderr)
     for max_batch in (16,) if args.no_unbatched else (16, 1):
         server = Server(args.model, max_batch, args.max_wait_ms)
         try:
@@ -180,7 +201,7 @@ def main() -> None:
                 for rep in range(args.repeat):
                     server.rss.clear()
                     time.sleep(0.3)
-                    row = run_load(server.url, c, args.requests, args.seconds, args.time_limit)
+                    row = run_load(server.url, c, args.requests, args.seconds, args.time_limit, prompts)
                     rss = server.rss or [float("nan")]
                     row.update(max_batch=max_batch, rss_first_mb=rss[0], rss_last_mb=rss[-1], rss_max_mb=max(rss),
                                repeat=rep)
@@ -192,7 +213,7 @@ def main() -> None:
                 print(json.dumps(ttfb), file=sys.stderr, flush=True)
         finally:
             server.close()
-    print(f"{args.requests} requests of {args.seconds:g} s each; prompts of one token length; "
+    print(f"{args.requests} requests of {args.seconds:g} s each; {len(prompts)} prompts of one token length; "
           f"--max-wait-ms {args.max_wait_ms:g}; model {args.model or 'bundled tiny-melody'}\n")
     print("| clients | server | ok | failed | wall s | audio s / wall s | p50 s | p95 s | batch sizes seen "
           "(size: requests) | server RSS MB first / last / max |")
