@@ -1,4 +1,4 @@
-"""The ``musicgen-onnx`` command: export, generate, info, verify, bench.
+"""The ``musicgen-onnx`` command: export, generate, serve, info, verify, bench.
 
 User errors (:class:`MusicGenError`) print one line and exit with code 2; ``generate`` and ``info``
 never import torch.
@@ -219,6 +219,62 @@ def _targets(prompts, output, out_dir) -> list[Path]:
         slug = "".join(c if c.isalnum() else "_" for c in prompt.lower())[:40].strip("_") or "prompt"
         names.append(folder / f"{i:02d}_{slug}.wav")
     return names
+
+
+@main.command(cls=_Command)
+@click.option("--model", "model_dir", type=click.Path(), default=None,
+              help="Exported model folder (default: the bundled tiny model, random weights).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 64),
+              help="Most requests run as one generate() call.")
+@click.option("--max-wait-ms", default=50.0, show_default=True, type=click.FloatRange(0, 10_000),
+              help="Longest a request waits for batch mates.")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1, 10_000),
+              help="Waiting requests before new ones get 503 + Retry-After.")
+@click.option("--max-duration", default=30.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True),
+              help="Longest clip a request may ask for, in seconds.")
+@click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment on a local Ray instance "
+                                                    "(extra 'ray'); each replica batches its own requests.")
+@click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 64), help="Ray Serve replicas.")
+@_LOW_MEMORY
+def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration, provider, use_ray, replicas,
+          low_memory):
+    """Serve the model over HTTP: POST /v1/generate, /v1/continue; GET /, /v1/model, /metrics, /openapi.json."""
+    try:
+        import uvicorn
+
+        from .serve import ServeSettings, create_app
+        import starlette  # noqa: F401  (checked here so a missing extra is one line, before the model loads)
+    except ImportError as exc:
+        raise MusicGenError(f"serve needs the 'serve' extra (pip install 'musicgen-onnx[serve]'): {exc}") from None
+    from .runtime.musicgen import MusicGen
+
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                             max_duration=max_duration).check()
+    if model_dir is None:
+        model_dir = BUNDLED_MODEL
+        click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music", err=True)
+    if use_ray:
+        try:
+            from ray import serve as _  # noqa: F401
+        except ImportError as exc:
+            raise MusicGenError(f"--ray needs the 'ray' extra (pip install 'musicgen-onnx[ray]'): {exc}") from None
+        import os
+
+        from .serve.ray_app import run as run_ray
+
+        threads = max(1, (os.cpu_count() or 1) // replicas)  # replicas share the machine's cores
+        click.echo(f"serving {model_dir} with Ray Serve, {replicas} replicas x {threads} thread(s), on "
+                   f"http://{host}:{port}/ (SIGTERM or Ctrl-C: stop)", err=True)
+        run_ray(str(model_dir), host, port, replicas, settings, provider, threads, low_memory)
+        return
+    model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
+    app = create_app(model, settings)
+    click.echo(f"serving {model_dir} on http://{host}:{port}/ (Ctrl-C or SIGTERM: finish queued requests, stop)",
+               err=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=None)
 
 
 @main.command(cls=_Command)

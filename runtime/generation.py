@@ -123,6 +123,9 @@ class GenerationInputs:
         m = model.manifest
         descriptions = check_descriptions(descriptions)
         options = options.check(m.max_duration, m.frame_rate, m.codebook_size)
+        if isinstance(options.seed, tuple) and len(options.seed) != len(descriptions):
+            raise InvalidInputError(f"seed: {len(options.seed)} seeds for {len(descriptions)} prompts; give one int "
+                                    f"for the call or one seed (or None) per prompt")
         if melody is not None and not m.is_melody:
             raise InvalidInputError("melody: this model is text-only (no chroma conditioning); "
                                     "use a MusicGen-Melody export or drop the melody")

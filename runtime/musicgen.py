@@ -157,7 +157,7 @@ class MusicGen:
 
     # ------------------------------------------------------------------ main entry
     def generate(self, descriptions, melody=None, melody_sample_rate: int | None = None, *,
-                 duration: float | None = None, seed: int | None = None, top_k: int | None = None,
+                 duration: float | None = None, seed: int | Sequence[int | None] | None = None, top_k: int | None = None,
                  top_p: float | None = None, temperature: float | None = None,
                  guidance_scale: float | None = None, greedy: bool | None = None,
                  extend_stride: float | None = None, prompt_codes: np.ndarray | None = None,
@@ -170,6 +170,10 @@ class MusicGen:
         ``prompt_codes [B, K, T]`` continues from known codes (see ``generate_continuation``).
         Unset options take the values of ``set_generation_params`` (audiocraft's defaults).
         With ``return_codes`` the EnCodec codes ``[B, K, T]`` are returned too.
+        ``seed``: an int for the call, or one int (or None) per prompt; a row given seed ``s`` draws what
+        its prompt alone with seed ``s`` draws (its codes are its batch mates' only if every prompt has
+        the same token length and melody length: text is padded to the longest, and padded positions are
+        attended to).
         """
         inputs = self._inputs(descriptions, melody, melody_sample_rate, dict(
             duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,

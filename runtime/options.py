@@ -29,7 +29,7 @@ class GenerationOptions:
     temperature: float = 1.0
     guidance_scale: float = 3.0
     greedy: bool = False
-    seed: int | None = None
+    seed: int | None | tuple[int | None, ...] = None  # one int for the call, or one (or None) per prompt
     extend_stride: float = 18.0
 
     def updated(self, **changes) -> "GenerationOptions":
@@ -66,6 +66,19 @@ class GenerationOptions:
         number("guidance_scale", self.guidance_scale)
         if not 0 <= self.guidance_scale <= MAX_GUIDANCE:
             raise InvalidInputError(f"guidance_scale must be >= 0 and at most {MAX_GUIDANCE:g}, got {self.guidance_scale!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise InvalidInputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.seed, (list, tuple)):
+            if not 1 <= len(self.seed) <= MAX_SEEDS or not all(s is None or _seed_ok(s) for s in self.seed):
+                raise InvalidInputError(f"seed: a list of seeds must hold 1 to {MAX_SEEDS} entries, each a "
+                                        f"non-negative integer below 2**64 or None (one per prompt), got {self.seed!r}")
+            return replace(self, seed=tuple(self.seed))
+        if self.seed is not None and not _seed_ok(self.seed):
+            raise InvalidInputError(f"seed must be a non-negative integer below 2**64 or a list of one per "
+                                    f"prompt, got {self.seed!r}")
         return self
+
+
+MAX_SEEDS = 64  # one per prompt; generation.MAX_BATCH prompts per call
+
+
+def _seed_ok(seed) -> bool:
+    return not isinstance(seed, bool) and isinstance(seed, int) and 0 <= seed < 2 ** 64

@@ -2,14 +2,34 @@
 ``ClassifierFreeGuidanceLogitsProcessor``), then greedy or temperature + top-k / top-p sampling.
 
 audiocraft semantics: top-p, when > 0, *replaces* top-k; top-k keeps ties with the k-th probability.
-Draws come from a seeded ``numpy.random.Generator``: same seed, same tokens on the same provider.
-Bit-identical draws with torch are impossible (torch.multinomial's internals), which is why parity is
-shown with greedy decoding.
+Draws come from one seeded ``numpy.random.Generator`` per batch row, so a row's tokens depend on its
+own seed and logits only, never on its batch mates (a server batches strangers' requests and must give
+each the audio its seed promises). Same seed, same tokens on the same provider. Bit-identical draws
+with torch are impossible (torch.multinomial's internals), which is why parity is shown with greedy
+decoding.
 """
 
 from __future__ import annotations
 
+from typing import Optional, Sequence, Union
+
 import numpy as np
+
+Seed = Union[int, None, Sequence[Optional[int]]]
+
+
+def row_generators(seed: Seed, rows: int) -> list[np.random.Generator]:
+    """One generator per row. A list gives each row its own seed (None: fresh OS entropy). An int ``s``
+    gives row ``r`` the entropy ``[s, r]``; numpy's SeedSequence pads entropy with zeros, so row 0 draws
+    exactly what ``default_rng(s)`` draws and a single prompt with seed ``s`` keeps the tokens it had
+    before seeds were per row."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != rows:
+            raise ValueError(f"{len(seed)} seeds for {rows} rows")
+        return [np.random.default_rng(s) for s in seed]
+    if seed is None:
+        return [np.random.default_rng() for _ in range(rows)]
+    return [np.random.default_rng([seed, r]) for r in range(rows)]
 
 
 def classifier_free_guidance(logits: np.ndarray, scale: float) -> np.ndarray:
@@ -20,12 +40,15 @@ def classifier_free_guidance(logits: np.ndarray, scale: float) -> np.ndarray:
 
 class Sampler:
     def __init__(self, greedy: bool, temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
-                 seed: int | None = None):
+                 seed: Seed = None):
+        """``seed``: an int, None, or one int (or None) per row; the generators are made on the first
+        call, when the number of rows is known."""
         self.greedy = greedy
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.generators: list[np.random.Generator] | None = None
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """``[B, K, V]`` logits -> ``[B, K]`` int64 tokens, each (b, k) an independent draw."""
@@ -42,7 +65,11 @@ class Sampler:
             kth = -np.partition(-probs, min(self.top_k, v) - 1, axis=-1)[:, min(self.top_k, v) - 1: min(self.top_k, v)]
             probs = np.where(probs >= kth, probs, 0.0)
         cdf = np.cumsum(probs, axis=-1)
-        u = self.rng.random((b * k, 1)) * cdf[:, -1:]
+        if self.generators is None:
+            self.generators = row_generators(self.seed, b)
+        if len(self.generators) != b:
+            raise ValueError(f"this sampler draws for {len(self.generators)} rows, got logits for {b}")
+        u = np.concatenate([g.random((k, 1)) for g in self.generators]) * cdf[:, -1:]
         tokens = np.minimum((cdf <= u).sum(axis=-1), v - 1)
         return tokens.reshape(b, k).astype(np.int64)
 

@@ -1,0 +1,95 @@
+"""``musicgen-onnx serve --ray --replicas 2`` on a local Ray instance: both replicas answer, every
+request succeeds, a seed gives the same bytes whichever replica served it, SIGTERM stops it.
+
+    pip install ".[ray]" && python -m benchmarks.ray_check [--replicas 2] [--requests 16]
+
+Why here and not in tests/: Ray is an optional extra that CI does not install, and starting a Ray
+instance takes tens of seconds. Local addresses only; exit 1 on any miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+PROMPTS = ["sad jazz", "lofi beat", "calm piano", "soft piano"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    args = ap.parse_args()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "musicgen_onnx.cli", "serve", "--ray", "--replicas",
+                             str(args.replicas), "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    failures = []
+    try:
+        pids = set()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(pids) < args.replicas:
+            try:
+                r = httpx.get(url + "/health", timeout=2)
+                if r.status_code == 200:
+                    pids.add(r.json()["pid"])
+                    continue
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.3)
+        print(f"ready after {time.perf_counter() - t0:.1f} s; replicas seen via /health: {len(pids)} {sorted(pids)}")
+        if len(pids) < args.replicas:
+            failures.append("replicas")
+        body = lambda i: {"prompt": PROMPTS[i % 4], "duration": args.seconds, "seed": i % 4}  # noqa: E731
+        t1 = time.perf_counter()
+        with ThreadPoolExecutor(8) as pool:
+            rs = list(pool.map(lambda i: httpx.post(url + "/v1/generate", json=body(i), timeout=120),
+                               range(args.requests)))
+        wall = time.perf_counter() - t1
+        ok = [r for r in rs if r.status_code == 200]
+        same = len(ok) == len(rs) and all(r.content == rs[i % 4].content for i, r in enumerate(rs))
+        sizes = sorted(int(r.headers.get("x-batch-size", 0)) for r in ok)
+        print(f"{len(ok)}/{len(rs)} requests ok in {wall:.1f} s ({len(ok) * args.seconds / wall:.2f} audio s per "
+              f"wall s); same seed -> same bytes on any replica: {same}; batch sizes {sizes}")
+        if len(ok) != len(rs) or not same:
+            failures.append("requests")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out = proc.communicate(timeout=120)[0]
+            print(f"SIGTERM: stopped with status {proc.returncode}")
+            if proc.returncode != 0:
+                failures.append("sigterm status")
+                print(out[-3000:])
+        except subprocess.TimeoutExpired:
+            failures.append("sigterm")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if failures:
+        print("FAILED: " + ", ".join(failures))
+        if proc.stdout and not proc.stdout.closed:
+            print(proc.stdout.read()[-4000:])
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""One worker thread owns the model and runs queued requests in batches.
+
+Why batching: one decoder step over B rows costs far less than B steps over one row (see
+``musicgen-onnx bench --batch``). Requests with the same :class:`~.params.BatchKey` are taken together,
+oldest first, up to ``max_batch``, waiting at most ``max_wait_ms`` after the oldest arrived; per-row
+seeds make each row's audio what it would be alone. Results go back to the asyncio loop of the
+request that asked (``call_soon_threadsafe``); the worker never touches sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import functools
+import logging
+import sys
+import threading
+import time
+
+import numpy as np
+
+from ..runtime.errors import MusicGenError
+from .metrics import Metrics
+from .params import Spec
+from .settings import STREAM_CHUNK_FRAMES, ServeSettings
+
+logger = logging.getLogger(__name__)
+
+END = object()  # the end of a streamed job's chunks
+
+
+@functools.lru_cache(maxsize=1)
+def _libc_trim():
+    """glibc's malloc_trim, looked up once (``runtime.session.release_freed_memory`` looks it up per
+    call, ~5 ms: fine at load, not after every batch); None where there is no glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _trim() -> None:
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)
+
+
+class QueueFull(Exception):
+    """More requests waiting than ``max_queue``: the client should retry later (HTTP 503)."""
+
+
+class Draining(Exception):
+    """The server is shutting down and takes no new work (HTTP 503)."""
+
+
+class Job:
+    """One request's row: its spec, where its result goes, and whether its client is still there."""
+
+    def __init__(self, spec: Spec, loop: asyncio.AbstractEventLoop):
+        self.spec = spec
+        self.loop = loop
+        self.future = loop.create_future()
+        self.chunks: asyncio.Queue | None = asyncio.Queue() if spec.key.stream else None
+        self.enqueued = time.monotonic()
+        self.cancelled = False
+        self.batch_size = 0
+
+    def _call(self, fn, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def resolve(self, value) -> None:
+        self._call(_set_result, self.future, value)
+
+    def fail(self, exc: BaseException) -> None:
+        self._call(_set_exception, self.future, exc)
+        if self.chunks is not None:
+            self._call(self.chunks.put_nowait, exc)
+
+    def push(self, item) -> None:
+        self._call(self.chunks.put_nowait, item)
+
+
+def _set_result(fut, value):
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut, exc):
+    if not fut.done():
+        fut.set_exception(exc)
+        fut.exception()  # marked retrieved: a client that left leaves no "never retrieved" warning
+
+
+class Batcher:
+    def __init__(self, model, settings: ServeSettings, metrics: Metrics):
+        self.model = model
+        self.settings = settings
+        self.metrics = metrics
+        self._pending: list[Job] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._paused = False
+        self._running: list[Job] = []
+        self._free_since = 0.0
+        self._thread = threading.Thread(target=self._run, name="musicgen-worker", daemon=True)
+
+    # ------------------------------------------------------------ the request side
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._stopping:
+                raise Draining("the server is shutting down")
+            if len(self._pending) >= self.settings.max_queue:
+                raise QueueFull(f"{len(self._pending)} requests are queued (--max-queue {self.settings.max_queue})")
+            self._pending.append(job)
+            self._cond.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """The client left: drop the job if still queued; if running, its row's output is dropped and,
+        once every row of the batch is cancelled, the batch stops at its next chunk."""
+        with self._cond:
+            job.cancelled = True
+            if job in self._pending:
+                self._pending.remove(job)
+                self.metrics.cancelled(1, False)
+
+    def queue_length(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def pause(self) -> None:
+        """Hold the worker before its next batch (tests and maintenance: fill the queue on purpose)."""
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new work, finish every queued job (drain), then end the worker."""
+        with self._cond:
+            self._stopping = True
+            self._paused = False
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------ the worker
+    def _run(self) -> None:
+        while True:
+            jobs = self._take()
+            if jobs is None:
+                return
+            self._running = jobs
+            try:
+                self._execute(jobs)
+            except MusicGenError as exc:
+                for job in jobs:
+                    job.fail(exc)
+            except Exception:  # a bug: keep serving, log the traceback, tell the clients one line
+                logger.exception("batch of %d failed", len(jobs))
+                for job in jobs:
+                    job.fail(RuntimeError("internal error while generating; see the server log"))
+            finally:
+                self._running = []
+                _trim()  # the batch's freed buffers go back to the OS: RSS stays flat between batches
+                self._free_since = time.monotonic()
+
+    def _take(self) -> list[Job] | None:
+        s = self.settings
+        with self._cond:
+            while True:
+                while not self._stopping and (self._paused or not self._pending):
+                    self._cond.wait()
+                if not self._pending:
+                    return None  # stopping and drained
+                first = self._pending[0]
+                # counted from when the worker could start: a request that queued behind a running batch
+                # still gives the clients of that batch the same window to send their next request
+                deadline = max(first.enqueued, self._free_since) + s.max_wait_ms / 1000
+                while first in self._pending:
+                    mates = [j for j in self._pending if j.spec.key == first.spec.key][: s.max_batch]
+                    left = deadline - time.monotonic()
+                    if len(mates) >= s.max_batch or left <= 0 or self._stopping:
+                        for job in mates:
+                            self._pending.remove(job)
+                            job.batch_size = len(mates)
+                        return mates
+                    self._cond.wait(left)
+                # the oldest job's client left while it waited: start over with the next one
+
+    def _execute(self, jobs: list[Job]) -> None:
+        model, key = self.model, jobs[0].spec.key
+        o = key.options
+        kw = dict(duration=o.duration, top_k=o.top_k, top_p=o.top_p, temperature=o.temperature,
+                  guidance_scale=o.guidance_scale, greedy=o.greedy, extend_stride=o.extend_stride,
+                  seed=[j.spec.seed for j in jobs])
+        steps = [0]
+        kw["progress"] = lambda done, total: steps.__setitem__(0, done)
+        descriptions = [j.spec.prompt for j in jobs]
+        if key.melody_samples is not None:
+            kw.update(melody=[j.spec.melody for j in jobs], melody_sample_rate=model.manifest.chroma.sample_rate)
+        if key.kind == "continue":
+            kw["prompt_codes"] = np.concatenate([model.encode_prompt(j.spec.prompt_audio, model.sample_rate)
+                                                 for j in jobs])
+        t0 = time.perf_counter()
+        logger.info("batch of %d: %s", len(jobs), key)
+        if key.stream:
+            samples = self._stream(jobs, descriptions, kw)
+        else:
+            audio = model.generate(descriptions, **kw)
+            samples = audio.shape[-1]
+            for job, wav in zip(jobs, audio):
+                job.resolve(wav)
+        self.metrics.batch(len(jobs), steps[0], time.perf_counter() - t0, len(jobs) * samples / model.sample_rate)
+
+    def _stream(self, jobs: list[Job], descriptions, kw) -> int:
+        samples = 0
+        stream = self.model.generate_stream(descriptions, chunk_frames=STREAM_CHUNK_FRAMES, **kw)
+        try:
+            for chunk in stream:
+                samples += chunk.shape[-1]
+                for job, wav in zip(jobs, chunk):
+                    if not job.cancelled:
+                        job.push(wav)
+                if all(j.cancelled for j in jobs):
+                    self.metrics.cancelled(len(jobs), True)
+                    logger.info("every client of a batch of %d left: stopped", len(jobs))
+                    return samples
+        finally:
+            stream.close()
+        cancelled = sum(j.cancelled for j in jobs)
+        if cancelled:
+            self.metrics.cancelled(cancelled, False)
+        for job in jobs:
+            job.push(END)
+            job.resolve(None)
+        return samples
