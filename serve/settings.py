@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..runtime.errors import InvalidInputError
+from ..runtime.generation import MAX_BATCH
+from ..runtime.options import MAX_DURATION_S
 
 MAX_JSON_BYTES = 64 * 1024
 """A JSON request is a dozen short fields and a prompt of at most 4096 characters: 64 KiB is generous."""
@@ -23,17 +25,17 @@ class ServeSettings:
     retry_after_s: int = 2
 
     def check(self) -> "ServeSettings":
-        """Bounds that keep the service sane: a batch is one ``generate`` call (at most 64 prompts), a
+        """Bounds that keep the service sane: a batch is one ``generate`` call (at most MAX_BATCH prompts), a
         wait longer than 10 s would be felt by every user, and the queue holds finished audio too."""
         def bad(name, value, rule):
             raise InvalidInputError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
 
-        if not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= 64:
-            bad("max_batch", self.max_batch, "an integer in [1, 64]")
+        if not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= MAX_BATCH:
+            bad("max_batch", self.max_batch, f"an integer in [1, {MAX_BATCH}]")
         if not 0 <= self.max_wait_ms <= 10_000:
             bad("max_wait_ms", self.max_wait_ms, "in [0, 10000] ms")
         if not isinstance(self.max_queue, int) or not 1 <= self.max_queue <= 10_000:
             bad("max_queue", self.max_queue, "an integer in [1, 10000]")
-        if not 0 < self.max_duration <= 3600:
-            bad("max_duration", self.max_duration, "in (0, 3600] seconds")
+        if not 0 < self.max_duration <= MAX_DURATION_S:
+            bad("max_duration", self.max_duration, f"in (0, {MAX_DURATION_S:g}] seconds")
         return self
