@@ -116,9 +116,11 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
               help="Audio file to continue; the output includes it and --duration is the total length.")
 @click.option("--stream", is_flag=True, help="Write audio while generating (1 s chunks); normalised at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--precision", default=None,
+              help="optimum / transformers.js folders: the variant (fp32, fp16, int8/quantized, int4/q4).")
 @_LOW_MEMORY
 def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperature, guidance, greedy,
-             normalize, output, out_dir, provider, extend_stride, continue_from, stream, quiet, low_memory):
+             normalize, output, out_dir, provider, extend_stride, continue_from, stream, quiet, precision, low_memory):
     """Generate music for each PROMPT and write audio files."""
     from .runtime.audio import check_output_path, save_audio
     from .runtime.errors import InvalidInputError
@@ -140,7 +142,7 @@ def generate(prompts, model_dir, melody, duration, seed, top_k, top_p, temperatu
             click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music",
                        err=True)
         t0 = time.perf_counter()
-        model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
+        model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory, precision=precision)
         load_s = time.perf_counter() - t0
         options = dict(duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
                        guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride)
@@ -274,16 +276,25 @@ def _peak_rss_mb() -> float:
 @main.command(cls=_Command)
 @click.argument("folder", type=click.Path())
 @click.option("--no-hash", is_flag=True, help="Check that files exist with their sizes, skip sha256 (fast on big models).")
-def info(folder, no_hash):
-    """Describe an exported model folder and verify its files."""
+@click.option("--precision", default=None, help="optimum / transformers.js folders: the variant to describe.")
+def info(folder, no_hash, precision):
+    """Describe an exported model folder (or an optimum / transformers.js one) and verify its files."""
+    from .runtime import foreign
     from .runtime.manifest import load_manifest, verify_files
 
-    m = load_manifest(folder)
-    verify_files(folder, m, hash_files=not no_hash)
+    adapter = None
+    if foreign.is_optimum_folder(folder):
+        adapter = foreign.OptimumFolder.open(folder, precision)
+        m = adapter.manifest
+    else:
+        m = load_manifest(folder)
+        verify_files(folder, m, hash_files=not no_hash)
     src = m.source or {}
     d = m.defaults
     lines = [
         f"model folder   {folder}",
+        f"layout         {adapter.layout}" if adapter else f"layout         musicgen-onnx export (format version {m.format_version})",
+        f"variant        {adapter.precision} (available: {', '.join(adapter.available)})" if adapter else None,
         f"source         {src.get('checkpoint', '?')}" + (f" @ {src['revision']}" if src.get("revision") else ""),
         f"family         {m.family} ({'prefix' if m.is_melody else 'cross-attention'} conditioning)",
         f"decoder        {m.num_layers} layers, {m.num_heads} heads, hidden {m.hidden_size}, "
@@ -299,8 +310,14 @@ def info(folder, no_hash):
                  f"temperature {d.temperature:g}, guidance {d.guidance_scale:g}, greedy {d.greedy}")
     for name, g in m.graphs.items():
         lines.append(f"graph          {name:<14} {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}")
-    lines.append("files          " + ("sizes verified" if no_hash else "sizes and sha256 verified"))
-    click.echo("\n".join(lines))
+    if adapter:
+        lines += [f"lacks          {what}" for what in adapter.lacks]
+        lines.append("files          present inside the folder, readable ONNX, no outside external data")
+    else:
+        if "audio_encoder" not in m.graphs:
+            lines.append("lacks          audio encoder: no continuation (generate_continuation, --continue)")
+        lines.append("files          " + ("sizes verified" if no_hash else "sizes and sha256 verified"))
+    click.echo("\n".join(line for line in lines if line is not None))
 
 
 if __name__ == "__main__":
