@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     frames = round(args.seconds * 50)
     ckpt = ensure_checkpoint(args.arch)
     folders = {"optimum (split decoder, concat cache)": ensure_optimum(args.arch, args.optimum_python)}
-    folders.update({f"musicgen-onnx {v}": ensure_export(args.arch, v) for v in args.variants.split(",")})
+    folders.update({f"musicgen-onnx {v}": ensure_export(args.arch, v) for v in args.variants.split(",") if v})
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         scores = str(Path(tmp) / "scores.npz")

@@ -146,6 +146,7 @@ class OptimumConditioner:
             ids = np.concatenate([ids, ids])
             mask = np.concatenate([mask, np.zeros_like(mask)])
         states = self.graphs.run_transient("text_encoder", [self._output], dict(zip(self._inputs, (ids, mask))))[0]
+        states = states.astype(_float_type(self.graphs["decoder"], self._states), copy=True)
         if use_cfg:
             states[b:] = 0
         first = {self._states: states, self._mask: mask}
@@ -176,9 +177,7 @@ class OptimumStepper:
         self._later_feeds = dict(conditioning.steps)
         self._merged = merged
         if merged:  # the first call's branch ignores the past, but the graph still declares it
-            past_type = next(i.type for i in first.get_inputs() if i.name == self._past[0])
-            empty = np.zeros((rows, m.num_heads, 0, m.head_dim),
-                             dtype=np.float16 if past_type == "tensor(float16)" else np.float32)
+            empty = np.zeros((rows, m.num_heads, 0, m.head_dim), dtype=_float_type(first, self._past[0]))
             self._first_feeds.update({name: empty for name in [*self._past, *self._past_cross]})
             self._first_feeds[dec.name(roles.USE_CACHE_BRANCH)] = np.array([False])
             self._later_feeds[dec.name(roles.USE_CACHE_BRANCH)] = np.array([True])
@@ -214,6 +213,13 @@ class _ChunkAxis:
 
     def run(self, outputs, feeds):
         return self._graph.run(outputs, {**feeds, self._codes: feeds[self._codes][None]})
+
+
+def _float_type(graph, name: str):
+    """The numpy dtype a graph declares for a float input: fp16 variants (transformers.js ``_fp16``)
+    take their states and caches in float16, the others in float32."""
+    declared = next((i.type for i in graph.get_inputs() if i.name == name), "tensor(float)")
+    return np.float16 if declared == "tensor(float16)" else np.float32
 
 
 # ---------------------------------------------------------------------- reading the folder
@@ -273,8 +279,8 @@ def _choose(folder: Path, graph_dir: Path, precision, available: tuple[str, ...]
     if precision is None:
         return available[0]
     if precision not in available:
-        raise ModelFolderError(f"{folder}: has no complete {precision} variant (files ending {VARIANTS[precision]!r}"
-                               f".onnx); it has {', '.join(available)}")
+        raise ModelFolderError(f"{folder}: has no complete {precision} variant (files ending "
+                               f"'{VARIANTS[precision]}.onnx'); it has {', '.join(available)}")
     return precision
 
 

@@ -149,6 +149,31 @@ def test_precision_variants(copy):
     _one_line(exc)
 
 
+@pytest.mark.export  # onnx and onnxruntime's converters make the variants
+def test_fp16_and_quantized_variants_run(copy):
+    """transformers.js ships ``_fp16`` graphs (float16 inputs, caches and outputs) and ``_quantized``
+    ones (int8 MatMul weights); these are made the same way by onnxruntime's tools from the split
+    fixture. (onnxruntime's float16 converter breaks the merged graph's If branches, so the merged
+    layout's fp16 is not exercised here.)"""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    folder = copy()
+    for name in ("text_encoder", "decoder_model", "decoder_with_past_model", "encodec_decode"):
+        src = folder / f"{name}.onnx"
+        onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=False), str(folder / f"{name}_fp16.onnx"))
+        quantize_dynamic(str(src), str(folder / f"{name}_quantized.onnx"), weight_type=QuantType.QUInt8,
+                         op_types_to_quantize=["MatMul", "Gather"])
+    for precision, past_type in (("fp16", "tensor(float16)"), ("quantized", "tensor(float)")):
+        model = MusicGen.from_pretrained(folder, providers="cpu", precision=precision)
+        past = next(i for i in model.graphs["decoder_with_past"].get_inputs() if "past_key_values" in i.name)
+        assert past.type == past_type
+        audio, codes = model.generate(PROMPTS_3[:2], duration=0.3, greedy=True, return_codes=True)
+        assert audio.dtype == np.float32 and audio.shape == (2, 1, 9600) and np.isfinite(audio).all()
+        assert codes.shape == (2, 4, 15) and codes.max() < 2048
+
+
 def _edit_config(folder: Path, **decoder):
     cfg = json.loads((folder / "config.json").read_text())
     for key, value in decoder.items():
