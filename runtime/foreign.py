@@ -97,6 +97,9 @@ class OptimumFolder:
         if not folder.is_dir():
             raise ModelFolderError(f"model folder {str(folder)!r} does not exist or is not a directory")
         graph_dir = _graph_dir(folder)
+        if not any(graph_dir.glob("*.onnx")) and any(folder.glob("*.safetensors")):
+            raise ModelFolderError(f"{folder}: a transformers checkpoint, not an ONNX export; export it first "
+                                   f"(musicgen-onnx export {folder} OUT_DIR)")
         config = _read_json(folder, CONFIG, required=True)
         gen = _read_json(folder, GENERATION_CONFIG, required=False) or {}
         folder_file(folder, TOKENIZER)  # one line naming it if it is missing

@@ -229,6 +229,14 @@ def test_bad_folders_are_one_line_errors(case, needle, copy):
     assert needle in _one_line(exc)
 
 
+def test_a_checkpoint_folder_says_export_it_first(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "musicgen"}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelFolderError) as exc:
+        MusicGen.from_pretrained(tmp_path, providers="cpu")
+    assert "not an ONNX export; export it first" in _one_line(exc)
+
+
 def test_onnx_subfolder_linked_outside_is_refused(copy, tmp_path):
     folder = copy("tiny-text-stereo")
     outside = tmp_path / "elsewhere"
