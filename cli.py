@@ -309,7 +309,7 @@ def info(folder, no_hash, precision):
     lines.append(f"defaults       duration {d.duration:g} s, top_k {d.top_k}, top_p {d.top_p:g}, "
                  f"temperature {d.temperature:g}, guidance {d.guidance_scale:g}, greedy {d.greedy}")
     for name, g in m.graphs.items():
-        lines.append(f"graph          {name:<14} {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}")
+        lines.append(f"graph          {name:<17} {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}")
     if adapter:
         lines += [f"lacks          {what}" for what in adapter.lacks]
         lines.append("files          present inside the folder, readable ONNX, no outside external data")
