@@ -47,8 +47,10 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scores = str(Path(tmp) / "scores.npz")
         results["transformers fp32"] = _subprocess("torch", str(ckpt), frames, args.threads, scores)
+        print(f"transformers fp32: {results['transformers fp32']['generate_s']:.1f} s", flush=True)
         for name, folder in folders.items():
             results[name] = _subprocess("onnx", str(folder), frames, args.threads, scores)
+            print(f"{name}: {results[name]['generate_s']:.1f} s", flush=True)
     ref = results["transformers fp32"]
     steps = frames + 3  # + max_delay (mono); as bench_runtime counts them
     print(f"{args.arch}, {args.seconds:g} s ({steps} steps), batch 1, greedy, CFG 3, {args.threads} threads")
