@@ -30,6 +30,39 @@ def ensure_optimum(arch: str, optimum_python: str) -> Path:
     return out
 
 
+def run_steps(folder: str, frames: int, threads: int) -> dict:
+    """Only the runtime: load, one greedy generation; for machines where the transformers side (and its
+    teacher-forced scores pass) does not fit the time at hand (``--no-transformers``)."""
+    import time
+
+    from benchmarks.bench_runtime import PROMPT, peak_rss_mb
+    from musicgen_onnx.runtime import MusicGen
+
+    t0 = time.perf_counter()
+    model = MusicGen.from_pretrained(folder, providers="cpu", verify_hashes=False, threads=threads)
+    load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, codes = model.generate([PROMPT], duration=frames / model.frame_rate, greedy=True, return_codes=True)
+    return {"load_s": load, "generate_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
+            "codes": codes.tolist()}
+
+
+def _run_steps_subprocess(folder: str, frames: int, threads: int) -> dict:
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.bench_runtime import ROOT
+
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_optimum import run_steps; "
+            f"print('RESULT' + json.dumps(run_steps({folder!r}, {frames}, {threads})))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
+    if r.returncode or not line:
+        raise SystemExit(f"run failed:\n{r.stderr[-3000:]}")
+    return json.loads(line[0][6:])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="small")
@@ -38,12 +71,26 @@ def main(argv=None) -> None:
     parser.add_argument("--optimum-python", required=True)
     parser.add_argument("--variants", default="fp32,fp32-concat", help="this project's exports to time")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--no-transformers", action="store_true",
+                        help="time the ONNX folders only; tokens are compared with the first of this project's exports")
     args = parser.parse_args(argv)
     frames = round(args.seconds * 50)
     ckpt = ensure_checkpoint(args.arch)
     folders = {"optimum (split decoder, concat cache)": ensure_optimum(args.arch, args.optimum_python)}
     folders.update({f"musicgen-onnx {v}": ensure_export(args.arch, v) for v in args.variants.split(",") if v})
     results = {}
+    if args.no_transformers:
+        for name, folder in folders.items():
+            results[name] = _run_steps_subprocess(str(folder), frames, args.threads)
+            print(f"{name}: {results[name]['generate_s']:.1f} s", flush=True)
+        ref = results[next(n for n in folders if n.startswith("musicgen-onnx"))] if len(folders) > 1 else None
+        steps = frames + 3
+        print(f"| runtime | steps/s | load s | peak RSS MB | same tokens as musicgen-onnx {args.variants.split(',')[0]} |")
+        print("|---|---|---|---|---|")
+        for name, r in results.items():
+            same = "-" if ref is None or r is ref else ("yes" if r["codes"] == ref["codes"] else "no")
+            print(f"| {name} | {steps / r['generate_s']:.2f} | {r['load_s']:.1f} | {r['peak_rss_mb']:.0f} | {same} |")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         scores = str(Path(tmp) / "scores.npz")
         results["transformers fp32"] = _subprocess("torch", str(ckpt), frames, args.threads, scores)
