@@ -100,7 +100,9 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
               help="Exported model folder, hub repo org/name, or audiocraft name such as 'melody' "
                    "(default: the bundled tiny model, random weights).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for --model org/name.")
-@click.option("--precision", default=None, help="fp32/fp16/int8/int4: the hub sub-folder, or the tier to export a name in.")
+@click.option("--precision", default=None,
+              help="fp32/fp16/int8/int4: a hub repo's sub-folder, the tier to export a name in, or the variant "
+                   "of an optimum / transformers.js folder (also quantized, q4).")
 @click.option("--export", "export_missing", is_flag=True,
               help="Export an audiocraft name that is not in the cache yet (needs the export extra).")
 @click.option("--melody", multiple=True, type=click.Path(), help="Melody file: one for all prompts or one per prompt.")
@@ -122,8 +124,9 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
 @click.option("--stream", is_flag=True, help="Write audio while generating (1 s chunks); normalised at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_LOW_MEMORY
-def generate(prompts, model_dir, revision, precision, export_missing, melody, duration, seed, top_k, top_p, temperature, guidance, greedy,
-             normalize, output, out_dir, provider, extend_stride, continue_from, stream, quiet, low_memory):
+def generate(prompts, model_dir, revision, precision, export_missing, melody, duration, seed, top_k, top_p,
+             temperature, guidance, greedy, normalize, output, out_dir, provider, extend_stride, continue_from, stream,
+             quiet, low_memory):
     """Generate music for each PROMPT and write audio files."""
     from .runtime.audio import check_output_path, save_audio
     from .runtime.errors import InvalidInputError
@@ -336,16 +339,25 @@ def _peak_rss_mb() -> float:
 @main.command(cls=_Command)
 @click.argument("folder", type=click.Path())
 @click.option("--no-hash", is_flag=True, help="Check that files exist with their sizes, skip sha256 (fast on big models).")
-def info(folder, no_hash):
-    """Describe an exported model folder and verify its files."""
+@click.option("--precision", default=None, help="optimum / transformers.js folders: the variant to describe.")
+def info(folder, no_hash, precision):
+    """Describe an exported model folder (or an optimum / transformers.js one) and verify its files."""
+    from .runtime import foreign
     from .runtime.manifest import load_manifest, verify_files
 
-    m = load_manifest(folder)
-    verify_files(folder, m, hash_files=not no_hash)
+    adapter = None
+    if foreign.is_optimum_folder(folder):
+        adapter = foreign.OptimumFolder.open(folder, precision)
+        m = adapter.manifest
+    else:
+        m = load_manifest(folder)
+        verify_files(folder, m, hash_files=not no_hash)
     src = m.source or {}
     d = m.defaults
     lines = [
         f"model folder   {folder}",
+        f"layout         {adapter.layout}" if adapter else f"layout         musicgen-onnx export (format version {m.format_version})",
+        f"variant        {adapter.precision} (available: {', '.join(adapter.available)})" if adapter else None,
         f"source         {src.get('checkpoint', '?')}" + (f" @ {src['revision']}" if src.get("revision") else ""),
         f"family         {m.family} ({'prefix' if m.is_melody else 'cross-attention'} conditioning)",
         f"decoder        {m.num_layers} layers, {m.num_heads} heads, hidden {m.hidden_size}, "
@@ -360,9 +372,15 @@ def info(folder, no_hash):
     lines.append(f"defaults       duration {d.duration:g} s, top_k {d.top_k}, top_p {d.top_p:g}, "
                  f"temperature {d.temperature:g}, guidance {d.guidance_scale:g}, greedy {d.greedy}")
     for name, g in m.graphs.items():
-        lines.append(f"graph          {name:<14} {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}")
-    lines.append("files          " + ("sizes verified" if no_hash else "sizes and sha256 verified"))
-    click.echo("\n".join(lines))
+        lines.append(f"graph          {name:<17} {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}")
+    if adapter:
+        lines += [f"lacks          {what}" for what in adapter.lacks]
+        lines.append("files          present inside the folder, readable ONNX, no outside external data")
+    else:
+        if "audio_encoder" not in m.graphs:
+            lines.append("lacks          audio encoder: no continuation (generate_continuation, --continue)")
+        lines.append("files          " + ("sizes verified" if no_hash else "sizes and sha256 verified"))
+    click.echo("\n".join(line for line in lines if line is not None))
 
 
 if __name__ == "__main__":

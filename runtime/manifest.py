@@ -24,11 +24,14 @@ FORMAT_VERSION = 2  # 2: graphs carry a role -> tensor name map (version 1 folde
 READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "musicgen_onnx.json"
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-CONDITIONINGS = ("prefix", "cross")  # melody checkpoints prepend; text-only ones cross-attend
+# melody checkpoints prepend; text-only ones cross-attend to keys/values the text encoder computes ("cross") or,
+# in optimum / transformers.js folders (foreign.py), to the raw T5 states the decoder projects itself ("states")
+CONDITIONINGS = ("prefix", "cross", "states")
 KV_CACHES = ("static", "concat")  # in-place buffers (GroupQueryAttention) or past+new concatenation
 KV_DTYPES = ("fp32", "fp16")
 REQUIRED_GRAPHS = ("text_encoder", "decoder", "audio_decoder")
-OPTIONAL_GRAPHS = ("audio_encoder", "stems")  # opened on first use: continuation, stem separation
+OPTIONAL_GRAPHS = ("audio_encoder", "stems", "decoder_with_past")  # opened on first use: continuation, stem
+# separation; optimum's split decoder (its steps after the first)
 GRAPH_NAMES = REQUIRED_GRAPHS + OPTIONAL_GRAPHS
 MAX_FRAME_RATE = 200
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few kB
@@ -229,6 +232,7 @@ class Manifest:
 
         need(self.conditioning in CONDITIONINGS, f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         need(self.kv_cache in KV_CACHES, f"kv_cache must be one of {KV_CACHES}, got {self.kv_cache!r}")
+        need(self.conditioning != "states" or self.kv_cache == "concat", "a states-conditioned folder has a concat KV cache")
         need(self.kv_dtype is None or self.kv_dtype in KV_DTYPES, f"kv_dtype must be one of {KV_DTYPES}, got {self.kv_dtype!r}")
         int_in("hidden_size", self.hidden_size, 1, 16384)
         int_in("num_layers", self.num_layers, 1, 256)

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from . import audio as audio_io
+from . import foreign
 from .codec import AudioCodec, StreamDecoder
 from .conditioning import Conditioner
 from .delay import DelayPattern
@@ -32,25 +33,35 @@ from .text import TextTokenizer
 
 
 class MusicGen:
-    def __init__(self, folder: Path, manifest: Manifest, settings: SessionSettings, low_memory: bool = False):
+    def __init__(self, folder: Path, manifest: Manifest, settings: SessionSettings, low_memory: bool = False,
+                 adapter=None):
+        """``adapter``: a foreign folder's adapter (``foreign.OptimumFolder``), which supplies the
+        conditioner, the codec and the stepper its graphs need; None for this project's folders."""
         self.folder = folder
         self.manifest = manifest
         self.settings = settings
+        self.adapter = adapter
         m = manifest
-        self.graphs = GraphSessions(folder, m, settings)
+        self.graphs = GraphSessions(adapter.graph_dir if adapter else folder, m, settings)
         # The decoder first: a graph with inline weights (folders exported before weights went to
         # NAME.onnx.data) is held twice while it loads, and that peak is lowest with nothing else resident.
         decoder = self.graphs["decoder"]
         if not low_memory:  # low_memory: the text encoder is opened per call (GraphSessions.run_transient)
             self.graphs["text_encoder"]
-        tokenizer = TextTokenizer(folder_file(folder, m.tokenizer), max_id=m.text_vocab_size)
+        tokenizer = TextTokenizer(adapter.tokenizer_path if adapter else folder_file(folder, m.tokenizer),
+                                  max_id=m.text_vocab_size)
+        self.pattern = DelayPattern(m.delays, m.special_token_id)
+        self.options = m.defaults
+        if adapter is not None:
+            self.conditioner = adapter.conditioner(tokenizer, self.graphs)
+            self.codec = adapter.codec(self.graphs)
+            release_freed_memory()
+            return
         self.conditioner = Conditioner(tokenizer, self.graphs, m)
         self.codec = AudioCodec(self.graphs, m)
-        self.pattern = DelayPattern(m.delays, m.special_token_id)
         self._decoder_io = DecoderIO.of(m.graphs["decoder"], m.num_layers, m.kv_cache)
         past_type = next(i.type for i in decoder.get_inputs() if i.name == self._decoder_io.past[0])
         self._cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
-        self.options = m.defaults
         release_freed_memory()
 
     # ------------------------------------------------------------------ loading
@@ -66,9 +77,20 @@ class MusicGen:
 
         ``low_memory=True`` keeps the text encoder (T5, fp32 in every tier: 0.44 GB for melody) out of
         memory between calls: it is loaded for each generation (or long-form window) and released
-        before the decoder's KV cache is allocated, at about a second per call."""
+        before the decoder's KV cache is allocated, at about a second per call.
+
+        A folder written by optimum or transformers.js (``config.json`` and its graphs, no
+        ``musicgen_onnx.json``) is read through ``foreign.py``; ``precision`` picks among its variants
+        ("fp32", "fp16", "int8"/"quantized", "int4"/"q4"; default: fp32 when present)."""
         settings = SessionSettings.resolve(providers, threads)
+        local = Path(folder).is_dir()
         folder = resolve_model(folder, revision, precision, export, settings.providers)
+        if foreign.is_optimum_folder(folder):
+            adapter = foreign.OptimumFolder.open(folder, precision)
+            return cls(folder, adapter.manifest, settings, low_memory, adapter)
+        if local and precision is not None:
+            raise InvalidInputError("precision= chooses among the variants of an optimum / transformers.js folder "
+                                    f"(or a hub repo's sub-folder); {folder} is a musicgen-onnx export of one precision")
         manifest = load_manifest(folder)
         verify_files(folder, manifest, hash_files=verify_hashes)
         return cls(folder, manifest, settings, low_memory)
@@ -227,6 +249,8 @@ class MusicGen:
     def new_stepper(self, rows: int, conditioning: Conditioning, steps: int):
         """A decoder stepper for one window of ``steps`` sequence steps over ``rows`` rows."""
         m = self.manifest
+        if self.adapter is not None:
+            return self.adapter.new_stepper(self.graphs, rows, conditioning, steps)
         if m.kv_cache == "concat":
             return ConcatStepper(self.graphs["decoder"], self._decoder_io, conditioning, rows, m.num_heads,
                                  m.head_dim, self._cache_dtype)

@@ -13,12 +13,14 @@ TEXT_IDS = "input_ids"
 TEXT_MASK = "attention_mask"
 CHROMA = "chroma"  # melody models: one-hot chroma [rows, frames, 12], projected and tiled into the prefix
 PREFIX = "encoder_hidden_states"  # melody models: the whole prefix [chroma; text] the decoder prepends
+TEXT_STATES = "text_states"  # "states" folders (optimum): the raw T5 states; the decoder projects them itself
 # decoder
 TOKEN_IDS = "input_ids"
 PREFIX_EMBEDS = "prefix_embeds"  # melody models: the prefix on the first call, empty afterwards
 ENCODER_MASK = "encoder_attention_mask"  # text-only models: which text positions cross-attention sees
 PAST_LENGTH = "past_length"  # static cache: how many positions of the buffers are filled
 LOGITS = "logits"  # [rows, codebooks, vocab], last position only
+USE_CACHE_BRANCH = "use_cache_branch"  # optimum's merged decoder: False on the first call, True afterwards
 # codec
 AUDIO_CODES = "audio_codes"
 AUDIO_VALUES = "audio_values"
@@ -26,13 +28,24 @@ AUDIO_VALUES = "audio_values"
 
 def layers(kind: str, num_layers: int) -> list[str]:
     """Per-layer key/value roles in graph order: ``past`` / ``present`` (decoder cache), ``cross``
-    (text-only models: cross-attention keys/values the text encoder computes once per generation)."""
+    (text-only models: cross-attention keys/values the text encoder computes once per generation),
+    ``past_cross`` / ``present_cross`` ("states" folders: the decoder computes the cross-attention keys/values
+    on its first call and takes them back as a past on every later call)."""
     return [f"{kind}.{i}.{which}" for i in range(num_layers) for which in ("key", "value")]
 
 
 def required(graph: str, conditioning: str, kv_cache: str, num_layers: int) -> tuple[list[str], list[str]]:
     """``(input roles, output roles)`` a graph must map for the runtime to drive it."""
     prefix = conditioning == "prefix"
+    if conditioning == "states":  # optimum / transformers.js layout (foreign.py); concat cache only
+        past, present = layers("past", num_layers), layers("present", num_layers)
+        cross = layers("past_cross", num_layers)
+        if graph == "text_encoder":
+            return [TEXT_IDS, TEXT_MASK], [TEXT_STATES]
+        if graph == "decoder":  # the first call's graph (optimum's decoder_model, or the merged one)
+            return [TOKEN_IDS, TEXT_STATES, ENCODER_MASK], [LOGITS, *present, *layers("present_cross", num_layers)]
+        if graph == "decoder_with_past":
+            return [TOKEN_IDS, ENCODER_MASK, *past, *cross], [LOGITS, *present]
     if graph == "text_encoder":
         if prefix:
             return [TEXT_IDS, TEXT_MASK, CHROMA], [PREFIX]
