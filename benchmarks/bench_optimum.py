@@ -48,19 +48,9 @@ def run_steps(folder: str, frames: int, threads: int) -> dict:
 
 
 def _run_steps_subprocess(folder: str, frames: int, threads: int) -> dict:
-    import os
-    import subprocess
-    import sys
+    from benchmarks.bench_runtime import run_isolated
 
-    from benchmarks.bench_runtime import ROOT
-
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_optimum import run_steps; "
-            f"print('RESULT' + json.dumps(run_steps({folder!r}, {frames}, {threads})))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
-    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
-    if r.returncode or not line:
-        raise SystemExit(f"run failed:\n{r.stderr[-3000:]}")
-    return json.loads(line[0][6:])
+    return run_isolated("benchmarks.bench_optimum", "run_steps", folder, frames, threads)
 
 
 def main(argv=None) -> None:

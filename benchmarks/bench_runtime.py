@@ -103,15 +103,20 @@ def run_onnx(folder: str, frames: int, threads: int, scores_path: str, low_memor
             "peak_rss_mb": rss, "codes": codes.tolist(), "quality": quality, "weights_mb": weights_mb}
 
 
-def _subprocess(side: str, target: str, frames: int, threads: int, scores_path: str, *extra) -> dict:
-    args = ", ".join(repr(a) for a in (target, frames, threads, scores_path, *extra))
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_runtime import run_{side}; "
-            f"print('RESULT' + json.dumps(run_{side}({args})))")
+def run_isolated(module: str, function: str, *args) -> dict:
+    """``module.function(*args)`` in a fresh interpreter (so peak RSS is that run's alone); its JSON result."""
+    call = ", ".join(repr(a) for a in args)
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from {module} import {function}; "
+            f"print('RESULT' + json.dumps({function}({call})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
     if r.returncode or not line:
-        raise SystemExit(f"{side} run failed:\n{r.stderr[-3000:]}")
+        raise SystemExit(f"{function} run failed:\n{r.stderr[-3000:]}")
     return json.loads(line[0][6:])
+
+
+def _subprocess(side: str, target: str, frames: int, threads: int, scores_path: str, *extra) -> dict:
+    return run_isolated("benchmarks.bench_runtime", f"run_{side}", target, frames, threads, scores_path, *extra)
 
 
 def main(argv=None) -> None:
