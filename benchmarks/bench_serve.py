@@ -31,6 +31,8 @@ from pathlib import Path
 
 import httpx
 
+from musicgen_onnx.serve.health import wait_until_healthy
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["sad jazz", "lofi beat", "calm piano", "soft piano"]  # 8 tokens each with the bundled tokenizer
 CANDIDATES = ["sad jazz", "lofi beat", "calm piano", "soft piano", "happy rock", "dark techno", "epic drums",
@@ -73,14 +75,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.rss: list[float] = []
         self._stop = threading.Event()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
+        if not wait_until_healthy(self.url, timeout_s=120, poll_s=0.1):
             self.close()
             raise SystemExit("the server did not start")
         threading.Thread(target=self._sample, daemon=True).start()

@@ -25,6 +25,8 @@ import httpx
 import numpy as np
 import soundfile as sf
 
+from musicgen_onnx.serve.health import wait_until_healthy
+
 SR = 32000
 
 
@@ -92,12 +94,7 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}/"
     failures = []
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_healthy(url, timeout_s=60, poll_s=0.1)
         with tempfile.TemporaryDirectory() as tmp:
             melody = Path(tmp) / "melody.wav"
             t = np.arange(2 * 44100) / 44100

@@ -24,6 +24,7 @@ import soundfile as sf
 from conftest import BUNDLED, CLI
 from musicgen_onnx.runtime.musicgen import MusicGen
 from musicgen_onnx.serve import ServeSettings, create_app
+from musicgen_onnx.serve.health import wait_until_healthy
 from musicgen_onnx.serve.settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
 
 SAME_LENGTH = ["sad jazz", "lofi beat", "calm piano", "soft piano"]  # 8 tokens each
@@ -59,12 +60,7 @@ def server(model):
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.05)
+    wait_until_healthy(url, timeout_s=30)
     yield url, app
     srv.should_exit = True
     thread.join(10)
@@ -395,12 +391,7 @@ def test_sigterm_drains_the_queue_then_stops(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.05)
+        wait_until_healthy(url, timeout_s=30)
         with ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(post, url, prompt=p, duration=0.5, seed=1) for p in SAME_LENGTH[:3]]
             for _ in range(200):  # all three queued, waiting for batch mates
