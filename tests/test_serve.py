@@ -384,6 +384,68 @@ def test_client_leaving_mid_stream_stops_its_batch(server):
     assert post(url, prompt="still here", duration=0.2).status_code == 200
 
 
+def stream_bytes(url: str, body: dict, leave_after: int | None = None) -> bytes:
+    """The streamed response's bytes; with ``leave_after``, hang up once that many have come."""
+    got = []
+    with httpx.stream("POST", url + "/v1/generate", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200
+        for part in r.iter_raw():
+            got.append(part)
+            if leave_after is not None and sum(map(len, got)) > leave_after:
+                break
+    return b"".join(got)
+
+
+def paused_together(app, *calls):
+    """Run ``calls`` at once while the worker is held, so that they land in one batch; their results."""
+    app.state.batcher.pause()
+    try:
+        with ThreadPoolExecutor(len(calls)) as pool:
+            futures = [pool.submit(call) for call in calls]
+            wait_queued(app, len(calls))
+            app.state.batcher.resume()
+            return [f.result() for f in futures]
+    finally:
+        app.state.batcher.resume()
+
+
+def test_a_client_leaving_mid_stream_frees_its_row_and_its_batch_mate_goes_on(server):
+    url, app = server
+    stay = dict(prompt="sad jazz", duration=6, seed=21)
+    leave = dict(prompt="lofi beat", duration=6, seed=22)
+    solo = stream_bytes(url, stay)
+    before = httpx.get(url + "/metrics").text
+    together, partial = paused_together(app, lambda: stream_bytes(url, stay),
+                                        lambda: stream_bytes(url, leave, leave_after=44 + 2 * SR))
+    after = httpx.get(url + "/metrics").text
+    assert len(partial) < len(solo) == 44 + 2 * 6 * SR
+    assert together == solo  # same codes, and the codec gives the same samples at batch 2 and 1
+    delta = {name: metric(after, name) - metric(before, name) for name in (
+        "musicgen_freed_rows_total", "musicgen_cancelled_rows_total", "musicgen_stopped_batches_total",
+        'musicgen_batches_total{size="2"}', "musicgen_steps_total")}
+    # the row left the batch before its end (a row still live at the end is cancelled, not freed)
+    assert delta == {"musicgen_freed_rows_total": 1, "musicgen_cancelled_rows_total": 1,
+                     "musicgen_stopped_batches_total": 0, 'musicgen_batches_total{size="2"}': 1,
+                     "musicgen_steps_total": 6 * 50 + 3}
+
+
+def test_a_client_leaving_a_running_batch_frees_its_row(server):
+    """Not streamed: the client that gives up waiting is dropped from the batch; its mate's file is the
+    one it gets alone."""
+    url, app = server
+    stay = dict(prompt="calm piano", duration=6, seed=31)
+    solo = post(url, **stay)
+    before = metric(httpx.get(url + "/metrics").text, "musicgen_freed_rows_total")
+
+    def give_up():
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/generate", json=dict(prompt="soft piano", duration=6, seed=32), timeout=1.0)
+
+    together, _ = paused_together(app, lambda: post(url, **stay), give_up)
+    assert together.headers["x-batch-size"] == "2" and together.content == solo.content
+    assert metric(httpx.get(url + "/metrics").text, "musicgen_freed_rows_total") == before + 1
+
+
 # ---------------------------------------------------------------- the command
 def test_sigterm_drains_the_queue_then_stops(tmp_path):
     port = free_port()
