@@ -8,11 +8,9 @@ import io
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,20 +19,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import BUNDLED, CLI
+from conftest import BUNDLED, CLI, serving
 from musicgen_onnx.runtime.musicgen import MusicGen
 from musicgen_onnx.serve import ServeSettings, create_app
-from musicgen_onnx.serve.health import wait_until_healthy
+from musicgen_onnx.serve.health import free_port, wait_until_healthy
 from musicgen_onnx.serve.settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
 
 SAME_LENGTH = ["sad jazz", "lofi beat", "calm piano", "soft piano"]  # 8 tokens each
 SR = 32000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wav_bytes(seconds: float = 1.0, freq: float = 330.0, sr: int = SR) -> bytes:
@@ -52,18 +44,9 @@ def model():
 @pytest.fixture(scope="module")
 def server(model):
     """(base url, app) of a uvicorn server in a thread: max batch 4, 300 ms wait, queue of 6."""
-    import uvicorn
-
     app = create_app(model, ServeSettings(max_batch=4, max_wait_ms=300, max_queue=6, max_duration=12))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(url, timeout_s=30)
-    yield url, app
-    srv.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield url, app
 
 
 @pytest.fixture
