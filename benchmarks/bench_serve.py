@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from musicgen_onnx.serve.health import wait_until_healthy
+from musicgen_onnx.serve.health import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["sad jazz", "lofi beat", "calm piano", "soft piano"]  # 8 tokens each with the bundled tokenizer
@@ -54,12 +53,6 @@ def same_length_prompts(model: str | None) -> list[str]:
     for p in CANDIDATES:
         groups[tok([p])[0].shape[1]].append(p)
     return max(groups.values(), key=len)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,13 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
+from musicgen_onnx.serve.health import free_port
+
 PROMPTS = ["sad jazz", "lofi beat", "calm piano", "soft piano"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:

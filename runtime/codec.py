@@ -69,6 +69,11 @@ class StreamDecoder:
     def push(self, codes: np.ndarray) -> None:
         self._codes = codes if self._codes is None else np.concatenate([self._codes, codes], axis=2)
 
+    def keep_rows(self, index: np.ndarray) -> None:
+        """Decode rows ``index`` only from now on (the others were dropped from the batch)."""
+        if self._codes is not None:
+            self._codes = self._codes[index]
+
     @property
     def available(self) -> int:
         return self._first + (0 if self._codes is None else self._codes.shape[2])

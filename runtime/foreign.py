@@ -186,6 +186,17 @@ class OptimumStepper:
             self._later_feeds[dec.name(roles.USE_CACHE_BRANCH)] = np.array([True])
         self._cache: dict[str, np.ndarray] | None = None  # self-attention past, replaced every call
         self._cross: dict[str, np.ndarray] = {}  # cross-attention keys/values, from the first call
+        self._branch = dec.name(roles.USE_CACHE_BRANCH) if merged else None  # one flag, not per row
+
+    def keep_rows(self, index: np.ndarray) -> None:
+        """Go on with rows ``index`` only (every feed and past is per row on axis 0, but the branch flag)."""
+        def cut(feeds):
+            return {name: value if name == self._branch else value[index] for name, value in feeds.items()}
+
+        self._first_feeds, self._later_feeds, self._cross = (cut(self._first_feeds), cut(self._later_feeds),
+                                                             cut(self._cross))
+        if self._cache is not None:
+            self._cache = cut(self._cache)
 
     def run(self, ids: np.ndarray, new_positions: int) -> np.ndarray:
         """``new_positions`` is implied here: the graph grows its cache by the columns it is given

@@ -20,6 +20,7 @@ from .errors import InvalidInputError, ModelFolderError
 from .longform import Window, plan_windows
 from .melody import prepare_melodies, window_chroma
 from .options import GenerationOptions
+from .rows import LiveRows
 from .sampling import Sampler, classifier_free_guidance
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class StepLoop:
     """One window's autoregressive loop. Iterating yields the step index after each step; ``seq`` is
     the delayed sequence ``[B, K, frames + max_delay + 1]`` filled so far. Known positions (``prompt``
     frames, and the special token wherever the delay pattern has no frame) are never overwritten, as
-    in audiocraft's ``LMModel.generate``."""
+    in audiocraft's ``LMModel.generate``. Between steps, ``keep_rows`` may shrink the batch."""
 
     def __init__(self, model: "MusicGen", descriptions: list[str | None], chroma: np.ndarray | None, frames: int,
                  guidance_scale: float, choose: ChooseFn, prompt: np.ndarray | None = None):
@@ -87,10 +88,12 @@ class StepLoop:
         self.stepper = model.new_stepper(rows, self.conditioning, self.seq.shape[2])
 
     def __iter__(self) -> Iterator[int]:
-        seq = self.seq
-        columns = seq[:, :, : self.start]  # the first call: the start column and any prompt
-        new_positions = self.conditioning.prefix_length + self.start
-        for s in range(self.start, seq.shape[2]):
+        for s in range(self.start, self.seq.shape[2]):
+            seq = self.seq  # read every step: keep_rows replaces it between steps
+            if s == self.start:  # the first call: the start column and any prompt, after the prefix
+                columns, new_positions = seq[:, :, :s], self.conditioning.prefix_length + s
+            else:
+                columns, new_positions = seq[:, :, s - 1:s], 1
             ids = np.concatenate([columns, columns]) if self.use_cfg else columns
             logits = self.stepper.run(ids, new_positions)
             if not np.isfinite(logits).all():
@@ -102,9 +105,14 @@ class StepLoop:
                     raise InvalidInputError(f"guidance_scale {self.guidance_scale:g} made the logits overflow at step "
                                             f"{s}; use a smaller guidance_scale")
             seq[:, :, s] = np.where(seq[:, :, s] == -1, self.choose(s, logits), seq[:, :, s])
-            columns = seq[:, :, s:s + 1]
-            new_positions = 1
             yield s
+
+    def keep_rows(self, index: np.ndarray) -> None:
+        """Go on with rows ``index`` only: their sequences, and their conditional and CFG null rows in
+        the decoder (the null rows follow the conditional ones)."""
+        rows = self.seq.shape[0]
+        self.seq = self.seq[index]
+        self.stepper.keep_rows(np.concatenate([index, index + rows]) if self.use_cfg else index)
 
 
 @dataclass(frozen=True)
@@ -152,14 +160,24 @@ class GenerationInputs:
 
 class GenerationTask:
     """Codes for one call, yielded in output order as soon as every codebook has them: the prompt
-    first, then each window's new frames. Memory is the output's: each window's cache is freed."""
+    first, then each window's new frames. Memory is the output's: each window's cache is freed.
 
-    def __init__(self, model: "MusicGen", inputs: GenerationInputs, progress: bool | ProgressFn = False):
+    With ``rows`` (a :class:`LiveRows`), rows cancelled while the call runs are dropped at the next step
+    boundary and everything per row (the loop's batch, the sampler's generators, the prompts and
+    melodies of later windows) goes on without them: yielded codes hold the rows in ``rows.live``, and
+    the call ends early when none is left."""
+
+    def __init__(self, model: "MusicGen", inputs: GenerationInputs, progress: bool | ProgressFn = False,
+                 rows: LiveRows | None = None):
         self.model = model
         self.inputs = inputs
         o = inputs.options
         m = model.manifest
-        self.sampler = Sampler(o.greedy, o.temperature, o.top_k, o.top_p, o.seed)
+        self.rows = rows if rows is not None else LiveRows(len(inputs.descriptions))
+        if len(self.rows.live) != len(inputs.descriptions):
+            raise InvalidInputError(f"rows: {len(self.rows.live)} live rows for {len(inputs.descriptions)} prompts")
+        self.descriptions, self.melodies = inputs.descriptions, inputs.melodies  # the live rows' (see _drop)
+        self.sampler = Sampler(o.greedy, o.temperature, o.top_k, o.top_p, o.seed, rows=len(inputs.descriptions))
         prompt_frames = 0 if inputs.prompt_codes is None else inputs.prompt_codes.shape[2]
         self.windows = plan_windows(o.duration, m.frame_rate, m.max_duration, o.extend_stride, prompt_frames)
         self.total_steps = sum(w.new_frames + m.max_delay for w in self.windows)
@@ -172,11 +190,16 @@ class GenerationTask:
         if carried is not None:
             yield carried
         for i, window in enumerate(self.windows):
-            loop = StepLoop(self.model, self.inputs.descriptions, self.window_chroma(window), window.frames,
+            loop = StepLoop(self.model, self.descriptions, self.window_chroma(window), window.frames,
                             self.inputs.options.guidance_scale, lambda s, logits: self.sampler(logits), carried)
             emitted = window.prompt_frames
             for s in loop:
                 self._advance()
+                keep = self.rows.drop_cancelled()
+                if keep is not None:
+                    if not len(keep):
+                        return  # every row was cancelled: the call stops here
+                    self._drop(loop, keep)
                 ready = min(window.frames, s - max_delay)
                 if ready > emitted:
                     yield pattern.undelay(loop.seq, ready, emitted)
@@ -184,6 +207,14 @@ class GenerationTask:
             if i + 1 < len(self.windows):
                 tail = self.windows[i + 1].prompt_frames
                 carried = pattern.undelay(loop.seq, window.frames, window.frames - tail)
+
+    def _drop(self, loop: StepLoop, keep: np.ndarray) -> None:
+        """Everything per row goes on with rows ``keep``; rows never come back, so this is one cut."""
+        loop.keep_rows(keep)
+        self.sampler.keep_rows(keep)
+        self.descriptions = [self.descriptions[i] for i in keep]
+        if self.melodies is not None:
+            self.melodies = [self.melodies[i] for i in keep]
 
     def _advance(self) -> None:
         self.done_steps += 1
@@ -193,7 +224,7 @@ class GenerationTask:
     def window_chroma(self, window: Window) -> np.ndarray | None:
         """The whole melody (tiled to 235 frames) for a single window; for long-form windows, the
         window's 30 s cut of the melody's periodic extension (audiocraft ``MusicGen._generate_tokens``)."""
-        melodies = self.inputs.melodies
+        melodies = self.melodies
         if melodies is None:
             return None
         params = self.model.manifest.chroma

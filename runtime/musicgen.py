@@ -27,6 +27,7 @@ from .hub import DEFAULT_NAME, resolve_model
 from .generation import GenerationInputs, GenerationTask, ProgressFn, StepLoop, check_descriptions
 from .manifest import Manifest, folder_file, load_manifest, verify_files
 from .options import GenerationOptions
+from .rows import LiveRows
 from .session import GraphSessions, SessionSettings, check_memory, release_freed_memory
 from .stepper import ConcatStepper, Conditioning, DecoderIO, StaticStepper
 from .text import TextTokenizer
@@ -183,7 +184,7 @@ class MusicGen:
                  top_p: float | None = None, temperature: float | None = None,
                  guidance_scale: float | None = None, greedy: bool | None = None,
                  extend_stride: float | None = None, prompt_codes: np.ndarray | None = None,
-                 progress: bool | ProgressFn = False, return_codes: bool = False):
+                 progress: bool | ProgressFn = False, return_codes: bool = False, rows: LiveRows | None = None):
         """Text prompts (and optionally melodies) -> float32 audio ``[B, channels, samples]``.
 
         ``melody``: one melody for all prompts or one per prompt, each a file path or an array
@@ -196,27 +197,49 @@ class MusicGen:
         its prompt alone with seed ``s`` draws (its codes are its batch mates' only if every prompt has
         the same token length and melody length: text is padded to the longest, and padded positions are
         attended to).
+        ``rows``: a :class:`LiveRows` over the prompts, to cancel rows while the call runs (from another
+        thread); the result then holds the rows still in ``rows.live``, which keep the codes they would
+        have had without the drop.
         """
         inputs = self._inputs(descriptions, melody, melody_sample_rate, dict(
             duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
             guidance_scale=guidance_scale, greedy=greedy, extend_stride=extend_stride), prompt_codes)
-        codes = np.concatenate(list(GenerationTask(self, inputs, progress).codes()), axis=2)
+        task = GenerationTask(self, inputs, progress, rows)
+        parts, seen = [], task.rows.live
+
+        def cut(keep):
+            parts[:] = [p[keep] for p in parts]
+
+        for new in task.codes():
+            seen = task.rows.follow(seen, cut)
+            parts.append(new)
+        task.rows.follow(seen, cut)
+        if not task.rows.live:  # every row was cancelled
+            codes = np.zeros((0, self.manifest.num_codebooks, 0), dtype=np.int64)
+            audio = np.zeros((0, self.audio_channels, 0), dtype=np.float32)
+            return (audio, codes) if return_codes else audio
+        codes = np.concatenate(parts, axis=2)
         audio = self.codec.decode(codes)
         return (audio, codes) if return_codes else audio
 
     def generate_stream(self, descriptions, melody=None, melody_sample_rate: int | None = None, *,
-                        chunk_frames: int = 50, progress: bool | ProgressFn = False, **options):
+                        chunk_frames: int = 50, progress: bool | ProgressFn = False, rows: LiveRows | None = None,
+                        **options):
         """Like ``generate``, but yields audio chunks ``[B, channels, samples]`` while the loop runs,
         every ``chunk_frames`` frames (50 = 1 s). Each span is decoded with codec context on both sides
         (``StreamDecoder``); the concatenation equals the one-shot decode within the tolerance the
-        README states."""
+        README states. With ``rows`` (see ``generate``), each chunk holds the rows in ``rows.live`` when
+        it is yielded; once every row is cancelled the stream ends."""
         if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
             raise InvalidInputError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
         prompt_codes = options.pop("prompt_codes", None)
         inputs = self._inputs(descriptions, melody, melody_sample_rate, options, prompt_codes)
         decoder = StreamDecoder(self.codec)
         pending = 0
-        for new in GenerationTask(self, inputs, progress).codes():
+        task = GenerationTask(self, inputs, progress, rows)
+        seen = task.rows.live
+        for new in task.codes():
+            seen = task.rows.follow(seen, decoder.keep_rows)
             decoder.push(new)
             pending += new.shape[2]
             if pending >= chunk_frames:
@@ -224,7 +247,9 @@ class MusicGen:
                 chunk = decoder.ready()
                 if chunk.shape[2]:
                     yield chunk
-        yield decoder.flush()
+        task.rows.follow(seen, decoder.keep_rows)
+        if task.rows.live:  # else every row was cancelled: nothing more to send
+            yield decoder.flush()
 
     def _inputs(self, descriptions, melody, melody_sample_rate, options: dict, prompt_codes) -> GenerationInputs:
         return GenerationInputs.check(self, descriptions, melody, melody_sample_rate,

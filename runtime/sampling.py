@@ -40,15 +40,21 @@ def classifier_free_guidance(logits: np.ndarray, scale: float) -> np.ndarray:
 
 class Sampler:
     def __init__(self, greedy: bool, temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
-                 seed: Seed = None):
-        """``seed``: an int, None, or one int (or None) per row; the generators are made on the first
-        call, when the number of rows is known."""
+                 seed: Seed = None, rows: int | None = None):
+        """``seed``: an int, None, or one int (or None) per row; the generators are made now for ``rows``
+        rows, or on the first call, when the number of rows is known."""
         self.greedy = greedy
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
         self.seed = seed
-        self.generators: list[np.random.Generator] | None = None
+        self.generators: list[np.random.Generator] | None = None if rows is None else row_generators(seed, rows)
+
+    def keep_rows(self, index: np.ndarray) -> None:
+        """Go on drawing for rows ``index`` only; each keeps its own generator (and so its draws)."""
+        if self.generators is None:
+            raise RuntimeError("rows can be dropped once the sampler knows its rows (give rows=)")
+        self.generators = [self.generators[i] for i in index]
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:
         """``[B, K, V]`` logits -> ``[B, K]`` int64 tokens, each (b, k) an independent draw."""

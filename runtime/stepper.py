@@ -13,6 +13,10 @@ the cache (the first call adds the prefix too). Two implementations, matching th
   column in place. Everything constant for the window (cache buffers, cross-attention keys/values,
   masks, the logits buffer) is bound once; a step writes its token ids and the past length into
   fixed buffers. This is where a device-resident or CUDA-graph step plugs in.
+
+Both can drop rows between steps (``keep_rows``: a server's client left): every per-row tensor is cut
+to the rows that stay and the loop goes on with a smaller batch. The static stepper copies its cache
+rows into new, smaller buffers and binds everything again (once per drop, not per step).
 """
 
 from __future__ import annotations
@@ -52,6 +56,12 @@ class Conditioning:
     steps: dict[str, np.ndarray]
     prefix_length: int
 
+    def rows(self, index: np.ndarray) -> "Conditioning":
+        """The conditioning of decoder rows ``index`` (every tensor here is per row on axis 0)."""
+        first = {name: value[index] for name, value in self.first.items()}
+        steps = first if self.steps is self.first else {name: value[index] for name, value in self.steps.items()}
+        return Conditioning(first, steps, self.prefix_length)
+
 
 class ConcatStepper:
     def __init__(self, session, io: DecoderIO, conditioning: Conditioning, rows: int, num_heads: int,
@@ -59,16 +69,23 @@ class ConcatStepper:
         self.session = session
         self.io = io
         self._outputs = [io.logits, *io.present]
+        self._conditioning = conditioning
         self._feeds = conditioning.first
-        self._step_feeds = conditioning.steps
         empty = np.zeros((rows, num_heads, 0, head_dim), dtype=dtype)
         self._past = {name: empty for name in io.past}
 
     def run(self, ids: np.ndarray, new_positions: int) -> np.ndarray:
         logits, *presents = self.session.run(self._outputs, {self.io.ids: ids, **self._feeds, **self._past})
-        self._feeds = self._step_feeds
+        self._feeds = self._conditioning.steps
         self._past = dict(zip(self.io.past, presents))
         return logits
+
+    def keep_rows(self, index: np.ndarray) -> None:
+        """Go on with decoder rows ``index`` only."""
+        first = self._feeds is self._conditioning.first
+        self._conditioning = self._conditioning.rows(index)
+        self._feeds = self._conditioning.first if first else self._conditioning.steps
+        self._past = {name: value[index] for name, value in self._past.items()}
 
 
 class StaticStepper:
@@ -83,20 +100,28 @@ class StaticStepper:
         self._device = device
         self._session = session
         self._io = io
-        self._binding = binding = session.io_binding()
+        self._conditioning = conditioning
         shape = (rows, num_heads, max_length, head_dim)
-        self._buffers = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=dtype), device, 0) for _ in io.past]
-        for past, present, buf in zip(io.past, io.present, self._buffers):
+        self._bind_window([np.zeros(shape, dtype=dtype) for _ in io.past], logits_shape)
+
+    def _bind_window(self, caches: list[np.ndarray], logits_shape: tuple[int, ...]) -> None:
+        """Bind everything constant for the window: at its start, and again after rows were dropped."""
+        ort, device = self._ort, self._device
+        self._binding = binding = self._session.io_binding()
+        self._buffers = [ort.OrtValue.ortvalue_from_numpy(cache, device, 0) for cache in caches]
+        for past, present, buf in zip(self._io.past, self._io.present, self._buffers):
             binding.bind_ortvalue_input(past, buf)
             binding.bind_ortvalue_output(present, buf)
         self._past_length = ort.OrtValue.ortvalue_from_numpy(np.zeros((), dtype=np.int64))
-        binding.bind_ortvalue_input(io.past_length, self._past_length)
+        binding.bind_ortvalue_input(self._io.past_length, self._past_length)
         self._logits = ort.OrtValue.ortvalue_from_numpy(np.zeros(logits_shape, dtype=np.float32))
-        binding.bind_ortvalue_output(io.logits, self._logits)
+        binding.bind_ortvalue_output(self._io.logits, self._logits)
         self._held = []  # OrtValues over numpy memory: kept alive as long as they are bound
-        self._bind(conditioning.first)
-        self._step_feeds = None if conditioning.steps is conditioning.first else conditioning.steps
-        self._step_ids = None  # the one-column ids buffer, bound on the first single-column call
+        c = self._conditioning
+        self._bind(c.first if self.length == 0 else c.steps)
+        # the later calls' feeds, bound with the one-column ids buffer on the first single-column call
+        self._step_feeds = None if self.length > 0 or c.steps is c.first else c.steps
+        self._step_ids = None
 
     def _bind(self, feeds: dict[str, np.ndarray]) -> None:
         for name, value in feeds.items():
@@ -119,3 +144,9 @@ class StaticStepper:
         self._session.run_with_iobinding(self._binding)
         self.length += new_positions
         return self._logits.numpy().copy()  # the buffer is rewritten by the next step
+
+    def keep_rows(self, index: np.ndarray) -> None:
+        """Go on with decoder rows ``index`` only: their cache rows move to new, smaller buffers."""
+        caches = [np.ascontiguousarray(buf.numpy()[index]) for buf in self._buffers]
+        self._conditioning = self._conditioning.rows(index)
+        self._bind_window(caches, (len(index), *self._logits.shape()[1:]))

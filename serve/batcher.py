@@ -4,7 +4,9 @@ Why batching: one decoder step over B rows costs far less than B steps over one 
 ``musicgen-onnx bench --batch``). Requests with the same :class:`~.params.BatchKey` are taken together,
 oldest first, up to ``max_batch``, waiting at most ``max_wait_ms`` after the oldest arrived; per-row
 seeds make each row's audio what it would be alone. Results go back to the asyncio loop of the
-request that asked (``call_soon_threadsafe``); the worker never touches sockets.
+request that asked (``call_soon_threadsafe``); the worker never touches sockets. A client that leaves
+gives up its place in the queue, or its row in the running batch (the runtime's ``LiveRows``: the
+batch goes on without it at the next step, its mates' audio unchanged).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 import numpy as np
 
 from ..runtime.errors import MusicGenError
+from ..runtime.rows import LiveRows
 from .metrics import Metrics
 from .params import Spec
 from .settings import STREAM_CHUNK_FRAMES, ServeSettings
@@ -67,6 +70,8 @@ class Job:
         self.enqueued = time.monotonic()
         self.cancelled = False
         self.batch_size = 0
+        self.rows: LiveRows | None = None  # set when the job joins a batch: its row is rows' row ``row``
+        self.row = 0
 
     def _call(self, fn, *args) -> None:
         try:
@@ -124,20 +129,24 @@ class Batcher:
             self._cond.notify_all()
 
     def cancel(self, job: Job) -> None:
-        """The client left: drop the job if still queued; if running, its row's output is dropped and,
-        once every row of the batch is cancelled, the batch stops at its next chunk."""
+        """The client left: drop the job if still queued; if running, its row leaves the batch at the
+        next step (the others go on; once every row has left, the batch stops)."""
         with self._cond:
             job.cancelled = True
             if job in self._pending:
                 self._pending.remove(job)
-                self.metrics.cancelled(1, False)
+                self.metrics.cancelled(1)
+            elif job.rows is not None:
+                job.rows.cancel(job.row)
 
     def queue_length(self) -> int:
         with self._cond:
             return len(self._pending)
 
     def in_flight(self) -> int:
-        return len(self._running)
+        """Rows the running batch still generates (a row whose client left is not counted once dropped)."""
+        running = self._running
+        return len(running[0].rows.live) if running else 0
 
     def pause(self) -> None:
         """Hold the worker before its next batch (tests and maintenance: fill the queue on purpose)."""
@@ -195,19 +204,21 @@ class Batcher:
                     mates = [j for j in self._pending if j.spec.key == first.spec.key][: s.max_batch]
                     left = deadline - time.monotonic()
                     if len(mates) >= s.max_batch or left <= 0 or self._stopping:
-                        for job in mates:
+                        rows = LiveRows(len(mates))
+                        for i, job in enumerate(mates):
                             self._pending.remove(job)
-                            job.batch_size = len(mates)
+                            job.batch_size, job.rows, job.row = len(mates), rows, i
                         return mates
                     self._cond.wait(left)
                 # the oldest job's client left while it waited: start over with the next one
 
     def _execute(self, jobs: list[Job]) -> None:
         model, key = self.model, jobs[0].spec.key
+        rows = jobs[0].rows
         o = key.options
         kw = dict(duration=o.duration, top_k=o.top_k, top_p=o.top_p, temperature=o.temperature,
                   guidance_scale=o.guidance_scale, greedy=o.greedy, extend_stride=o.extend_stride,
-                  seed=[j.spec.seed for j in jobs])
+                  seed=[j.spec.seed for j in jobs], rows=rows)
         steps = [0]
         kw["progress"] = lambda done, total: steps.__setitem__(0, done)
         descriptions = [j.spec.prompt for j in jobs]
@@ -223,29 +234,29 @@ class Batcher:
         else:
             audio = model.generate(descriptions, **kw)
             samples = audio.shape[-1]
-            for job, wav in zip(jobs, audio):
-                job.resolve(wav)
-        self.metrics.batch(len(jobs), steps[0], time.perf_counter() - t0, len(jobs) * samples / model.sample_rate)
+            for row, wav in zip(rows.live, audio):
+                jobs[row].resolve(wav)
+        freed = len(jobs) - len(rows.live)
+        left_late = sum(jobs[row].cancelled for row in rows.live)  # left after their row's last step
+        if freed or left_late:
+            logger.info("%d of %d rows freed when their clients left%s", freed, len(jobs),
+                        "" if rows.live else ": the batch stopped")
+            self.metrics.cancelled(freed + left_late, freed=freed, stopped=not rows.live)
+        self.metrics.batch(len(jobs), steps[0], time.perf_counter() - t0, len(rows.live) * samples / model.sample_rate)
 
     def _stream(self, jobs: list[Job], descriptions, kw) -> int:
-        samples = 0
+        """Each chunk holds the rows still live when it was made (``rows.live``, in batch order)."""
+        samples, rows = 0, kw["rows"]
         stream = self.model.generate_stream(descriptions, chunk_frames=STREAM_CHUNK_FRAMES, **kw)
         try:
             for chunk in stream:
                 samples += chunk.shape[-1]
-                for job, wav in zip(jobs, chunk):
-                    if not job.cancelled:
-                        job.push(wav)
-                if all(j.cancelled for j in jobs):
-                    self.metrics.cancelled(len(jobs), True)
-                    logger.info("every client of a batch of %d left: stopped", len(jobs))
-                    return samples
+                for row, wav in zip(rows.live, chunk):
+                    if not jobs[row].cancelled:
+                        jobs[row].push(wav)
         finally:
             stream.close()
-        cancelled = sum(j.cancelled for j in jobs)
-        if cancelled:
-            self.metrics.cancelled(cancelled, False)
-        for job in jobs:
-            job.push(END)
-            job.resolve(None)
+        for row in rows.live:
+            jobs[row].push(END)
+            jobs[row].resolve(None)
         return samples

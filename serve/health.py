@@ -1,7 +1,8 @@
-"""Knowing when a server is up: the one poll that tests, benchmarks and supervisors share."""
+"""Knowing when a server is up: the one poll (and the one free port) that tests, benchmarks and supervisors share."""
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -21,3 +22,10 @@ def wait_until_healthy(url: str, timeout_s: float, poll_s: float = 0.05) -> bool
             pass
         time.sleep(poll_s)
     return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now (the OS picks it), for a test or benchmark server."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

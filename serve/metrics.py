@@ -17,6 +17,7 @@ class Metrics:
         self.audio_s = 0.0
         self.last_steps_per_s = 0.0
         self.cancelled_rows = 0
+        self.freed_rows = 0
         self.stopped_batches = 0
         self.started = time.time()
 
@@ -32,9 +33,12 @@ class Metrics:
             self.audio_s += audio_s
             self.last_steps_per_s = steps / seconds if seconds > 0 else 0.0
 
-    def cancelled(self, rows: int, stopped: bool) -> None:
+    def cancelled(self, rows: int, freed: int = 0, stopped: bool = False) -> None:
+        """``rows`` clients left before their audio was complete; ``freed`` of them were dropped from a
+        running batch (their decoder work stopped); ``stopped``: that left the batch empty."""
         with self._lock:
             self.cancelled_rows += rows
+            self.freed_rows += freed
             self.stopped_batches += int(stopped)
 
     def render(self, queue_length: int, in_flight: int) -> str:
@@ -68,6 +72,10 @@ class Metrics:
                 "# HELP musicgen_cancelled_rows_total Rows whose client left before their audio was complete.",
                 "# TYPE musicgen_cancelled_rows_total counter",
                 f"musicgen_cancelled_rows_total {self.cancelled_rows}",
+                "# HELP musicgen_freed_rows_total Rows dropped from a running batch when their client left (the "
+                "batch went on without them).",
+                "# TYPE musicgen_freed_rows_total counter",
+                f"musicgen_freed_rows_total {self.freed_rows}",
                 "# HELP musicgen_stopped_batches_total Batches stopped early because every client had left.",
                 "# TYPE musicgen_stopped_batches_total counter",
                 f"musicgen_stopped_batches_total {self.stopped_batches}",

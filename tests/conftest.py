@@ -10,9 +10,11 @@ there the modules that import torch at the top are not collected (``collect_igno
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,27 @@ def pytest_collection_modifyitems(config, items):
 def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
     """``musicgen-onnx ARGS`` in a fresh interpreter, output captured as text."""
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, **kw)
+
+
+@contextlib.contextmanager
+def serving(app):
+    """A uvicorn server for ``app`` in a thread of this process, on a free 127.0.0.1 port; yields its URL."""
+    import uvicorn
+
+    from musicgen_onnx.serve.health import free_port, wait_until_healthy
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_until_healthy(url, timeout_s=30):
+            raise RuntimeError(f"the test server on {url} did not start")
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture

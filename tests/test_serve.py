@@ -8,11 +8,9 @@ import io
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,20 +19,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import BUNDLED, CLI
+from conftest import BUNDLED, CLI, serving
 from musicgen_onnx.runtime.musicgen import MusicGen
 from musicgen_onnx.serve import ServeSettings, create_app
-from musicgen_onnx.serve.health import wait_until_healthy
+from musicgen_onnx.serve.health import free_port, wait_until_healthy
 from musicgen_onnx.serve.settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
 
 SAME_LENGTH = ["sad jazz", "lofi beat", "calm piano", "soft piano"]  # 8 tokens each
 SR = 32000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wav_bytes(seconds: float = 1.0, freq: float = 330.0, sr: int = SR) -> bytes:
@@ -52,18 +44,9 @@ def model():
 @pytest.fixture(scope="module")
 def server(model):
     """(base url, app) of a uvicorn server in a thread: max batch 4, 300 ms wait, queue of 6."""
-    import uvicorn
-
     app = create_app(model, ServeSettings(max_batch=4, max_wait_ms=300, max_queue=6, max_duration=12))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_until_healthy(url, timeout_s=30)
-    yield url, app
-    srv.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield url, app
 
 
 @pytest.fixture
@@ -236,6 +219,19 @@ def test_multipart_faults(client):
     assert "given twice" in one_line_error(r, 400)
 
 
+def test_no_request_names_a_file(client, tmp_path):
+    """A path in a field is refused, never opened; an upload's file name is ignored and never written."""
+    target = tmp_path / "written-by-a-request.wav"
+    r = client.post("/v1/generate", data={"duration": "0.3", "melody": "/etc/passwd"})
+    assert "unexpected part" in one_line_error(r, 400)  # a melody is a file part, not a name
+    body = {"duration": "0.3", "seed": "5", "prompt": "sad jazz"}
+    named = client.post("/v1/generate", data=body, files={"melody": (str(target), wav_bytes(), "audio/wav")})
+    plain = client.post("/v1/generate", data=body, files={"melody": ("m.wav", wav_bytes(), "audio/wav")})
+    sneaky = client.post("/v1/generate", data=body, files={"melody": ("../../../etc/passwd", wav_bytes(), "audio/wav")})
+    assert named.status_code == plain.status_code == sneaky.status_code == 200
+    assert named.content == plain.content == sneaky.content and not target.exists()
+
+
 def test_queue_full_is_503_with_retry_after(server):
     url, app = server
     batcher = app.state.batcher
@@ -382,6 +378,68 @@ def test_client_leaving_mid_stream_stops_its_batch(server):
     steps = metric(after, "musicgen_steps_total") - metric(before, "musicgen_steps_total")
     assert steps < 12 * 50  # stopped well before the 603 steps of a 12 s clip
     assert post(url, prompt="still here", duration=0.2).status_code == 200
+
+
+def stream_bytes(url: str, body: dict, leave_after: int | None = None) -> bytes:
+    """The streamed response's bytes; with ``leave_after``, hang up once that many have come."""
+    got = []
+    with httpx.stream("POST", url + "/v1/generate", json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200
+        for part in r.iter_raw():
+            got.append(part)
+            if leave_after is not None and sum(map(len, got)) > leave_after:
+                break
+    return b"".join(got)
+
+
+def paused_together(app, *calls):
+    """Run ``calls`` at once while the worker is held, so that they land in one batch; their results."""
+    app.state.batcher.pause()
+    try:
+        with ThreadPoolExecutor(len(calls)) as pool:
+            futures = [pool.submit(call) for call in calls]
+            wait_queued(app, len(calls))
+            app.state.batcher.resume()
+            return [f.result() for f in futures]
+    finally:
+        app.state.batcher.resume()
+
+
+def test_a_client_leaving_mid_stream_frees_its_row_and_its_batch_mate_goes_on(server):
+    url, app = server
+    stay = dict(prompt="sad jazz", duration=8, seed=21)  # long enough to outlast the hang-up on a fast machine
+    leave = dict(prompt="lofi beat", duration=8, seed=22)
+    solo = stream_bytes(url, stay)
+    before = httpx.get(url + "/metrics").text
+    together, partial = paused_together(app, lambda: stream_bytes(url, stay),
+                                        lambda: stream_bytes(url, leave, leave_after=44 + 2 * SR))
+    after = httpx.get(url + "/metrics").text
+    assert len(partial) < len(solo) == 44 + 2 * 8 * SR
+    assert together == solo  # same codes, and the codec gives the same samples at batch 2 and 1
+    delta = {name: metric(after, name) - metric(before, name) for name in (
+        "musicgen_freed_rows_total", "musicgen_cancelled_rows_total", "musicgen_stopped_batches_total",
+        'musicgen_batches_total{size="2"}', "musicgen_steps_total")}
+    # the row left the batch before its end (a row still live at the end is cancelled, not freed)
+    assert delta == {"musicgen_freed_rows_total": 1, "musicgen_cancelled_rows_total": 1,
+                     "musicgen_stopped_batches_total": 0, 'musicgen_batches_total{size="2"}': 1,
+                     "musicgen_steps_total": 8 * 50 + 3}
+
+
+def test_a_client_leaving_a_running_batch_frees_its_row(server):
+    """Not streamed: the client that gives up waiting is dropped from the batch; its mate's file is the
+    one it gets alone."""
+    url, app = server
+    stay = dict(prompt="calm piano", duration=12, seed=31)  # 603 steps: still running when the other leaves
+    solo = post(url, **stay)
+    before = metric(httpx.get(url + "/metrics").text, "musicgen_freed_rows_total")
+
+    def give_up():
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/generate", json=dict(prompt="soft piano", duration=12, seed=32), timeout=0.8)
+
+    together, _ = paused_together(app, lambda: post(url, **stay), give_up)
+    assert together.headers["x-batch-size"] == "2" and together.content == solo.content
+    assert metric(httpx.get(url + "/metrics").text, "musicgen_freed_rows_total") == before + 1
 
 
 # ---------------------------------------------------------------- the command
