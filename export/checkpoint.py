@@ -56,13 +56,32 @@ class Checkpoint:
     config: dict
     conditioning: str
     weight_files: list[Path]
+    source_format: str = "transformers"  # or "audiocraft": converted into ``folder`` (a scratch copy) first
+    source_files: list[Path] | None = None  # what was read, when it is not ``weight_files``
+    scratch: object = None  # keeps the converted folder alive (a TemporaryDirectory) while the export runs
 
     def weights_sha256(self) -> dict[str, str]:
-        return {path.name: sha256_file(path) for path in self.weight_files}
+        return {path.name: sha256_file(path) for path in (self.source_files or self.weight_files)}
 
 
-def resolve(checkpoint: str, allow_pickle: bool = False) -> Checkpoint:
-    """Locate the checkpoint and check, before loading anything, that we can export it."""
+def resolve(checkpoint: str, allow_pickle: bool = False, text_encoder: str | None = None,
+            codec: str | None = None) -> Checkpoint:
+    """Locate the checkpoint and check, before loading anything, that we can export it. An audiocraft
+    folder (or solver ``checkpoint.th``) is converted to a transformers folder first (export/audiocraft.py);
+    ``text_encoder`` / ``codec`` supply what audiocraft loads by name."""
+    from . import audiocraft
+
+    if audiocraft.is_audiocraft(checkpoint):
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix="musicgen-onnx-audiocraft-")
+        converted = audiocraft.convert(checkpoint, scratch.name, text_encoder=text_encoder, codec=codec,
+                                       allow_pickle=allow_pickle)
+        ckpt = resolve(str(converted))
+        sources = json.loads((converted / "audiocraft_source.json").read_text())["files"]
+        ckpt.name, ckpt.source_format, ckpt.scratch = checkpoint, audiocraft.FORMAT, scratch
+        ckpt.source_files = [Path(f) for f in sources]
+        return ckpt
     folder = Path(checkpoint)
     revision = None
     if not folder.exists():
