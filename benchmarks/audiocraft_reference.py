@@ -131,8 +131,8 @@ def compression_config(tiny: bool) -> dict:
         "device": "cpu", "dtype": "float32", "sample_rate": 32000, "channels": 1, "compression_model": "encodec",
         "encodec": {"autoencoder": "seanet", "quantizer": "rvq", "sample_rate": "${sample_rate}",
                     "channels": "${channels}", "causal": False, "renormalize": False},
-        "seanet": {"dimension": 8 if tiny else 128, "channels": "${channels}", "causal": "${encodec.causal}",
-                   "n_filters": 4 if tiny else 64, "n_residual_layers": 1, "ratios": [8, 5, 4, 4], "activation": "ELU",
+        "seanet": {"dimension": 4 if tiny else 128, "channels": "${channels}", "causal": "${encodec.causal}",
+                   "n_filters": 2 if tiny else 64, "n_residual_layers": 1, "ratios": [8, 5, 4, 4], "activation": "ELU",
                    "activation_params": {"alpha": 1.0}, "norm": "weight_norm", "norm_params": {}, "kernel_size": 7,
                    "residual_kernel_size": 3, "last_kernel_size": 7, "dilation_base": 2, "pad_mode": "constant",
                    "true_skip": True, "compress": 2, "lstm": 2, "disable_norm_outer_blocks": 0,
@@ -371,22 +371,34 @@ def tokens_record(arch, folder, prompts, frames, codes, melody_seed=None, melody
 
 
 def build_fixture(out: Path) -> None:
-    """The committed CI fixture: tiny text-only and melody models (mono) in audiocraft's format, a fine-tuned
-    variant of each, the tiny T5 folder, and audiocraft's greedy tokens on each (tokens.json)."""
+    """The committed CI fixture (a few MB): tiny text-only and melody models in audiocraft's format, a
+    fine-tuned variant of the text-only one, the tiny T5 folder, and audiocraft's greedy tokens on each
+    (``tokens.json``). The three models share one codec, stored once as ``compression_state_dict.bin``
+    beside them (a test puts it into each folder: ``tests/test_audiocraft.py``)."""
+    import shutil
+    import tempfile
+
     out.mkdir(parents=True, exist_ok=True)
     t5_dir = build_t5("tiny", out / "t5")
     records = {}
-    for arch in ("tiny-text", "tiny-melody"):
-        folder = build(arch, out / arch, t5_dir)
-        tuned = finetune(folder, out / f"{arch}-finetuned", t5_dir)
-        melodies = melody_waves(2, 1.5, seed=3) if ARCHS[arch][4] else None
-        for name, path in ((arch, folder), (f"{arch}-finetuned", tuned)):
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        folders = {}
+        for arch in ("tiny-text", "tiny-melody"):
+            folders[arch] = build(arch, work / arch, t5_dir)
+        shutil.copyfile(work / "tiny-text" / "compression_state_dict.bin", work / "tiny-melody" / "compression_state_dict.bin")
+        folders["tiny-text-finetuned"] = finetune(folders["tiny-text"], work / "tiny-text-finetuned", t5_dir)
+        for name, path in folders.items():
+            melodies = melody_waves(2, 1.5, seed=3) if name.startswith("tiny-melody") else None
             codes = generate(load(path, t5_dir), FIXTURE_PROMPTS, FIXTURE_FRAMES, melodies)
-            records[name] = tokens_record(name, path.name, FIXTURE_PROMPTS, FIXTURE_FRAMES, codes,
+            records[name] = tokens_record(name, name, FIXTURE_PROMPTS, FIXTURE_FRAMES, codes,
                                           3 if melodies else None, 1.5 if melodies else None)
             if melodies:  # and the melody model without a melody (bin-0 chroma on both CFG rows)
                 codes = generate(load(path, t5_dir), FIXTURE_PROMPTS, FIXTURE_FRAMES)
-                records[f"{name}-no-melody"] = tokens_record(name, path.name, FIXTURE_PROMPTS, FIXTURE_FRAMES, codes)
+                records[f"{name}-no-melody"] = tokens_record(name, name, FIXTURE_PROMPTS, FIXTURE_FRAMES, codes)
+            (out / name).mkdir(exist_ok=True)
+            shutil.copyfile(path / "state_dict.bin", out / name / "state_dict.bin")
+        shutil.copyfile(work / "tiny-text" / "compression_state_dict.bin", out / "compression_state_dict.bin")
     (out / "tokens.json").write_text(json.dumps(records, indent=1) + "\n")
 
 
