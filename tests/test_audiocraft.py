@@ -260,3 +260,22 @@ def _other_t5(tmp_path: Path) -> Path:
     cfg["d_model"] = 32
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder
+
+
+def test_a_named_codec_comes_from_codec_folder(checkpoint_dir, tmp_path):
+    """compression_state_dict.bin that only names the codec (audiocraft downloads it): --codec supplies it."""
+    import torch
+    from safetensors.torch import load_file
+
+    from musicgen_onnx.export import audiocraft
+
+    folder = audiocraft_folder("tiny-text", tmp_path)
+    torch.save({"pretrained": "facebook/encodec_32khz", "exported": True, "version": "1.3.0"},
+               folder / "compression_state_dict.bin")
+    with pytest.raises(ExportError, match="--codec"):
+        audiocraft.convert(folder, tmp_path / "a", text_encoder=str(T5))
+    source = checkpoint_dir("tiny-text")  # a transformers MusicGen folder: its audio_encoder is taken
+    out = audiocraft.convert(folder, tmp_path / "b", text_encoder=str(T5), codec=str(source))
+    got, want = load_file(out / "model.safetensors"), load_file(source / "model.safetensors")
+    codec_keys = [k for k in want if k.startswith("audio_encoder.")]
+    assert codec_keys and all(torch.equal(got[k], want[k]) for k in codec_keys)
