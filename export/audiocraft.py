@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..runtime.errors import ExportError
+from .checkpoint import read_config
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +302,7 @@ def codec_config(cfg: dict, where: str):
     for r in ratios:
         hop *= r
     frame_rate = sample_rate / hop
-    bandwidth = n_q * math_log2(bins) * frame_rate / 1000  # kbps for exactly n_q codebooks
+    bandwidth = n_q * math.log2(bins) * frame_rate / 1000  # kbps for exactly n_q codebooks
     return EncodecConfig(
         sampling_rate=sample_rate, audio_channels=channels, codebook_size=bins,
         hidden_size=_int(cfg, f"{s}.dimension", where), codebook_dim=_int(cfg, f"{s}.dimension", where),
@@ -316,12 +318,6 @@ def codec_config(cfg: dict, where: str):
         use_conv_shortcut=False, normalize=False, chunk_length_s=None, overlap=None,
         target_bandwidths=[round(bandwidth, 6)],
     )
-
-
-def math_log2(n: int) -> float:
-    import math
-
-    return math.log2(n)
 
 
 # ---------------------------------------------------------------- the parts from elsewhere
@@ -351,13 +347,7 @@ def text_encoder_parts(path: str | None, where: str, needed_dim: int):
                           "it from the hub by name); pass --text-encoder FOLDER (a T5 folder, e.g. t5-base, or a "
                           "transformers MusicGen checkpoint folder)")
     folder = Path(path)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise ExportError(f"text encoder {path!r}: no config.json (expected a T5 or transformers MusicGen folder)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"text encoder {path!r}: unreadable config.json ({exc})") from None
+    cfg = read_config(folder, f"text encoder {path!r}", "expected a T5 or transformers MusicGen folder")
     if cfg.get("model_type") == "t5":
         t5_cfg, prefix = cfg, ""
     elif cfg.get("model_type") in ("musicgen", "musicgen_melody") and (cfg.get("text_encoder") or {}).get("model_type") == "t5":
@@ -386,10 +376,7 @@ def pretrained_codec_parts(path: str | None, name: str, where: str):
         raise ExportError(f"{where}: the codec is only named ({name!r}, audiocraft downloads it); pass --codec FOLDER "
                           "(a transformers EnCodec folder such as facebook/encodec_32khz, or a MusicGen folder)")
     folder = Path(path)
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"codec {path!r}: no readable config.json ({exc})") from None
+    cfg = read_config(folder, f"codec {path!r}", "expected a transformers EnCodec or MusicGen folder")
     if cfg.get("model_type") == "encodec":
         codec_cfg, prefix = cfg, ""
     elif (cfg.get("audio_encoder") or {}).get("model_type") == "encodec":
@@ -456,7 +443,7 @@ def convert(source: str | Path, out_dir: str | Path, text_encoder: str | None = 
             codec_weights = map_codec(cpkg["best_state"], cwhere)
         else:
             raise ExportError(f"{cwhere}: neither best_state nor pretrained (not an audiocraft compression checkpoint)")
-    codec_q = round(codec_cfg.target_bandwidths[-1] * 1000 / (math_log2(codec_cfg.codebook_size) * codec_cfg.frame_rate))
+    codec_q = round(codec_cfg.target_bandwidths[-1] * 1000 / (math.log2(codec_cfg.codebook_size) * codec_cfg.frame_rate))
     if spec.n_q != codec_q * (2 if spec.stereo else 1) or spec.card != codec_cfg.codebook_size:
         raise ExportError(f"{where}: the LM models {spec.n_q} codebooks of {spec.card}, the codec gives {codec_q} of "
                           f"{codec_cfg.codebook_size}{' per channel' if spec.stereo else ''}")

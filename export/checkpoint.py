@@ -48,6 +48,17 @@ def check_transformers(conditioning: str, installed: str | None = None) -> None:
                               f"{family} checkpoints ({first_bad} up to {fixed} do); install transformers>={fixed}")
 
 
+def read_config(folder: Path, what: str, missing: str) -> dict:
+    """``folder/config.json`` as a dict, or a one-line ExportError (``missing`` says what its absence means)."""
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ExportError(f"{what}: no config.json; {missing}")
+    try:
+        return json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{what}: unreadable config.json ({exc})") from None
+
+
 @dataclass
 class Checkpoint:
     folder: Path
@@ -100,13 +111,7 @@ def resolve(checkpoint: str, allow_pickle: bool = False, text_encoder: str | Non
         revision = folder.name
     if not folder.is_dir():
         raise ExportError(f"checkpoint {checkpoint!r}: not a folder")
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise ExportError(f"checkpoint {checkpoint!r}: no config.json; not a transformers checkpoint")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"checkpoint {checkpoint!r}: unreadable config.json ({exc})") from None
+    config = read_config(folder, f"checkpoint {checkpoint!r}", "not a transformers checkpoint")
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
         raise ExportError(f"checkpoint {checkpoint!r}: model_type {model_type!r} is not a MusicGen checkpoint "
