@@ -207,7 +207,7 @@ def build_t5(kind: str, out: Path) -> Path:
                       relative_attention_num_buckets=32, relative_attention_max_distance=128)
     torch.manual_seed(1)
     T5EncoderModel(config).eval().save_pretrained(out, safe_serialization=True)
-    rc.build_sentencepiece_tokenizer(out, vocab_size=100 if kind == "tiny" else 1000)
+    rc.build_sentencepiece_tokenizer(out, vocab_size=100)  # the corpus allows ~117 pieces; ids stay < vocab_size
     return out
 
 
@@ -260,7 +260,7 @@ def build(arch: str, out: Path, t5_dir: Path, seed: int = 0) -> Path:
 
 def load(folder: Path, t5_dir: Path):
     """audiocraft's own loaders, then what ``MusicGen.get_pretrained`` does after them."""
-    from audiocraft.models import builders, loaders
+    from audiocraft.models import loaders
     from audiocraft.models.musicgen import MusicGen
     from omegaconf import OmegaConf
 
@@ -268,8 +268,7 @@ def load(folder: Path, t5_dir: Path):
     tiny = OmegaConf.create(pkg["xp.cfg"]).transformer_lm.dim < 256
     with offline_audiocraft(t5_dir, tiny_t5=tiny):
         lm = loaders.load_lm_model(folder, device="cpu")
-    compression = loaders.load_compression_model(folder, device="cpu")
-    compression = builders.get_wrapped_compression_model(compression, lm.cfg)
+    compression = loaders.load_compression_model(folder, device="cpu")  # BaseGenModel wraps it for stereo
     if "self_wav" in lm.condition_provider.conditioners:
         lm.condition_provider.conditioners["self_wav"].match_len_on_eval = True
         lm.condition_provider.conditioners["self_wav"]._use_masking = False
