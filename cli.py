@@ -369,7 +369,7 @@ def info(folder, no_hash, precision):
         f"layout         {adapter.layout}" if adapter else f"layout         musicgen-onnx export (format version {m.format_version})",
         f"variant        {adapter.precision} (available: {', '.join(adapter.available)})" if adapter else None,
         f"source         {src.get('checkpoint', '?')}" + (f" @ {src['revision']}" if src.get("revision") else "")
-        + ("" if adapter else f" ({m.source_format} format; {m.reference}'s behaviour where they differ)"),
+        + ("" if adapter else f" ({m.source_format} format; follows {m.reference} where it and the other reference differ)"),
         f"family         {m.family} ({'prefix' if m.is_melody else 'cross-attention'} conditioning)",
         f"decoder        {m.num_layers} layers, {m.num_heads} heads, hidden {m.hidden_size}, "
         f"{m.num_codebooks} codebooks x {m.codebook_size}, delays {list(m.delays)}, {m.kv_cache} KV cache "

@@ -63,8 +63,8 @@ def _load(path: Path, allow_pickle: bool, what: str) -> dict:
         if not safe_error:
             raise ExportError(f"{what} {str(path)!r}: cannot be read ({type(exc).__name__}: {first[:200]})") from None
     if not allow_pickle:
-        raise ExportError(f"{what} {str(path)!r} holds pickled objects beside its tensors (an audiocraft solver's "
-                          "omegaconf config), which can run code when loaded; pass --allow-pickle if you trust it")
+        raise ExportError(f"{what} {str(path)!r} holds pickled objects beside its tensors (such as an audiocraft "
+                          "solver's omegaconf config), which can run code when loaded; pass --allow-pickle if you trust it")
     try:
         return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except ModuleNotFoundError as exc:

@@ -108,7 +108,7 @@ def test_manifest_and_info_record_the_source(ac_exported, cli):
     assert m.defaults.guidance_scale == 3.0  # xp.cfg classifier_free_guidance.inference_coef
     out = cli("info", folder, "--no-hash")
     assert out.returncode == 0, out.stderr
-    assert "audiocraft format; audiocraft's behaviour" in out.stdout
+    assert "(audiocraft format; follows audiocraft where" in out.stdout
 
 
 def test_folders_without_the_new_fields_still_load(ac_exported):
