@@ -399,6 +399,26 @@ def build_fixture(out: Path) -> None:
             shutil.copyfile(path / "state_dict.bin", out / name / "state_dict.bin")
         shutil.copyfile(work / "tiny-text" / "compression_state_dict.bin", out / "compression_state_dict.bin")
     (out / "tokens.json").write_text(json.dumps(records, indent=1) + "\n")
+    fixture_audio(out, t5_dir)
+
+
+def fixture_audio(out: Path, t5_dir: Path) -> Path:
+    """audiocraft's own decode (its EnCodec: SEANet + RVQ from compression_state_dict.bin) of the
+    fixture's tiny-text tokens, as ``tiny-text.audio.npy`` [B, 1, 640 * frames] float32."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "tiny-text"
+        folder.mkdir()
+        shutil.copyfile(out / "tiny-text" / "state_dict.bin", folder / "state_dict.bin")
+        shutil.copyfile(out / "compression_state_dict.bin", folder / "compression_state_dict.bin")
+        model = load(folder, t5_dir)
+        codes = torch.tensor(json.loads((out / "tokens.json").read_text())["tiny-text"]["codes"])
+        with torch.no_grad():
+            wav = model.compression_model.decode(codes)
+    np.save(out / "tiny-text.audio.npy", wav.numpy().astype(np.float32))
+    return out / "tiny-text.audio.npy"
 
 
 def main(argv=None) -> None:
@@ -429,6 +449,8 @@ def main(argv=None) -> None:
     s.add_argument("out", type=Path)
     x = sub.add_parser("fixture")
     x.add_argument("out", type=Path)
+    xa = sub.add_parser("fixture-audio", help="(re)write the fixture's audiocraft-decoded audio only")
+    xa.add_argument("out", type=Path)
     args = p.parse_args(argv)
     if args.cmd == "build":
         print(build(args.arch, args.out, args.t5, args.seed))
@@ -451,6 +473,8 @@ def main(argv=None) -> None:
         print(save_solver_checkpoint(args.folder, args.out))
     elif args.cmd == "fixture":
         build_fixture(args.out)
+    elif args.cmd == "fixture-audio":
+        print(fixture_audio(args.out, args.out / "t5"))
 
 
 if __name__ == "__main__":

@@ -90,6 +90,19 @@ def test_greedy_tokens_equal_audiocraft(case, ac_exported):
     np.testing.assert_array_equal(_generate(folder, record, melody), want)
 
 
+def test_codec_decodes_as_audiocraft_does(ac_exported):
+    """The mapped EnCodec (audiocraft's own SEANet + RVQ, constant padding) decodes audiocraft's tokens to
+    audiocraft's audio (``compression_model.decode``, written by the reference into the fixture)."""
+    from musicgen_onnx.runtime import MusicGen
+
+    want = np.load(FIXTURE / "tiny-text.audio.npy")
+    model = MusicGen.from_pretrained(ac_exported("tiny-text"), providers="cpu")
+    got = model.codec.decode(np.array(TOKENS["tiny-text"]["codes"]))
+    assert got.shape == want.shape
+    assert np.abs(want).max() > 0.05
+    assert np.abs(got - want).max() < 1e-5  # measured 1.5e-7
+
+
 def test_finetune_round_trip_follows_the_changed_weights(ac_exported):
     """The fine-tuned variant's export gives audiocraft's tokens on the *changed* model, not the base's."""
     base, tuned = np.array(TOKENS["tiny-text"]["codes"]), np.array(TOKENS["tiny-text-finetuned"]["codes"])
