@@ -75,6 +75,14 @@ _LOW_MEMORY = click.option(
 @click.option("--no-validate", is_flag=True, help="Skip checking each graph against its torch module.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickle (*.bin) weights; they can run code when loaded.")
+@click.option("--text-encoder", default=None, type=click.Path(exists=True, file_okay=False),
+              help="audiocraft checkpoints: the T5 folder (e.g. t5-base) or a transformers MusicGen folder to take it from.")
+@click.option("--codec", default=None, type=click.Path(exists=True, file_okay=False),
+              help="audiocraft checkpoints whose compression_state_dict.bin only names the codec: a transformers "
+                   "EnCodec (or MusicGen) folder.")
+@click.option("--reference", type=click.Choice(["audiocraft", "transformers"]), default=None,
+              help="Whose behaviour to reproduce where they differ (batched text-only prompts of unequal length); "
+                   "default: the checkpoint's format.")
 @click.option("--kv-cache", type=click.Choice(KV_CACHES), default="static", show_default=True,
               help="static: in-place cache buffers (GroupQueryAttention; CPU fp32, CUDA fp16); concat: portable graph.")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None,
@@ -83,15 +91,17 @@ _LOW_MEMORY = click.option(
               help="Validation: absolute tolerance for every graph (default per graph and precision).")
 @click.option("--rtol", type=float, default=None,
               help="Validation: tolerance relative to each output's max |value| (default per graph and precision).")
-def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, kv_cache, kv_dtype, atol, rtol):
-    """Export CHECKPOINT (a local folder or a hub id in the Hugging Face cache) to OUT_DIR."""
+def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, text_encoder, codec, reference,
+           kv_cache, kv_dtype, atol, rtol):
+    """Export CHECKPOINT (a transformers folder, a hub id in the Hugging Face cache, or an audiocraft folder /
+    solver checkpoint.th) to OUT_DIR."""
     try:
         from .export.exporter import export as run_export
     except ImportError as exc:
         raise MusicGenError(f"export needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
     run_export(checkpoint, out_dir, precision=precision, opset=opset, validate_graphs=not no_validate,
                force=force, allow_pickle=allow_pickle, kv_cache=kv_cache, kv_dtype=kv_dtype, atol=atol, rtol=rtol,
-               progress=lambda msg: click.echo(msg, err=True))
+               text_encoder=text_encoder, codec=codec, reference=reference, progress=lambda msg: click.echo(msg, err=True))
 
 
 @main.command(cls=_Command)
@@ -358,7 +368,8 @@ def info(folder, no_hash, precision):
         f"model folder   {folder}",
         f"layout         {adapter.layout}" if adapter else f"layout         musicgen-onnx export (format version {m.format_version})",
         f"variant        {adapter.precision} (available: {', '.join(adapter.available)})" if adapter else None,
-        f"source         {src.get('checkpoint', '?')}" + (f" @ {src['revision']}" if src.get("revision") else ""),
+        f"source         {src.get('checkpoint', '?')}" + (f" @ {src['revision']}" if src.get("revision") else "")
+        + ("" if adapter else f" ({m.source_format} format; follows {m.reference} where it and the other reference differ)"),
         f"family         {m.family} ({'prefix' if m.is_melody else 'cross-attention'} conditioning)",
         f"decoder        {m.num_layers} layers, {m.num_heads} heads, hidden {m.hidden_size}, "
         f"{m.num_codebooks} codebooks x {m.codebook_size}, delays {list(m.delays)}, {m.kv_cache} KV cache "

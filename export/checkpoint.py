@@ -48,6 +48,17 @@ def check_transformers(conditioning: str, installed: str | None = None) -> None:
                               f"{family} checkpoints ({first_bad} up to {fixed} do); install transformers>={fixed}")
 
 
+def read_config(folder: Path, what: str, missing: str) -> dict:
+    """``folder/config.json`` as a dict, or a one-line ExportError (``missing`` says what its absence means)."""
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ExportError(f"{what}: no config.json; {missing}")
+    try:
+        return json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{what}: unreadable config.json ({exc})") from None
+
+
 @dataclass
 class Checkpoint:
     folder: Path
@@ -56,13 +67,32 @@ class Checkpoint:
     config: dict
     conditioning: str
     weight_files: list[Path]
+    source_format: str = "transformers"  # or "audiocraft": converted into ``folder`` (a scratch copy) first
+    source_files: list[Path] | None = None  # what was read, when it is not ``weight_files``
+    scratch: object = None  # keeps the converted folder alive (a TemporaryDirectory) while the export runs
 
     def weights_sha256(self) -> dict[str, str]:
-        return {path.name: sha256_file(path) for path in self.weight_files}
+        return {path.name: sha256_file(path) for path in (self.source_files or self.weight_files)}
 
 
-def resolve(checkpoint: str, allow_pickle: bool = False) -> Checkpoint:
-    """Locate the checkpoint and check, before loading anything, that we can export it."""
+def resolve(checkpoint: str, allow_pickle: bool = False, text_encoder: str | None = None,
+            codec: str | None = None) -> Checkpoint:
+    """Locate the checkpoint and check, before loading anything, that we can export it. An audiocraft
+    folder (or solver ``checkpoint.th``) is converted to a transformers folder first (export/audiocraft.py);
+    ``text_encoder`` / ``codec`` supply what audiocraft loads by name."""
+    from . import audiocraft
+
+    if audiocraft.is_audiocraft(checkpoint):
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix="musicgen-onnx-audiocraft-")
+        converted = audiocraft.convert(checkpoint, scratch.name, text_encoder=text_encoder, codec=codec,
+                                       allow_pickle=allow_pickle)
+        ckpt = resolve(str(converted))
+        sources = json.loads((converted / "audiocraft_source.json").read_text())["files"]
+        ckpt.name, ckpt.source_format, ckpt.scratch = checkpoint, audiocraft.FORMAT, scratch
+        ckpt.source_files = [Path(f) for f in sources]
+        return ckpt
     folder = Path(checkpoint)
     revision = None
     if not folder.exists():
@@ -81,13 +111,7 @@ def resolve(checkpoint: str, allow_pickle: bool = False) -> Checkpoint:
         revision = folder.name
     if not folder.is_dir():
         raise ExportError(f"checkpoint {checkpoint!r}: not a folder")
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise ExportError(f"checkpoint {checkpoint!r}: no config.json; not a transformers checkpoint")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"checkpoint {checkpoint!r}: unreadable config.json ({exc})") from None
+    config = read_config(folder, f"checkpoint {checkpoint!r}", "not a transformers checkpoint")
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
         raise ExportError(f"checkpoint {checkpoint!r}: model_type {model_type!r} is not a MusicGen checkpoint "

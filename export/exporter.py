@@ -22,7 +22,7 @@ import torch
 from ..runtime.errors import ExportError
 from ..runtime.options import GenerationOptions
 from ..runtime.manifest import (
-    KV_CACHES, KV_DTYPES, MANIFEST_NAME, PRECISIONS, ChromaParams, GraphInfo, Manifest, sha256_file,
+    KV_CACHES, KV_DTYPES, MANIFEST_NAME, PRECISIONS, REFERENCES, ChromaParams, GraphInfo, Manifest, sha256_file,
 )
 from ..runtime.session import open_session
 from . import checkpoint as ckpt_mod
@@ -318,11 +318,16 @@ def export(
     source_label: str | None = None,
     atol: float | None = None,
     rtol: float | None = None,
+    text_encoder: str | None = None,
+    codec: str | None = None,
+    reference: str | None = None,
     _fail_after: str | None = None,
 ) -> Path:
     """Export ``checkpoint`` into ``out_dir``; returns the folder. ``atol`` / ``rtol`` replace the
     validation tolerances of every graph (``max|diff| <= atol + rtol * max|reference|``), as optimum's
-    ``--atol`` does. ``_fail_after`` is a test hook."""
+    ``--atol`` does. ``text_encoder`` / ``codec``: folders for the parts an audiocraft checkpoint only names
+    (export/audiocraft.py). ``reference``: whose behaviour the folder reproduces where transformers and
+    audiocraft differ (manifest.REFERENCES; default: the checkpoint's own format). ``_fail_after`` is a test hook."""
     progress = progress or (lambda msg: log.info(msg))
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
@@ -337,6 +342,8 @@ def export(
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0 <= value < float("inf")):
             raise ExportError(f"{name} must be a finite number >= 0, got {value!r}")
+    if reference is not None and reference not in REFERENCES:
+        raise ExportError(f"reference {reference!r} is not supported; choose one of {', '.join(REFERENCES)}")
     if not (14 <= opset <= 21):
         raise ExportError(f"opset {opset} is not supported; choose an opset in [14, 21]")
     out = Path(out_dir)
@@ -347,14 +354,14 @@ def export(
     def step(msg: str) -> None:
         progress(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
 
-    ckpt = ckpt_mod.resolve(checkpoint, allow_pickle=allow_pickle)
+    ckpt = ckpt_mod.resolve(checkpoint, allow_pickle=allow_pickle, text_encoder=text_encoder, codec=codec)
     out.parent.mkdir(parents=True, exist_ok=True)
     need = int(sum(p.stat().st_size for p in ckpt.weight_files) * 1.2) + (50 << 20)
     free = shutil.disk_usage(out.parent).free
     if free < need:
         raise ExportError(f"not enough disk space in {str(out.parent)!r}: {free >> 20} MB free, "
                           f"about {need >> 20} MB needed")
-    step(f"loading {checkpoint} ({ckpt.conditioning} conditioning)")
+    step(f"loading {checkpoint} ({ckpt.source_format} format, {ckpt.conditioning} conditioning)")
     model = ckpt_mod.load_model(ckpt)
     tokenizer_json = ckpt_mod.load_tokenizer_json(ckpt)
     validate.check_tokenizer(tokenizer_json)
@@ -400,7 +407,7 @@ def export(
             if _fail_after == spec.name:
                 raise ExportError(f"injected failure after {spec.name}")
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        manifest = build_manifest(model, ckpt, graphs, kv_cache, source_label,
+        manifest = build_manifest(model, ckpt, graphs, kv_cache, source_label, reference or ckpt.source_format,
                                   tokenizer_sha256=sha256_file(tmp / "tokenizer.json"),
                                   kv_dtype="fp16" if precision == "fp16" or kv_dtype == "fp16" else "fp32")
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
@@ -423,7 +430,7 @@ def _replace(tmp: Path, out: Path) -> None:
 
 
 def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, source_label: str | None = None,
-                   tokenizer_sha256: str | None = None, kv_dtype: str = "fp32") -> Manifest:
+                   reference: str = "transformers", tokenizer_sha256: str | None = None, kv_dtype: str = "fp32") -> Manifest:
     cfg = model.config
     dec = cfg.decoder
     K = dec.num_codebooks
@@ -463,6 +470,8 @@ def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, sou
         max_positions=None,
         chroma=chroma,
         defaults=defaults,
+        source_format=ckpt.source_format,
+        reference=reference,
         source={"checkpoint": source_label or ckpt.name, "revision": ckpt.revision, "weights_sha256": ckpt.weights_sha256(),
                 "transformers": __import__("transformers").__version__, "torch": torch.__version__},
     )

@@ -4,6 +4,11 @@ One text-encoder call per window serves every row. The CFG null rows follow the 
 the same token ids with an all-zero mask (the encoder then yields exactly zero text states, as
 audiocraft's dropped description and transformers' ``zeros_like`` do) and, for melody models, the
 bin-0 chroma (audiocraft's null wav / transformers' default ``input_features``).
+
+Text-only models with ``manifest.reference == "audiocraft"``: a conditional row's cross-attention sees
+every text position, padding included (audiocraft passes no key mask; its padded positions are exact
+zero vectors, as ours are), so batched prompts of unequal length give audiocraft's tokens; transformers
+masks them. Null rows attend to nothing either way (their keys and values are all zero).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class Conditioner:
         feeds = dict(zip(self._text_inputs, (ids, mask)))
         if not self.manifest.is_melody:
             kv = self.graphs.run_transient("text_encoder", self._outputs, feeds)
+            if self.manifest.reference == "audiocraft":
+                mask = np.broadcast_to(mask.max(axis=1, keepdims=True), mask.shape).copy()
             steps = {self._mask: mask, **dict(zip(self._cross, kv))}
             return Conditioning(steps, steps, 0)
         num_chroma = self.manifest.chroma.num_chroma

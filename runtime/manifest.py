@@ -27,6 +27,11 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # melody checkpoints prepend; text-only ones cross-attend to keys/values the text encoder computes ("cross") or,
 # in optimum / transformers.js folders (foreign.py), to the raw T5 states the decoder projects itself ("states")
 CONDITIONINGS = ("prefix", "cross", "states")
+SOURCE_FORMATS = ("transformers", "audiocraft")  # what `export` read (optimum folders are read, never written)
+# Whose behaviour generation reproduces where the two references differ (spec section 11): text-only models'
+# cross-attention over padded text positions (batched prompts of unequal length) is masked by transformers
+# and attended (as exact zero vectors) by audiocraft. Everything else the runtime does is the same for both.
+REFERENCES = ("transformers", "audiocraft")
 KV_CACHES = ("static", "concat")  # in-place buffers (GroupQueryAttention) or past+new concatenation
 KV_DTYPES = ("fp32", "fp16")
 REQUIRED_GRAPHS = ("text_encoder", "decoder", "audio_decoder")
@@ -110,6 +115,8 @@ class Manifest:
     tokenizer_sha256: str | None = None  # None only in version 1 folders
     text_vocab_size: int | None = None  # rows of the text encoder's embedding: the largest token id + 1
     source: dict[str, Any] = field(default_factory=dict)
+    source_format: str = "transformers"  # the checkpoint format exported from (older folders: transformers)
+    reference: str = "transformers"  # REFERENCES; export sets "audiocraft" for audiocraft checkpoints
     format_version: int = FORMAT_VERSION
 
     # ---- derived facts (never stored twice) ----
@@ -213,7 +220,9 @@ class Manifest:
             chroma=chroma, defaults=defaults,
             tokenizer=r.file(data.get("tokenizer", "tokenizer.json"), "tokenizer"),
             tokenizer_sha256=None if data.get("tokenizer_sha256") is None else r.sha256(data["tokenizer_sha256"], "tokenizer_sha256"),
-            source=source, **ints)
+            source=source, source_format=r.text(data.get("source_format", "transformers"), "source_format"),
+            reference=r.text(data.get("reference", "transformers"), "reference"),
+            **ints)
         if version >= 2 and manifest.tokenizer_sha256 is None:
             raise ModelFolderError(f"{where}: tokenizer_sha256 is missing (format version 2 hashes the tokenizer)")
         manifest.check(where)
@@ -233,6 +242,9 @@ class Manifest:
         need(self.conditioning in CONDITIONINGS, f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         need(self.kv_cache in KV_CACHES, f"kv_cache must be one of {KV_CACHES}, got {self.kv_cache!r}")
         need(self.conditioning != "states" or self.kv_cache == "concat", "a states-conditioned folder has a concat KV cache")
+        need(self.source_format in SOURCE_FORMATS,
+             f"source_format must be one of {SOURCE_FORMATS}, got {self.source_format!r}")
+        need(self.reference in REFERENCES, f"reference must be one of {REFERENCES}, got {self.reference!r}")
         need(self.kv_dtype is None or self.kv_dtype in KV_DTYPES, f"kv_dtype must be one of {KV_DTYPES}, got {self.kv_dtype!r}")
         int_in("hidden_size", self.hidden_size, 1, 16384)
         int_in("num_layers", self.num_layers, 1, 256)
