@@ -175,7 +175,7 @@ class Manifest:
             inputs = tuple(r.names(r.req(info, "inputs", f"graphs.{name}"), f"graphs.{name}.inputs"))
             outputs = tuple(r.names(r.req(info, "outputs", f"graphs.{name}"), f"graphs.{name}.outputs"))
             if version >= 2:
-                roles_map = {r.text(k, f"graphs.{name}.roles"): r.text(v, f"graphs.{name}.roles.{k}")
+                roles_map = {r.text(k, f"graphs.{name}.roles"): r.text(v, f"graphs.{name}.roles[{k!r}]")
                              for k, v in r.obj(r.req(info, "roles", f"graphs.{name}"), f"graphs.{name}.roles").items()}
             else:  # version 1: the tensors were named for their roles
                 roles_map = {n: n for n in [*inputs, *outputs]}

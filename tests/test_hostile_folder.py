@@ -77,6 +77,9 @@ MANIFEST_CASES = {
     "special-65536": (_edited(special_token_id=65536), "special_token_id must equal codebook_size"),
     "unknown-field": (_edited(surprise=1), "unknown field(s) 'surprise'"),
     "num-heads-4": (_edited(num_heads=4), "has size 2 on axis 1, the manifest implies 4"),
+    # found by the fuzz test below: a role key with a newline was echoed raw into the error
+    "role-key-newline": (_edited(graphs__audio_decoder__roles={**ORIGINAL["graphs"]["audio_decoder"]["roles"], "a\nb": 5}),
+                         "graphs.audio_decoder.roles['a\\nb'] must be"),
 }
 
 
