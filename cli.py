@@ -20,6 +20,7 @@ from .runtime.manifest import KV_CACHES, KV_DTYPES
 from .runtime.options import duration_frames
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-melody"
+BUNDLED_STEMS = Path(__file__).resolve().parent / "models" / "tiny-stems"
 
 
 class _Command(click.Command):
@@ -83,7 +84,11 @@ _LOW_MEMORY = click.option(
               help="Validation: absolute tolerance for every graph (default per graph and precision).")
 @click.option("--rtol", type=float, default=None,
               help="Validation: tolerance relative to each output's max |value| (default per graph and precision).")
-def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, kv_cache, kv_dtype, atol, rtol):
+@click.option("--stems", "stems", default=None, metavar="DEMUCS",
+              help="Add Demucs stem separation (stems.onnx) for melodies, as audiocraft: a demucs hub folder "
+                   "(bag .yaml + .safetensors), a .th file (with --allow-pickle) or a name such as htdemucs (online).")
+def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, kv_cache, kv_dtype, atol, rtol,
+           stems):
     """Export CHECKPOINT (a local folder or a hub id in the Hugging Face cache) to OUT_DIR."""
     try:
         from .export.exporter import export as run_export
@@ -91,7 +96,24 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
         raise MusicGenError(f"export needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
     run_export(checkpoint, out_dir, precision=precision, opset=opset, validate_graphs=not no_validate,
                force=force, allow_pickle=allow_pickle, kv_cache=kv_cache, kv_dtype=kv_dtype, atol=atol, rtol=rtol,
-               progress=lambda msg: click.echo(msg, err=True))
+               stems=stems, progress=lambda msg: click.echo(msg, err=True))
+
+
+@main.command("export-stems", cls=_Command)
+@click.argument("demucs")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--opset", default=17, show_default=True, type=int)
+@click.option("--no-validate", is_flag=True, help="Skip checking the graph against the torch model.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--allow-pickle", is_flag=True, help="Accept a pickled .th model; it can run code when loaded.")
+def export_stems(demucs, out_dir, opset, no_validate, force, allow_pickle):
+    """Export the Demucs model DEMUCS (hub folder, .th, or a name demucs resolves) to a stems-only OUT_DIR."""
+    try:
+        from .export.stems import export_stems_folder
+    except ImportError as exc:
+        raise MusicGenError(f"export-stems needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
+    export_stems_folder(demucs, out_dir, opset=opset, validate_graphs=not no_validate, force=force,
+                        allow_pickle=allow_pickle, progress=lambda msg: click.echo(msg, err=True))
 
 
 @main.command(cls=_Command)
@@ -123,10 +145,12 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
               help="Audio file to continue; the output includes it and --duration is the total length.")
 @click.option("--stream", is_flag=True, help="Write audio while generating (1 s chunks); normalised at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--no-stems", is_flag=True,
+              help="Take the melody's chroma from the full mix even if the model has stems (transformers' way).")
 @_LOW_MEMORY
 def generate(prompts, model_dir, revision, precision, export_missing, melody, duration, seed, top_k, top_p,
              temperature, guidance, greedy, normalize, output, out_dir, provider, extend_stride, continue_from, stream,
-             quiet, low_memory):
+             quiet, no_stems, low_memory):
     """Generate music for each PROMPT and write audio files."""
     from .runtime.audio import check_output_path, save_audio
     from .runtime.errors import InvalidInputError
@@ -152,7 +176,8 @@ def generate(prompts, model_dir, revision, precision, export_missing, melody, du
                                          precision=precision, export=export_missing)
         load_s = time.perf_counter() - t0
         options = dict(duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
-                       guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride)
+                       guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride,
+                       stems=False if no_stems else None)
         if continue_from:
             prompt_codes = model.encode_prompt(continue_from)
             options["prompt_codes"] = np.repeat(prompt_codes, len(prompts), axis=0)
@@ -222,6 +247,47 @@ def _targets(prompts, output, out_dir) -> list[Path]:
         slug = "".join(c if c.isalnum() else "_" for c in prompt.lower())[:40].strip("_") or "prompt"
         names.append(folder / f"{i:02d}_{slug}.wav")
     return names
+
+
+@main.command(cls=_Command)
+@click.argument("file", type=click.Path())
+@click.option("--model", "model_dir", type=click.Path(), default=None,
+              help="A stems folder (export-stems) or a melody folder exported with --stems "
+                   "(default: the bundled tiny stems model, random weights).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for SOURCE.wav per stem (default: FILE's name + '_stems' here).")
+@click.option("--seed", type=int, default=None, help="Seed of the random shift (apply_model's shifts=1).")
+@click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--quiet", is_flag=True, help="No progress.")
+def stems(file, model_dir, out_dir, seed, provider, quiet):
+    """Separate FILE into drums, bass, other and vocals (float WAV at 44.1 kHz stereo for htdemucs)."""
+    from .runtime.stems import StemSeparator
+
+    if model_dir is None:
+        model_dir = BUNDLED_STEMS
+        click.echo(f"using the bundled tiny stems model ({model_dir}): random weights, so expect noise, not stems",
+                   err=True)
+    folder = Path(out_dir) if out_dir else Path(f"{Path(file).stem or 'audio'}_stems")
+    separator = StemSeparator.from_folder(model_dir, providers=provider)
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        click.echo(f"\rseparating: {done}/{total} segments, {rate:.2f} segments/s", err=True,
+                   nl=done == total)
+
+    created = _make_folder(folder)
+    try:
+        written = separator.separate_file(file, folder, seed=seed, progress=None if quiet else report)
+    except BaseException:
+        for made in reversed(created):
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
+    for path in written:
+        click.echo(str(path))
 
 
 @main.command(cls=_Command)

@@ -6,6 +6,7 @@ exported and validated, so an interrupted or failed export never leaves a folder
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -318,11 +319,13 @@ def export(
     source_label: str | None = None,
     atol: float | None = None,
     rtol: float | None = None,
+    stems: str | None = None,
     _fail_after: str | None = None,
 ) -> Path:
     """Export ``checkpoint`` into ``out_dir``; returns the folder. ``atol`` / ``rtol`` replace the
     validation tolerances of every graph (``max|diff| <= atol + rtol * max|reference|``), as optimum's
-    ``--atol`` does. ``_fail_after`` is a test hook."""
+    ``--atol`` does. ``stems``: a Demucs model (``export/stems.py``) to add as ``stems.onnx``, so that
+    melodies are separated before their chroma as audiocraft does. ``_fail_after`` is a test hook."""
     progress = progress or (lambda msg: log.info(msg))
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
@@ -348,12 +351,21 @@ def export(
         progress(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
 
     ckpt = ckpt_mod.resolve(checkpoint, allow_pickle=allow_pickle)
+    if stems is not None and ckpt.conditioning != "prefix":
+        raise ExportError(f"--stems: checkpoint {checkpoint!r} is text-only (no melody to separate); "
+                          f"use export-stems for a stems-only folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     need = int(sum(p.stat().st_size for p in ckpt.weight_files) * 1.2) + (50 << 20)
     free = shutil.disk_usage(out.parent).free
     if free < need:
         raise ExportError(f"not enough disk space in {str(out.parent)!r}: {free >> 20} MB free, "
                           f"about {need >> 20} MB needed")
+    demucs = None
+    if stems is not None:  # before the minutes of the MusicGen graphs: a bad DEMUCS fails first
+        from . import stems as stems_mod
+
+        step(f"loading demucs model {stems}")
+        demucs, demucs_source = stems_mod.load_demucs(stems, allow_pickle)
     step(f"loading {checkpoint} ({ckpt.conditioning} conditioning)")
     model = ckpt_mod.load_model(ckpt)
     tokenizer_json = ckpt_mod.load_tokenizer_json(ckpt)
@@ -399,10 +411,16 @@ def export(
             )
             if _fail_after == spec.name:
                 raise ExportError(f"injected failure after {spec.name}")
+        stems_params = None
+        if demucs is not None:
+            graphs["stems"], stems_params = stems_mod.export_stems(demucs, tmp, opset, validate_graphs, step)
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         manifest = build_manifest(model, ckpt, graphs, kv_cache, source_label,
                                   tokenizer_sha256=sha256_file(tmp / "tokenizer.json"),
                                   kv_dtype="fp16" if precision == "fp16" or kv_dtype == "fp16" else "fp32")
+        if demucs is not None:
+            manifest = dataclasses.replace(manifest, stems=stems_params,
+                                           source={**manifest.source, "stems": demucs_source})
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         _replace(tmp, out)
     except BaseException:

@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import audio as audio_io
 from . import roles
 from .errors import InvalidInputError, ModelFolderError
 from .manifest import (
@@ -266,3 +267,50 @@ class StemSeparator:
             parts.append(summed.mean(axis=1))
         picked = np.concatenate(parts, axis=-1) if parts else picked
         return resample_frac(picked, p.sample_rate, sample_rate)
+
+    # ---- the stems command: a file in, one float WAV per source out
+    def prepare_mix(self, wav: np.ndarray, sample_rate: int, what: str) -> np.ndarray:
+        """``wav [channels, samples]`` -> ``[channels, samples]`` at the model's rate and channels
+        (demucs ``convert_audio``: mono is duplicated; more channels than the model's are refused rather
+        than silently dropped), or a one-line error for what has nothing to separate."""
+        p = self.params
+        channels = wav.shape[0]
+        if channels not in (1, p.audio_channels):
+            raise InvalidInputError(f"{what} has {channels} channels; stems takes mono or {p.audio_channels}-channel "
+                                    f"audio (downmix it first, e.g. ffmpeg -ac {p.audio_channels})")
+        audio_io.check_min_samples(wav, sample_rate, p.n_fft, p.sample_rate, what, "stem separation (one STFT window)")
+        if float(np.max(np.abs(wav))) < 1e-4:
+            raise InvalidInputError(f"{what} is silent (peak below -80 dBFS): there are no stems to separate")
+        if channels != p.audio_channels:
+            wav = np.repeat(wav, p.audio_channels, axis=0)
+        return resample_frac(wav, sample_rate, p.sample_rate)
+
+    def separate_file(self, path: str | os.PathLike, out_dir: str | os.PathLike, seed: int | None = None,
+                      progress: ProgressFn | None = None) -> list[Path]:
+        """Separate an audio file into ``out_dir/SOURCE.wav`` (float WAV at the model's rate), as demucs's
+        own ``separate`` does (the track normalised by its mono mix's mean/std around the model).
+        Stems are written while segments finish and renamed into place together at the end: nothing
+        half-written is left on error or interrupt."""
+        from .audio import StreamingWriter
+
+        wav, sr = audio_io.load_audio(path, "input")
+        mix = self.prepare_mix(wav, sr, f"input file {str(path)!r}")
+        ref = mix.mean(axis=0, dtype=np.float64)
+        mean, std = np.float32(ref.mean()), np.float32(ref.std(ddof=1) + 1e-8)
+        shift = self.draw_shift(np.random.default_rng(seed))
+        writers = [StreamingWriter(Path(out_dir) / f"{name}.wav", self.params.sample_rate, self.params.audio_channels)
+                   for name in self.sources]
+        written: list[Path] = []
+        try:
+            for block in self.blocks(((mix - mean) / std)[None], shift, progress):
+                for writer, stem in zip(writers, block[0]):
+                    writer.write(stem * std + mean)
+            for writer in writers:
+                written.append(writer.commit_as_written())
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            for done in written:
+                done.unlink(missing_ok=True)
+            raise
+        return written
