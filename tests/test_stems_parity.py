@@ -24,6 +24,7 @@ from musicgen_onnx.runtime.chroma import batch_chroma
 from musicgen_onnx.runtime.errors import ExportError
 from musicgen_onnx.runtime.generation import GenerationInputs, GenerationTask
 from musicgen_onnx.runtime.melody import prepare_melodies, window_cut
+from musicgen_onnx.runtime.resample_frac import resample_frac
 from musicgen_onnx.runtime.stems import StemSeparator
 
 pytestmark = pytest.mark.export
@@ -107,6 +108,17 @@ def music(seconds: float, sr: int, channels: int, seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- stems
+@pytest.mark.parametrize("rates", [(32000, 44100), (44100, 32000), (48000, 32000), (22050, 44100), (16000, 32000)])
+def test_resample_frac_is_julius(rates):
+    import julius
+
+    x = np.random.default_rng(0).standard_normal((2, 20011)).astype(np.float32)
+    want = julius.resample_frac(torch.from_numpy(x), *rates).numpy()
+    got = resample_frac(x, *rates)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(x).max()
+
+
 @pytest.mark.parametrize("case", ["stereo-44k", "mono-32k", "batch-short"])
 def test_stems_match_apply_model(case, model, demucs_bag, monkeypatch):
     from demucs.audio import convert_audio
