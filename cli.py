@@ -411,6 +411,18 @@ def info(folder, no_hash, precision):
     from .runtime import foreign
     from .runtime.manifest import load_manifest, verify_files
 
+    from .runtime.manifest import MANIFEST_NAME, STEMS_MANIFEST_NAME, load_stems_manifest, verify_graph_files
+
+    if (Path(folder) / STEMS_MANIFEST_NAME).is_file() and not (Path(folder) / MANIFEST_NAME).is_file():
+        s = load_stems_manifest(folder)
+        verify_graph_files(folder, s.graphs, hash_files=not no_hash)
+        g = s.graphs["stems"]
+        click.echo("\n".join([
+            f"model folder   {folder}", f"layout         musicgen-onnx stems folder (format version {s.format_version})",
+            f"source         {s.source.get('demucs', '?')}", _stems_line(s.stems),
+            f"graph          stems             {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}",
+            "files          " + ("sizes verified" if no_hash else "sizes and sha256 verified")]))
+        return
     adapter = None
     if foreign.is_optimum_folder(folder):
         adapter = foreign.OptimumFolder.open(folder, precision)
@@ -435,6 +447,8 @@ def info(folder, no_hash, precision):
     if m.chroma:
         c = m.chroma
         lines.append(f"chroma         n_fft {c.n_fft}, hop {c.hop_length}, {c.num_chroma} bins, {c.chroma_length} frames")
+    if m.stems:
+        lines.append(_stems_line(m.stems) + " (melodies are separated first; --no-stems: full mix)")
     lines.append(f"defaults       duration {d.duration:g} s, top_k {d.top_k}, top_p {d.top_p:g}, "
                  f"temperature {d.temperature:g}, guidance {d.guidance_scale:g}, greedy {d.greedy}")
     for name, g in m.graphs.items():
@@ -447,6 +461,11 @@ def info(folder, no_hash, precision):
             lines.append("lacks          audio encoder: no continuation (generate_continuation, --continue)")
         lines.append("files          " + ("sizes verified" if no_hash else "sizes and sha256 verified"))
     click.echo("\n".join(line for line in lines if line is not None))
+
+
+def _stems_line(p) -> str:
+    return (f"stems          Demucs: {', '.join(p.sources)} at {p.sample_rate} Hz, {p.audio_channels} channel(s), "
+            f"segments of {p.segment_length / p.sample_rate:g} s, n_fft {p.n_fft}, melody = {' + '.join(p.melody_stems)}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ exported and validated, so an interrupted or failed export never leaves a folder
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -345,11 +346,7 @@ def export(
     out = Path(out_dir)
     if out.exists() and not force:
         raise ExportError(f"output folder {str(out)!r} already exists; pass --force to replace it")
-    t0 = time.perf_counter()
-
-    def step(msg: str) -> None:
-        progress(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
-
+    step = timed_steps(progress)
     ckpt = ckpt_mod.resolve(checkpoint, allow_pickle=allow_pickle)
     if stems is not None and ckpt.conditioning != "prefix":
         raise ExportError(f"--stems: checkpoint {checkpoint!r} is text-only (no melody to separate); "
@@ -370,13 +367,7 @@ def export(
     model = ckpt_mod.load_model(ckpt)
     tokenizer_json = ckpt_mod.load_tokenizer_json(ckpt)
     validate.check_tokenizer(tokenizer_json)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by an export that was killed (kill -9)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished folder private
-    try:
+    with partial_folder(out) as tmp:
         specs = graph_specs(model, ckpt.conditioning, kv_cache)
         by_name = {s.name: s for s in specs}
         if validate_graphs:
@@ -422,12 +413,37 @@ def export(
             manifest = dataclasses.replace(manifest, stems=stems_params,
                                            source={**manifest.source, "stems": demucs_source})
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    step(f"done: {out}")
+    return out
+
+
+def timed_steps(progress: Callable[[str], None]) -> Callable[[str], None]:
+    """``step(msg)`` reports ``[seconds since start] msg``."""
+    t0 = time.perf_counter()
+
+    def step(msg: str) -> None:
+        progress(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
+
+    return step
+
+
+@contextlib.contextmanager
+def partial_folder(out: Path):
+    """A hidden temporary sibling of ``out`` to build in, renamed to ``out`` when the block succeeds and
+    removed when it fails: an interrupted export never leaves a folder that looks complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by an export that was killed (kill -9)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished folder private
+    try:
+        yield tmp
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    step(f"done: {out}")
-    return out
 
 
 def _replace(tmp: Path, out: Path) -> None:

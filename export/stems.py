@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -311,36 +309,20 @@ def export_stems_folder(source: str, out_dir: str | os.PathLike, opset: int = 17
                         force: bool = False, allow_pickle: bool = False,
                         progress: Callable[[str], None] | None = None) -> Path:
     """``musicgen-onnx export-stems DEMUCS OUT``: a stems-only folder, written whole or not at all."""
-    from .exporter import _replace
+    from .exporter import partial_folder, timed_steps
 
-    progress = progress or log.info
     out = Path(out_dir)
     if out.exists() and not force:
         raise ExportError(f"output folder {str(out)!r} already exists; pass --force to replace it")
-    t0 = time.perf_counter()
-
-    def step(msg: str) -> None:
-        progress(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
-
+    step = timed_steps(progress or log.info)
     step(f"loading demucs model {source}")
     model, source_info = load_demucs(source, allow_pickle)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    try:
+    with partial_folder(out) as tmp:
         info, params = export_stems(model, tmp, opset, validate_graphs, step)
         source_info["torch"] = torch.__version__
         manifest = StemsManifest(stems=params, graphs={"stems": info}, source=source_info)
         StemsManifest.from_dict(json.loads(manifest.to_json()))  # what we write, we can read
         (tmp / STEMS_MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     step(f"done: {out}")
     return out
 

@@ -98,6 +98,12 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, cli):
         assert not out.exists()
 
 
+def test_info_describes_a_stems_folder(cli):
+    result = cli("info", STEMS)
+    assert result.returncode == 0, result.stderr
+    assert "musicgen-onnx stems folder" in result.stdout and "drums, bass, other, vocals" in result.stdout
+
+
 def test_bad_model_folder_is_one_line(tmp_path, cli):
     src = write(tmp_path / "a.wav", tones(0.3, 44100, 2), 44100)
     result = cli("stems", src, "--model", BUNDLED, "--out-dir", tmp_path / "o")

@@ -154,6 +154,8 @@ def test_stems_folder_and_melody_folder_agree(model, demucs_folder, tmp_path, cl
     mix = np.stack([music(0.7, 44100, 2, 5)])
     np.testing.assert_allclose(alone.separate(mix, 99), model.stems.separate(mix, 99), atol=1e-6)
     assert json.loads((out / "musicgen_onnx_stems.json").read_text())["stems"]["sources"] == list(alone.sources)
+    info = cli("info", model.folder)
+    assert info.returncode == 0 and "melody = vocals + other" in info.stdout and "stems.onnx" in info.stdout
 
 
 def test_shift_comes_from_the_seed(model):
