@@ -18,7 +18,7 @@ import numpy as np
 from .chroma import batch_chroma
 from .errors import InvalidInputError, ModelFolderError
 from .longform import Window, plan_windows
-from .melody import prepare_melodies, window_cut
+from .melody import prepare_melodies, single_window_cut, window_cut
 from .options import GenerationOptions
 from .sampling import Sampler, classifier_free_guidance
 
@@ -211,6 +211,8 @@ class GenerationTask:
         params = self.model.manifest.chroma
         if len(self.windows) > 1:
             melodies = window_cut(melodies, window.start_s, self.model.max_duration, params)
+        elif self.inputs.stems:
+            melodies = single_window_cut(melodies, params, self.model.manifest.stems)
         if self.inputs.stems:
             melodies = self.model.separate_melodies(melodies, self.stem_rngs)
         return batch_chroma(melodies, params)

@@ -37,9 +37,7 @@ def prepare_melodies(melody, melody_sample_rate, batch: int, params: ChromaParam
     items = _melody_items(melody, batch)
     if all(item is None for item in items):
         return None
-    read_s = _seconds_to_read(max_seconds, params)
-    if read_s is not None and stems is not None:
-        read_s += (stems.segment_length + stems.max_shift) / stems.sample_rate
+    read_s = _seconds_to_read(max_seconds, params, stems)
     wavs = []
     for i, item in enumerate(items):
         what = f"melody[{i}]" if len(items) > 1 else "melody"
@@ -65,15 +63,26 @@ def _melody_items(melody, batch: int) -> list:
     return items
 
 
-def _seconds_to_read(max_seconds: float | None, params: ChromaParams) -> float | None:
+def _seconds_to_read(max_seconds: float | None, params: ChromaParams, stems: StemsParams | None = None) -> float | None:
     """A single window takes the chroma of the melody's first ``chroma_length`` frames whatever the
     duration (frames see ``n_fft // 2`` past their centre), long-form windows read up to
-    ``max_seconds``; either way plus the resampler's margin."""
+    ``max_seconds``; either way plus the resampler's margin, and with stems one Demucs segment and
+    shift more (the stems of a span depend on every segment that overlaps it)."""
     if max_seconds is None:
         return None
     audio_io.check_seconds(max_seconds, "max_seconds")
     span = ((params.chroma_length - 1) * params.hop_length + params.n_fft // 2 + 1) / params.sample_rate
-    return max(float(max_seconds), span) + _RESAMPLER_MARGIN_S
+    extra = 0.0 if stems is None else (stems.segment_length + stems.max_shift) / stems.sample_rate
+    return max(float(max_seconds), span) + _RESAMPLER_MARGIN_S + extra
+
+
+def single_window_cut(wavs: list[np.ndarray], params: ChromaParams, stems: StemsParams) -> list[np.ndarray]:
+    """What a single window's stems need of each melody: its chroma is the first ``chroma_length``
+    frames, whose stems depend on the melody up to one segment and shift (and the resampler's margin)
+    past them. audiocraft separates the whole melody; the kept frames are the same, at a fraction of
+    the cost for a long song."""
+    keep = math.ceil(_seconds_to_read(1.0 / params.sample_rate, params, stems) * params.sample_rate)
+    return [w[:keep] for w in wavs]
 
 
 def _prepare_one(item, melody_sample_rate, what: str, params: ChromaParams, read_s: float | None,

@@ -117,6 +117,17 @@ def model_inverse(z: np.ndarray, p: StemsParams, length: int) -> np.ndarray:
     return istft(z, hop, total)[..., pad:pad + length]
 
 
+def _mono_stats(mix: np.ndarray, block: int = 1 << 20) -> tuple[np.float32, np.float32]:
+    """demucs ``Separator``'s ``ref = wav.mean(0)``; ``ref.mean()``, ``ref.std() + 1e-8``, block by block
+    (two passes in float64) so an hour of audio is not copied to find them."""
+    n = mix.shape[-1]
+    total = sum(float(mix[:, i:i + block].mean(axis=0, dtype=np.float64).sum()) for i in range(0, n, block))
+    mean = total / n
+    squares = sum(float(((mix[:, i:i + block].mean(axis=0, dtype=np.float64) - mean) ** 2).sum())
+                  for i in range(0, n, block))
+    return np.float32(mean), np.float32(np.sqrt(squares / max(n - 1, 1)) + 1e-8)
+
+
 def _stats(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased std (torch's ``std`` default) over ``axes``, kept for broadcasting."""
     x64 = x.astype(np.float64)
@@ -181,10 +192,12 @@ class StemSeparator:
         return wave.reshape(n, s, c, length) * stdt[:, None] + meant[:, None] + freq
 
     # ---- apply_model(shifts=1, split=True)
-    def blocks(self, mix: np.ndarray, shift: int, progress: ProgressFn | None = None) -> Iterator[np.ndarray]:
-        """Stems of ``mix [batch, channels, samples]`` (at the model's rate and channels) as consecutive
-        blocks ``[batch, sources, channels, n]``, each final when yielded; all rows share ``shift``
-        (as one ``apply_model`` call on a batch does)."""
+    def blocks(self, mix: np.ndarray, shift: int, progress: ProgressFn | None = None,
+               center: float = 0.0, scale: float = 1.0) -> Iterator[np.ndarray]:
+        """Stems of ``(mix - center) / scale`` for ``mix [batch, channels, samples]`` (at the model's rate
+        and channels) as consecutive blocks ``[batch, sources, channels, n]``, each final when yielded;
+        all rows share ``shift`` (as one ``apply_model`` call on a batch does). The normalisation is
+        applied per segment, so a long track is never copied whole."""
         p = self.params
         batch, channels, samples = mix.shape
         if not 0 <= shift <= p.max_shift:
@@ -200,6 +213,9 @@ class StemSeparator:
             lo, hi = max(start, lead), min(start + size, lead + samples)
             if hi > lo:
                 out[:, :, lo - start:hi - start] = mix[:, :, lo - lead:hi - lead]
+                if center or scale != 1.0:
+                    out[:, :, lo - start:hi - start] -= np.float32(center)
+                    out[:, :, lo - start:hi - start] /= np.float32(scale)
             return out
 
         pending = np.zeros((batch, len(p.sources), channels, 0), dtype=np.float32)
@@ -295,14 +311,13 @@ class StemSeparator:
 
         wav, sr = audio_io.load_audio(path, "input")
         mix = self.prepare_mix(wav, sr, f"input file {str(path)!r}")
-        ref = mix.mean(axis=0, dtype=np.float64)
-        mean, std = np.float32(ref.mean()), np.float32(ref.std(ddof=1) + 1e-8)
+        mean, std = _mono_stats(mix)
         shift = self.draw_shift(np.random.default_rng(seed))
         writers = [StreamingWriter(Path(out_dir) / f"{name}.wav", self.params.sample_rate, self.params.audio_channels)
                    for name in self.sources]
         written: list[Path] = []
         try:
-            for block in self.blocks(((mix - mean) / std)[None], shift, progress):
+            for block in self.blocks(mix[None], shift, progress, center=mean, scale=std):
                 for writer, stem in zip(writers, block[0]):
                     writer.write(stem * std + mean)
             for writer in writers:

@@ -217,3 +217,15 @@ def test_generate_refuses_a_bad_stems_option():
         model.generate(["x"], melody=tones(1.0, 32000, 1)[0], melody_sample_rate=32000, duration=0.1, stems="yes")
     with pytest.raises(InvalidInputError, match="has no stems graph"):
         model.generate(["x"], melody=tones(1.0, 32000, 1)[0], melody_sample_rate=32000, duration=0.1, stems=True)
+
+
+def test_stems_of_a_span_need_only_one_segment_and_shift_past_it(separator):
+    """Why a single window separates only the melody's first ~31 s (melody.single_window_cut): the stems
+    of [0, used) are those of the audio cut one segment and the largest shift past ``used``."""
+    p = separator.params
+    mix = np.random.default_rng(1).standard_normal((1, 2, 6 * 44100)).astype(np.float32) * 0.2
+    used = 3 * 44100
+    cut = used + p.segment_length + p.max_shift
+    for shift in (0, 999, p.max_shift):
+        np.testing.assert_array_equal(separator.separate(mix[..., :cut], shift)[..., :used],
+                                      separator.separate(mix, shift)[..., :used])

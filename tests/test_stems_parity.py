@@ -268,3 +268,22 @@ def test_export_refuses_what_it_cannot_export(demucs_folder, tmp_path):
         export_stems.load_demucs(str(other))
     with pytest.raises(ExportError, match="no such file or folder"):
         export_stems.load_demucs(str(tmp_path / "missing" / "htdemucs.yaml"))
+
+
+def test_generate_command_separates_unless_told_not_to(model, tmp_path, cli):
+    import soundfile as sf
+
+    melody = tmp_path / "melody.wav"
+    sf.write(str(melody), music(2.0, 44100, 2, 12).T, 44100)
+    runs = {}
+    for flag in ([], ["--no-stems"]):
+        out = tmp_path / f"out{len(flag)}.wav"
+        result = cli("generate", "a calm piano", "--model", model.folder, "--melody", melody, "--duration", "0.3",
+                     "--greedy", "--seed", "2", "--normalize", "none", "--quiet", "-o", out, *flag)
+        assert result.returncode == 0, result.stderr
+        runs[bool(flag)] = sf.read(str(out))[0]
+    _, codes = model.generate(["a calm piano"], melody=str(melody), duration=0.3, greedy=True, seed=2,
+                              return_codes=True)
+    audio = model.decode(codes)[0].T
+    np.testing.assert_allclose(runs[False], audio.reshape(runs[False].shape), atol=1e-4)  # 16-bit WAV
+    assert not np.allclose(runs[False], runs[True])
