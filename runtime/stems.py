@@ -13,11 +13,12 @@ the stems equal ``apply_model(model, mix, shifts=1, split=True, overlap=0.25)`` 
   STFT (HTDemucs ``_spec``: reflect padding by 3/4 hop, ``torch.stft(normalized=True)``, frames 2..),
   the complex-as-channels mask and the inverse STFT (``_ispec``), then time + frequency branch.
 
-Segments go through onnxruntime several at a time, and finished output leaves as soon as no later
-segment overlaps it (:meth:`StemSeparator.blocks`): memory holds a few segments, never the
-spectrogram of a whole track. Demucs's own CLI also normalises the whole track by the mono mix's
-mean/std first (``demucs.api.Separator``); audiocraft's chroma path does not, so that is an option
-(``normalize``), on for the ``stems`` command and off for melodies.
+Segments go through onnxruntime ``segments_per_run`` at a time (the rows of a batch together), and
+finished output leaves as soon as no later segment overlaps it (:meth:`StemSeparator.blocks`):
+memory holds a few segments, never the spectrogram of a whole track. Demucs's own CLI also
+normalises the whole track by its mono mix's mean/std around the model (``demucs.api.Separator``);
+audiocraft's chroma path does not. The ``stems`` command does (``blocks(center=, scale=)``), melodies
+do not.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]  # (segments done, segments in all)
 EPS = 1e-5  # HTDemucs: (x - mean) / (1e-5 + std)
-MAX_SEGMENTS_PER_RUN = 4  # segments per onnxruntime call: batched, and a few hundred MB of activations at most
+# Segments per onnxruntime call (rows of a batch of melodies always share a call). Measured on the full-size
+# htdemucs, 30 s stereo, 2 CPU threads (benchmarks/bench_stems.py): 4 per call was 1.29x slower than 1 and
+# doubled the peak RSS (3.9 vs 2.0 GB); on a GPU more per call may pay.
+MAX_SEGMENTS_PER_RUN = 1
 
 
 # ---------------------------------------------------------------- STFT as torch.stft / torch.istft
