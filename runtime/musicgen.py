@@ -11,6 +11,7 @@ keeps audiocraft's API; everything a call changes lives on its task.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +31,8 @@ from .options import GenerationOptions
 from .session import GraphSessions, SessionSettings, check_memory, release_freed_memory
 from .stepper import ConcatStepper, Conditioning, DecoderIO, StaticStepper
 from .text import TextTokenizer
+
+log = logging.getLogger(__name__)
 
 
 class MusicGen:
@@ -259,6 +262,8 @@ class MusicGen:
         live = [i for i in range(len(wavs)) if np.any(padded[i])]
         separator = self.stems
         shifts = [separator.draw_shift(rng) for rng in rngs]
+        log.info("separating %d melod%s of %.1f s into stems (shift %s)", len(live), "y" if len(live) == 1 else "ies",
+                 longest / rate, shifts)
         row_shift = shifts * len(wavs) if len(shifts) == 1 else shifts
         out: list = [None] * len(wavs)
         for shift in dict.fromkeys(row_shift[i] for i in live):

@@ -315,6 +315,7 @@ class StemSeparator:
 
         wav, sr = audio_io.load_audio(path, "input")
         mix = self.prepare_mix(wav, sr, f"input file {str(path)!r}")
+        del wav  # an hour of audio: hold the model-rate copy only
         mean, std = _mono_stats(mix)
         shift = self.draw_shift(np.random.default_rng(seed))
         writers = [StreamingWriter(Path(out_dir) / f"{name}.wav", self.params.sample_rate, self.params.audio_channels)
