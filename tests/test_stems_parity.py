@@ -146,10 +146,9 @@ def test_stems_match_apply_model(case, model, demucs_bag, monkeypatch):
 
 
 def test_stems_folder_and_melody_folder_agree(model, demucs_folder, tmp_path, cli):
-    """``export-stems`` makes a stems-only folder with the same graph behaviour as ``export --stems``."""
-    out = tmp_path / "stems-only"
-    result = cli("export-stems", demucs_folder, out, "--no-validate")  # validation ran in the melody export
-    assert result.returncode == 0, result.stderr
+    """``export-stems`` (in-process: the command is a thin wrapper, and its own refusals are checked
+    below) makes a stems-only folder with the same graph behaviour as ``export --stems``."""
+    out = export_stems.export_stems_folder(str(demucs_folder), tmp_path / "stems-only", validate_graphs=False)
     alone = StemSeparator.from_folder(out)
     mix = np.stack([music(0.7, 44100, 2, 5)])
     np.testing.assert_allclose(alone.separate(mix, 99), model.stems.separate(mix, 99), atol=1e-6)
@@ -247,6 +246,14 @@ def test_stems_true_needs_a_stems_graph(exported):
 
 
 # ---------------------------------------------------------------- export refusals
+def test_export_stems_command_errors_are_one_line(tmp_path, cli):
+    result = cli("export-stems", tmp_path / "nowhere" / "htdemucs.th", tmp_path / "out")
+    last = result.stderr.strip().splitlines()[-1]  # after the progress line naming the step
+    assert result.returncode == 2 and result.stderr.count("error:") == 1 and "Traceback" not in result.stderr
+    assert last.startswith("error: ") and "no such file or folder" in last
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_refuses_what_it_cannot_export(demucs_folder, tmp_path):
     bag = tmp_path / "bag"
     bag.mkdir()
@@ -268,6 +275,8 @@ def test_export_refuses_what_it_cannot_export(demucs_folder, tmp_path):
         export_stems.load_demucs(str(other))
     with pytest.raises(ExportError, match="no such file or folder"):
         export_stems.load_demucs(str(tmp_path / "missing" / "htdemucs.yaml"))
+    with pytest.raises(ExportError, match="already exists; pass --force"):
+        export_stems.export_stems_folder(str(demucs_folder), tmp_path)
 
 
 def test_generate_command_separates_unless_told_not_to(model, tmp_path, cli):
