@@ -20,6 +20,7 @@ from .runtime.manifest import KV_CACHES, KV_DTYPES
 from .runtime.options import duration_frames
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-melody"
+BUNDLED_STEMS = Path(__file__).resolve().parent / "models" / "tiny-stems"
 
 
 class _Command(click.Command):
@@ -91,8 +92,11 @@ _LOW_MEMORY = click.option(
               help="Validation: absolute tolerance for every graph (default per graph and precision).")
 @click.option("--rtol", type=float, default=None,
               help="Validation: tolerance relative to each output's max |value| (default per graph and precision).")
+@click.option("--stems", "stems", default=None, metavar="DEMUCS",
+              help="Add Demucs stem separation (stems.onnx) for melodies, as audiocraft: a demucs hub folder "
+                   "(bag .yaml + .safetensors), a .th file (with --allow-pickle) or a name such as htdemucs (online).")
 def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, text_encoder, codec, reference,
-           kv_cache, kv_dtype, atol, rtol):
+           kv_cache, kv_dtype, atol, rtol, stems):
     """Export CHECKPOINT (a transformers folder, a hub id in the Hugging Face cache, or an audiocraft folder /
     solver checkpoint.th) to OUT_DIR."""
     try:
@@ -101,7 +105,25 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
         raise MusicGenError(f"export needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
     run_export(checkpoint, out_dir, precision=precision, opset=opset, validate_graphs=not no_validate,
                force=force, allow_pickle=allow_pickle, kv_cache=kv_cache, kv_dtype=kv_dtype, atol=atol, rtol=rtol,
-               text_encoder=text_encoder, codec=codec, reference=reference, progress=lambda msg: click.echo(msg, err=True))
+               text_encoder=text_encoder, codec=codec, reference=reference,
+               stems=stems, progress=lambda msg: click.echo(msg, err=True))
+
+
+@main.command("export-stems", cls=_Command)
+@click.argument("demucs")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--opset", default=17, show_default=True, type=int)
+@click.option("--no-validate", is_flag=True, help="Skip checking the graph against the torch model.")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option("--allow-pickle", is_flag=True, help="Accept a pickled .th model; it can run code when loaded.")
+def export_stems(demucs, out_dir, opset, no_validate, force, allow_pickle):
+    """Export the Demucs model DEMUCS (hub folder, .th, or a name demucs resolves) to a stems-only OUT_DIR."""
+    try:
+        from .export.stems import export_stems_folder
+    except ImportError as exc:
+        raise MusicGenError(f"export-stems needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
+    export_stems_folder(demucs, out_dir, opset=opset, validate_graphs=not no_validate, force=force,
+                        allow_pickle=allow_pickle, progress=lambda msg: click.echo(msg, err=True))
 
 
 @main.command(cls=_Command)
@@ -133,10 +155,12 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
               help="Audio file to continue; the output includes it and --duration is the total length.")
 @click.option("--stream", is_flag=True, help="Write audio while generating (1 s chunks); normalised at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--no-stems", is_flag=True,
+              help="Take the melody's chroma from the full mix even if the model has stems (transformers' way).")
 @_LOW_MEMORY
 def generate(prompts, model_dir, revision, precision, export_missing, melody, duration, seed, top_k, top_p,
              temperature, guidance, greedy, normalize, output, out_dir, provider, extend_stride, continue_from, stream,
-             quiet, low_memory):
+             quiet, no_stems, low_memory):
     """Generate music for each PROMPT and write audio files."""
     from .runtime.audio import check_output_path, save_audio
     from .runtime.errors import InvalidInputError
@@ -162,7 +186,8 @@ def generate(prompts, model_dir, revision, precision, export_missing, melody, du
                                          precision=precision, export=export_missing)
         load_s = time.perf_counter() - t0
         options = dict(duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
-                       guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride)
+                       guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride,
+                       stems=False if no_stems else None)
         if continue_from:
             prompt_codes = model.encode_prompt(continue_from)
             options["prompt_codes"] = np.repeat(prompt_codes, len(prompts), axis=0)
@@ -232,6 +257,47 @@ def _targets(prompts, output, out_dir) -> list[Path]:
         slug = "".join(c if c.isalnum() else "_" for c in prompt.lower())[:40].strip("_") or "prompt"
         names.append(folder / f"{i:02d}_{slug}.wav")
     return names
+
+
+@main.command(cls=_Command)
+@click.argument("file", type=click.Path())
+@click.option("--model", "model_dir", type=click.Path(), default=None,
+              help="A stems folder (export-stems) or a melody folder exported with --stems "
+                   "(default: the bundled tiny stems model, random weights).")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for SOURCE.wav per stem (default: FILE's name + '_stems' here).")
+@click.option("--seed", type=int, default=None, help="Seed of the random shift (apply_model's shifts=1).")
+@click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--quiet", is_flag=True, help="No progress.")
+def stems(file, model_dir, out_dir, seed, provider, quiet):
+    """Separate FILE into drums, bass, other and vocals (float WAV at 44.1 kHz stereo for htdemucs)."""
+    from .runtime.stems import StemSeparator
+
+    if model_dir is None:
+        model_dir = BUNDLED_STEMS
+        click.echo(f"using the bundled tiny stems model ({model_dir}): random weights, so expect noise, not stems",
+                   err=True)
+    folder = Path(out_dir) if out_dir else Path(f"{Path(file).stem or 'audio'}_stems")
+    separator = StemSeparator.from_folder(model_dir, providers=provider)
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        click.echo(f"\rseparating: {done}/{total} segments, {rate:.2f} segments/s", err=True,
+                   nl=done == total)
+
+    created = _make_folder(folder)
+    try:
+        written = separator.separate_file(file, folder, seed=seed, progress=None if quiet else report)
+    except BaseException:
+        for made in reversed(created):
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
+    for path in written:
+        click.echo(str(path))
 
 
 @main.command(cls=_Command)
@@ -355,6 +421,18 @@ def info(folder, no_hash, precision):
     from .runtime import foreign
     from .runtime.manifest import load_manifest, verify_files
 
+    from .runtime.manifest import MANIFEST_NAME, STEMS_MANIFEST_NAME, load_stems_manifest, verify_graph_files
+
+    if (Path(folder) / STEMS_MANIFEST_NAME).is_file() and not (Path(folder) / MANIFEST_NAME).is_file():
+        s = load_stems_manifest(folder)
+        verify_graph_files(folder, s.graphs, hash_files=not no_hash)
+        g = s.graphs["stems"]
+        click.echo("\n".join([
+            f"model folder   {folder}", f"layout         musicgen-onnx stems folder (format version {s.format_version})",
+            f"source         {s.source.get('demucs', '?')}", _stems_line(s.stems),
+            f"graph          stems             {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}",
+            "files          " + ("sizes verified" if no_hash else "sizes and sha256 verified")]))
+        return
     adapter = None
     if foreign.is_optimum_folder(folder):
         adapter = foreign.OptimumFolder.open(folder, precision)
@@ -380,6 +458,8 @@ def info(folder, no_hash, precision):
     if m.chroma:
         c = m.chroma
         lines.append(f"chroma         n_fft {c.n_fft}, hop {c.hop_length}, {c.num_chroma} bins, {c.chroma_length} frames")
+    if m.stems:
+        lines.append(_stems_line(m.stems) + " (melodies are separated first; --no-stems: full mix)")
     lines.append(f"defaults       duration {d.duration:g} s, top_k {d.top_k}, top_p {d.top_p:g}, "
                  f"temperature {d.temperature:g}, guidance {d.guidance_scale:g}, greedy {d.greedy}")
     for name, g in m.graphs.items():
@@ -392,6 +472,11 @@ def info(folder, no_hash, precision):
             lines.append("lacks          audio encoder: no continuation (generate_continuation, --continue)")
         lines.append("files          " + ("sizes verified" if no_hash else "sizes and sha256 verified"))
     click.echo("\n".join(line for line in lines if line is not None))
+
+
+def _stems_line(p) -> str:
+    return (f"stems          Demucs: {', '.join(p.sources)} at {p.sample_rate} Hz, {p.audio_channels} channel(s), "
+            f"segments of {p.segment_length / p.sample_rate:g} s, n_fft {p.n_fft}, melody = {' + '.join(p.melody_stems)}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ exported and validated, so an interrupted or failed export never leaves a folder
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -321,13 +323,16 @@ def export(
     text_encoder: str | None = None,
     codec: str | None = None,
     reference: str | None = None,
+    stems: str | None = None,
     _fail_after: str | None = None,
 ) -> Path:
     """Export ``checkpoint`` into ``out_dir``; returns the folder. ``atol`` / ``rtol`` replace the
     validation tolerances of every graph (``max|diff| <= atol + rtol * max|reference|``), as optimum's
     ``--atol`` does. ``text_encoder`` / ``codec``: folders for the parts an audiocraft checkpoint only names
     (export/audiocraft.py). ``reference``: whose behaviour the folder reproduces where transformers and
-    audiocraft differ (manifest.REFERENCES; default: the checkpoint's own format). ``_fail_after`` is a test hook."""
+    audiocraft differ (manifest.REFERENCES; default: the checkpoint's own format). ``stems``: a Demucs model
+    (``export/stems.py``) to add as ``stems.onnx``, so that melodies are separated before their chroma as
+    audiocraft does. ``_fail_after`` is a test hook."""
     progress = progress or (lambda msg: log.info(msg))
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
@@ -349,29 +354,28 @@ def export(
     out = Path(out_dir)
     if out.exists() and not force:
         raise ExportError(f"output folder {str(out)!r} already exists; pass --force to replace it")
-    t0 = time.perf_counter()
-
-    def step(msg: str) -> None:
-        progress(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
-
+    step = timed_steps(progress)
     ckpt = ckpt_mod.resolve(checkpoint, allow_pickle=allow_pickle, text_encoder=text_encoder, codec=codec)
+    if stems is not None and ckpt.conditioning != "prefix":
+        raise ExportError(f"--stems: checkpoint {checkpoint!r} is text-only (no melody to separate); "
+                          f"use export-stems for a stems-only folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     need = int(sum(p.stat().st_size for p in ckpt.weight_files) * 1.2) + (50 << 20)
     free = shutil.disk_usage(out.parent).free
     if free < need:
         raise ExportError(f"not enough disk space in {str(out.parent)!r}: {free >> 20} MB free, "
                           f"about {need >> 20} MB needed")
+    demucs = None
+    if stems is not None:  # before the minutes of the MusicGen graphs: a bad DEMUCS fails first
+        from . import stems as stems_mod
+
+        step(f"loading demucs model {stems}")
+        demucs, demucs_source = stems_mod.load_demucs(stems, allow_pickle)
     step(f"loading {checkpoint} ({ckpt.source_format} format, {ckpt.conditioning} conditioning)")
     model = ckpt_mod.load_model(ckpt)
     tokenizer_json = ckpt_mod.load_tokenizer_json(ckpt)
     validate.check_tokenizer(tokenizer_json)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by an export that was killed (kill -9)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished folder private
-    try:
+    with partial_folder(out) as tmp:
         specs = graph_specs(model, ckpt.conditioning, kv_cache)
         by_name = {s.name: s for s in specs}
         if validate_graphs:
@@ -406,17 +410,48 @@ def export(
             )
             if _fail_after == spec.name:
                 raise ExportError(f"injected failure after {spec.name}")
+        stems_params = None
+        if demucs is not None:
+            graphs["stems"], stems_params = stems_mod.export_stems(demucs, tmp, opset, validate_graphs, step)
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         manifest = build_manifest(model, ckpt, graphs, kv_cache, source_label, reference or ckpt.source_format,
                                   tokenizer_sha256=sha256_file(tmp / "tokenizer.json"),
                                   kv_dtype="fp16" if precision == "fp16" or kv_dtype == "fp16" else "fp32")
+        if demucs is not None:
+            manifest = dataclasses.replace(manifest, stems=stems_params,
+                                           source={**manifest.source, "stems": demucs_source})
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    step(f"done: {out}")
+    return out
+
+
+def timed_steps(progress: Callable[[str], None]) -> Callable[[str], None]:
+    """``step(msg)`` reports ``[seconds since start] msg``."""
+    t0 = time.perf_counter()
+
+    def step(msg: str) -> None:
+        progress(f"[{time.perf_counter() - t0:7.1f}s] {msg}")
+
+    return step
+
+
+@contextlib.contextmanager
+def partial_folder(out: Path):
+    """A hidden temporary sibling of ``out`` to build in, renamed to ``out`` when the block succeeds and
+    removed when it fails: an interrupted export never leaves a folder that looks complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by an export that was killed (kill -9)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the finished folder private
+    try:
+        yield tmp
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    step(f"done: {out}")
-    return out
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -96,8 +96,9 @@ def verify(folder, checkpoint, frames: int = 50, providers="cpu") -> tuple[str, 
         chroma = batch_chroma(melodies, ours.manifest.chroma)
     ref_codes, ref_audio, ref_scores = reference.generate(model, tokenizer, PROMPTS, frames, input_features=features,
                                                           return_scores=True)
+    # stems=False: transformers takes the full mix (stems.onnx is checked against demucs at export)
     _, codes = ours.generate(PROMPTS, melody=melodies, melody_sample_rate=32000, duration=frames / ours.frame_rate,
-                             greedy=True, guidance_scale=3.0, return_codes=True)
+                             greedy=True, guidance_scale=3.0, stems=False, return_codes=True)
     logits = ours.teacher_forced_logits(PROMPTS, ref_codes, chroma, guidance_scale=3.0)
     agreement = logit_agreement(ref_scores, logits)
     audio = ours.decode(ref_codes)

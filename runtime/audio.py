@@ -488,6 +488,20 @@ class StreamingWriter:
             Path(self.tmp).unlink(missing_ok=True)
         return self.path
 
+    def commit_as_written(self) -> Path:
+        """Rename the float WAV into place as it is, no normalisation and no second copy in memory (stems
+        of an hour-long track). ``path`` must be a ``.wav``."""
+        if self.path.suffix.lower() != ".wav":
+            raise InvalidInputError(f"output file {str(self.path)!r}: only .wav can be kept as written (float WAV)")
+        try:
+            self._file.close()
+            os.chmod(self.tmp, 0o666 & ~_umask())
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            Path(self.tmp).unlink(missing_ok=True)
+            raise InvalidInputError(f"output file {str(self.path)!r} could not be written ({exc.strerror or exc})") from None
+        return self.path
+
     def abort(self) -> None:
         if not self._file.closed:
             self._file.close()

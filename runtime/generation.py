@@ -18,7 +18,7 @@ import numpy as np
 from .chroma import batch_chroma
 from .errors import InvalidInputError, ModelFolderError
 from .longform import Window, plan_windows
-from .melody import prepare_melodies, window_chroma
+from .melody import prepare_melodies, single_window_cut, window_cut
 from .options import GenerationOptions
 from .rows import LiveRows
 from .sampling import Sampler, classifier_free_guidance
@@ -117,17 +117,18 @@ class StepLoop:
 
 @dataclass(frozen=True)
 class GenerationInputs:
-    """A call's checked inputs: prompts, melodies (mono, at the chroma rate, or None), options, and the
-    codes to continue from (or None)."""
+    """A call's checked inputs: prompts, melodies (mono, at the chroma rate, or None), options, the
+    codes to continue from (or None), and whether melodies are separated into stems before the chroma."""
 
     descriptions: list[str | None]
     melodies: list[np.ndarray] | None
     options: GenerationOptions
     prompt_codes: np.ndarray | None = None
+    stems: bool = False
 
     @classmethod
     def check(cls, model: "MusicGen", descriptions, melody, melody_sample_rate, options: GenerationOptions,
-              prompt_codes=None) -> "GenerationInputs":
+              prompt_codes=None, stems: bool | None = None) -> "GenerationInputs":
         m = model.manifest
         descriptions = check_descriptions(descriptions)
         options = options.check(m.max_duration, m.frame_rate, m.codebook_size)
@@ -137,9 +138,17 @@ class GenerationInputs:
         if melody is not None and not m.is_melody:
             raise InvalidInputError("melody: this model is text-only (no chroma conditioning); "
                                     "use a MusicGen-Melody export or drop the melody")
+        if stems is not None and not isinstance(stems, bool):
+            raise InvalidInputError(f"stems must be True, False or None (separate when the folder can), got {stems!r}")
+        has_stems = m.stems is not None and model.adapter is None
+        if stems and not has_stems:
+            raise InvalidInputError(f"stems=True: {model.folder} has no stems graph; export it with --stems DEMUCS, "
+                                    "or pass stems=False for the full mix")
+        stems = has_stems if stems is None else stems
         # long-form windows read the melody up to one window past the duration; never more
         melodies = prepare_melodies(melody, melody_sample_rate, len(descriptions), m.chroma,
-                                    max_seconds=options.duration + m.max_duration) if m.is_melody else None
+                                    max_seconds=options.duration + m.max_duration,
+                                    stems=m.stems if stems else None) if m.is_melody else None
         if prompt_codes is not None:
             if not isinstance(prompt_codes, np.ndarray) or prompt_codes.ndim != 3 \
                     or prompt_codes.shape[:2] != (len(descriptions), m.num_codebooks):
@@ -155,7 +164,7 @@ class GenerationInputs:
                     prompt_codes.min() < 0 or prompt_codes.max() >= m.codebook_size):
                 raise InvalidInputError(f"prompt codes must be integers in [0, {m.codebook_size - 1}]")
             prompt_codes = prompt_codes.astype(np.int64)
-        return cls(descriptions, melodies, options, prompt_codes)
+        return cls(descriptions, melodies, options, prompt_codes, stems and melodies is not None)
 
 
 class GenerationTask:
@@ -183,6 +192,9 @@ class GenerationTask:
         self.total_steps = sum(w.new_frames + m.max_delay for w in self.windows)
         self.report = StderrProgress() if progress is True else (progress or None)
         self.done_steps = 0
+        seeds = o.seed if isinstance(o.seed, tuple) else (o.seed,)
+        # the shift of apply_model(shifts=1), one per window, from the seed: a seeded call is reproducible
+        self.stem_rngs = [np.random.default_rng(s) for s in seeds] if inputs.stems else []
 
     def codes(self) -> Iterator[np.ndarray]:
         pattern, max_delay = self.model.pattern, self.model.manifest.max_delay
@@ -229,5 +241,9 @@ class GenerationTask:
             return None
         params = self.model.manifest.chroma
         if len(self.windows) > 1:
-            return window_chroma(melodies, window.start_s, self.model.max_duration, params)
+            melodies = window_cut(melodies, window.start_s, self.model.max_duration, params)
+        elif self.inputs.stems:
+            melodies = single_window_cut(melodies, params, self.model.manifest.stems)
+        if self.inputs.stems:
+            melodies = self.model.separate_melodies(melodies, self.stem_rngs)
         return batch_chroma(melodies, params)

@@ -23,6 +23,7 @@ from .options import GenerationOptions, duration_frames
 FORMAT_VERSION = 2  # 2: graphs carry a role -> tensor name map (version 1 folders: names were the roles)
 READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "musicgen_onnx.json"
+STEMS_MANIFEST_NAME = "musicgen_onnx_stems.json"  # a stems-only folder (export-stems)
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # melody checkpoints prepend; text-only ones cross-attend to keys/values the text encoder computes ("cross") or,
 # in optimum / transformers.js folders (foreign.py), to the raw T5 states the decoder projects itself ("states")
@@ -91,6 +92,75 @@ class ChromaParams:
 
 
 @dataclass(frozen=True)
+class StemsParams:
+    """What the numpy side of stem separation (``runtime/stems.py``) needs around ``stems.onnx``: the
+    Demucs model's facts (sources, rate, channels, its fixed segment in samples, the STFT that HTDemucs
+    runs inside ``forward``) and ``apply_model``'s defaults as audiocraft calls it (overlap 0.25,
+    transition power 1, one random shift of up to half a second). ``melody_stems`` are summed for the
+    chroma, in this order (audiocraft ``stems[:, [vocals, other]].sum(1)``)."""
+
+    sources: tuple[str, ...]
+    sample_rate: int
+    audio_channels: int
+    segment_length: int  # samples per model call: int(segment * sample_rate), the graph's fixed length
+    n_fft: int
+    hop_length: int
+    overlap: float = 0.25
+    transition_power: float = 1.0
+    melody_stems: tuple[str, ...] = ("vocals", "other")
+
+    # ---- derived facts ----
+    @property
+    def max_shift(self) -> int:
+        return int(0.5 * self.sample_rate)  # demucs apply_model: max_shift = int(0.5 * samplerate)
+
+    @property
+    def stride(self) -> int:
+        return int((1 - self.overlap) * self.segment_length)
+
+    @property
+    def frames(self) -> int:
+        return -(-self.segment_length // self.hop_length)
+
+    @property
+    def freqs(self) -> int:
+        return self.n_fft // 2
+
+    @property
+    def melody_indices(self) -> tuple[int, ...]:
+        return tuple(self.sources.index(s) for s in self.melody_stems)
+
+    @classmethod
+    def read(cls, r: "_Reader", value) -> "StemsParams":
+        d = r.obj(value, "stems")
+        r.known(d, {f.name for f in dataclasses.fields(cls)}, "stems")
+        names = {k: tuple(r.names(r.req(d, k, "stems"), f"stems.{k}")) for k in ("sources", "melody_stems") if k in d}
+        ints = {k: r.integer(r.req(d, k, "stems"), f"stems.{k}")
+                for k in ("sample_rate", "audio_channels", "segment_length", "n_fft", "hop_length")}
+        floats = {k: r.number(d[k], f"stems.{k}") for k in ("overlap", "transition_power") if k in d}
+        if "sources" not in names:
+            r.req(d, "sources", "stems")
+        return cls(**names, **ints, **floats)
+
+    def check(self, need) -> None:
+        """Bound every number before anything is allocated from it (``need(ok, rule)`` raises)."""
+        need(1 <= len(self.sources) <= 16 and len(set(self.sources)) == len(self.sources)
+             and all(0 < len(s) <= 64 and s.isidentifier() for s in self.sources),
+             f"stems.sources must be 1 to 16 distinct plain names, got {list(self.sources)!r}")
+        need(len(self.melody_stems) >= 1 and all(s in self.sources for s in self.melody_stems),
+             f"stems.melody_stems must name sources, got {list(self.melody_stems)!r}")
+        need(8000 <= self.sample_rate <= 192000, f"stems.sample_rate must be in [8000, 192000], got {self.sample_rate}")
+        need(self.audio_channels in (1, 2), f"stems.audio_channels must be 1 or 2, got {self.audio_channels}")
+        need(16 <= self.n_fft <= 65536 and self.n_fft & (self.n_fft - 1) == 0,
+             f"stems.n_fft must be a power of two in [16, 65536], got {self.n_fft}")
+        need(self.hop_length == self.n_fft // 4, "stems.hop_length must be n_fft // 4 (HTDemucs asserts it)")
+        need(self.n_fft <= self.segment_length <= 60 * self.sample_rate,
+             f"stems.segment_length must be between n_fft and 60 s of samples, got {self.segment_length}")
+        need(0 <= self.overlap < 1 and self.stride >= 1, f"stems.overlap must be in [0, 1), got {self.overlap}")
+        need(1 <= self.transition_power <= 16, f"stems.transition_power must be in [1, 16], got {self.transition_power}")
+
+
+@dataclass(frozen=True)
 class Manifest:
     conditioning: str
     hidden_size: int
@@ -110,6 +180,7 @@ class Manifest:
     max_duration: float = 30.0
     max_positions: int | None = None
     chroma: ChromaParams | None = None
+    stems: StemsParams | None = None  # with graph "stems": Demucs separation before the chroma
     defaults: GenerationOptions = GenerationOptions()  # audiocraft's MusicGen defaults (musicgen.py, set_generation_params)
     tokenizer: str = "tokenizer.json"
     tokenizer_sha256: str | None = None  # None only in version 1 folders
@@ -147,7 +218,10 @@ class Manifest:
 
     # ---- (de)serialisation ----
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["stems"] is None:  # folders without stems stay readable by releases that predate the field
+            del data["stems"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -166,32 +240,14 @@ class Manifest:
                 f"(it reads versions {', '.join(map(str, READABLE_VERSIONS))}); re-export the model with this version"
             )
         r.known(data, {f.name for f in dataclasses.fields(cls)}, "manifest")
-        graphs = {}
-        for name, info in r.obj(r.req(data, "graphs"), "graphs").items():
-            if name not in GRAPH_NAMES:
-                raise ModelFolderError(f"{where}: graph {name!r} is unknown (known: {', '.join(GRAPH_NAMES)})")
-            info = r.obj(info, f"graphs.{name}")
-            r.known(info, {f.name for f in dataclasses.fields(GraphInfo)}, f"graphs.{name}")
-            inputs = tuple(r.names(r.req(info, "inputs", f"graphs.{name}"), f"graphs.{name}.inputs"))
-            outputs = tuple(r.names(r.req(info, "outputs", f"graphs.{name}"), f"graphs.{name}.outputs"))
-            if version >= 2:
-                roles_map = {r.text(k, f"graphs.{name}.roles"): r.text(v, f"graphs.{name}.roles[{k!r}]")
-                             for k, v in r.obj(r.req(info, "roles", f"graphs.{name}"), f"graphs.{name}.roles").items()}
-            else:  # version 1: the tensors were named for their roles
-                roles_map = {n: n for n in [*inputs, *outputs]}
-            graphs[name] = GraphInfo(
-                file=r.file(r.req(info, "file", f"graphs.{name}"), f"graphs.{name}.file"),
-                precision=r.text(r.req(info, "precision", f"graphs.{name}"), f"graphs.{name}.precision"),
-                inputs=inputs, outputs=outputs,
-                files={r.file(k, f"graphs.{name}.files"): r.sha256(v, f"graphs.{name}.files.{k}")
-                       for k, v in r.obj(r.req(info, "files", f"graphs.{name}"), f"graphs.{name}.files").items()},
-                size_bytes=r.integer(r.req(info, "size_bytes", f"graphs.{name}"), f"graphs.{name}.size_bytes", 0, 1 << 42),
-                roles=roles_map)
+        graphs = {name: r.graph(name, info, version)
+                  for name, info in r.obj(r.req(data, "graphs"), "graphs").items()}
         chroma = None
         if data.get("chroma") is not None:
             c = r.obj(data["chroma"], "chroma")
             r.known(c, {f.name for f in dataclasses.fields(ChromaParams)}, "chroma")
             chroma = ChromaParams(**{k: r.integer(v, f"chroma.{k}") for k, v in c.items()})
+        stems = None if data.get("stems") is None else StemsParams.read(r, data["stems"])
         d = r.obj(data.get("defaults", {}), "defaults")
         r.known(d, {f.name for f in dataclasses.fields(GenerationOptions)}, "defaults")
         types = {"top_k": r.integer, "greedy": r.boolean, "seed": r.optional_integer}
@@ -217,7 +273,7 @@ class Manifest:
             max_duration=r.number(data.get("max_duration", 30.0), "max_duration"),
             max_positions=r.optional_integer(data.get("max_positions"), "max_positions"),
             text_vocab_size=r.optional_integer(data.get("text_vocab_size"), "text_vocab_size"),
-            chroma=chroma, defaults=defaults,
+            chroma=chroma, stems=stems, defaults=defaults,
             tokenizer=r.file(data.get("tokenizer", "tokenizer.json"), "tokenizer"),
             tokenizer_sha256=None if data.get("tokenizer_sha256") is None else r.sha256(data["tokenizer_sha256"], "tokenizer_sha256"),
             source=source, source_format=r.text(data.get("source_format", "transformers"), "source_format"),
@@ -230,10 +286,7 @@ class Manifest:
 
     def check(self, where: str = "manifest") -> None:
         """Bound every number before the runtime allocates anything from it."""
-
-        def need(ok: bool, rule: str) -> None:
-            if not ok:
-                raise ModelFolderError(f"{where}: {rule}")
+        need = _need(where)
 
         def int_in(name: str, value: Any, lo: int, hi: int) -> None:
             need(isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi,
@@ -282,6 +335,9 @@ class Manifest:
             int_in("chroma.num_chroma", c.num_chroma, 1, 48)
             int_in("chroma.chroma_length", c.chroma_length, 1, 10000)
             int_in("chroma.sample_rate", c.sample_rate, 1000, 384000)
+        need((self.stems is None) == ("stems" not in self.graphs), "graph 'stems' and the stems parameters come together")
+        if self.stems is not None:
+            self.stems.check(need)
         try:  # a folder's defaults are the options of every call that sets nothing: refused on load, not later
             self.defaults.check(self.max_duration, self.frame_rate, self.codebook_size)
         except InvalidInputError as exc:
@@ -289,14 +345,59 @@ class Manifest:
         for name in REQUIRED_GRAPHS:
             need(name in self.graphs, f"graph {name!r} is missing from the manifest")
         for name, info in self.graphs.items():
-            need(info.precision in PRECISIONS, f"graph {name}: precision must be one of {PRECISIONS}")
-            inputs, outputs = roles.required(name, self.conditioning, self.kv_cache, self.num_layers)
-            for role in inputs:
-                need(info.roles.get(role) in info.inputs, f"graph {name}: role {role!r} must name one of its inputs")
-            for role in outputs:
-                need(info.roles.get(role) in info.outputs, f"graph {name}: role {role!r} must name one of its outputs")
-            for rel in [info.file, *info.files]:
-                need(_is_plain_relative(rel), f"graph {name}: file {rel!r} must be a plain name inside the folder")
+            _check_graph(need, name, info, *roles.required(name, self.conditioning, self.kv_cache, self.num_layers))
+
+
+def _check_graph(need, name: str, info: GraphInfo, inputs: list[str], outputs: list[str]) -> None:
+    need(info.precision in PRECISIONS, f"graph {name}: precision must be one of {PRECISIONS}")
+    for role in inputs:
+        need(info.roles.get(role) in info.inputs, f"graph {name}: role {role!r} must name one of its inputs")
+    for role in outputs:
+        need(info.roles.get(role) in info.outputs, f"graph {name}: role {role!r} must name one of its outputs")
+    for rel in [info.file, *info.files]:
+        need(_is_plain_relative(rel), f"graph {name}: file {rel!r} must be a plain name inside the folder")
+
+
+def _need(where: str):
+    def need(ok: bool, rule: str) -> None:
+        if not ok:
+            raise ModelFolderError(f"{where}: {rule}")
+    return need
+
+
+@dataclass(frozen=True)
+class StemsManifest:
+    """A stems-only folder (``musicgen-onnx export-stems``): ``stems.onnx`` and this manifest, in
+    :data:`STEMS_MANIFEST_NAME`. A MusicGen folder carries the same facts inside its own manifest
+    (``Manifest.stems`` and graph "stems"); both present ``graphs`` and ``stems`` alike."""
+
+    stems: StemsParams
+    graphs: dict[str, GraphInfo]
+    source: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "stems manifest") -> "StemsManifest":
+        r = _Reader(where)
+        data = r.obj(data, "manifest")
+        version = data.get("format_version")
+        if isinstance(version, bool) or version != FORMAT_VERSION:
+            raise ModelFolderError(f"{where}: format version {version!r} is not supported (stems folders are "
+                                   f"version {FORMAT_VERSION}); re-export it with this version")
+        r.known(data, {f.name for f in dataclasses.fields(cls)}, "manifest")
+        graphs = {name: r.graph(name, info, version) for name, info in r.obj(r.req(data, "graphs"), "graphs").items()}
+        source = r.obj(data.get("source", {}), "source")
+        for k, v in source.items():
+            r.text(k, "source"), None if v is None else r.text(v, f"source.{k}")
+        manifest = cls(StemsParams.read(r, r.req(data, "stems")), graphs, source)
+        need = _need(where)
+        need(set(graphs) == {"stems"}, f"a stems folder has exactly one graph, 'stems', got {sorted(graphs)}")
+        manifest.stems.check(need)
+        _check_graph(need, "stems", graphs["stems"], *roles.required("stems", "prefix", "concat", 1))
+        return manifest
 
 
 class _Reader:
@@ -365,6 +466,28 @@ class _Reader:
             self.fail(name, "a plain name of a file inside the model folder", value)
         return value
 
+    def graph(self, name: str, info, version: int) -> GraphInfo:
+        if name not in GRAPH_NAMES:
+            raise ModelFolderError(f"{self.where}: graph {name!r} is unknown (known: {', '.join(GRAPH_NAMES)})")
+        info = self.obj(info, f"graphs.{name}")
+        self.known(info, {f.name for f in dataclasses.fields(GraphInfo)}, f"graphs.{name}")
+        inputs = tuple(self.names(self.req(info, "inputs", f"graphs.{name}"), f"graphs.{name}.inputs"))
+        outputs = tuple(self.names(self.req(info, "outputs", f"graphs.{name}"), f"graphs.{name}.outputs"))
+        if version >= 2:
+            roles_map = {self.text(k, f"graphs.{name}.roles"): self.text(v, f"graphs.{name}.roles[{k!r}]")
+                         for k, v in self.obj(self.req(info, "roles", f"graphs.{name}"), f"graphs.{name}.roles").items()}
+        else:  # version 1: the tensors were named for their roles
+            roles_map = {n: n for n in [*inputs, *outputs]}
+        return GraphInfo(
+            file=self.file(self.req(info, "file", f"graphs.{name}"), f"graphs.{name}.file"),
+            precision=self.text(self.req(info, "precision", f"graphs.{name}"), f"graphs.{name}.precision"),
+            inputs=inputs, outputs=outputs,
+            files={self.file(k, f"graphs.{name}.files"): self.sha256(v, f"graphs.{name}.files.{k}")
+                   for k, v in self.obj(self.req(info, "files", f"graphs.{name}"), f"graphs.{name}.files").items()},
+            size_bytes=self.integer(self.req(info, "size_bytes", f"graphs.{name}"), f"graphs.{name}.size_bytes", 0,
+                                    1 << 42),
+            roles=roles_map)
+
     def sha256(self, value, name: str) -> str:
         if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
             self.fail(name, "a sha256 hex digest", value)
@@ -379,19 +502,22 @@ def _is_plain_relative(name: str) -> bool:
 
 def load_manifest(folder: str | os.PathLike) -> Manifest:
     folder = Path(folder)
+    return Manifest.from_dict(_read_json(folder, MANIFEST_NAME), where=str(folder / MANIFEST_NAME))
+
+
+def _read_json(folder: Path, name: str) -> Any:
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {str(folder)!r} does not exist or is not a directory")
-    path = folder / MANIFEST_NAME
+    path = folder / name
     if not path.is_file():
-        raise ModelFolderError(f"{folder}: no {MANIFEST_NAME}; not a musicgen-onnx model folder (export one first)")
+        raise ModelFolderError(f"{folder}: no {name}; not a musicgen-onnx model folder (export one first)")
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ModelFolderError(f"{path}: unreadable manifest (larger than {MAX_MANIFEST_BYTES >> 20} MiB)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, 5000-digit numbers
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise ModelFolderError(f"{path}: unreadable manifest ({reason})") from None
-    return Manifest.from_dict(data, where=str(path))
 
 
 def folder_file(folder: str | os.PathLike, name: str) -> Path:
@@ -433,13 +559,19 @@ def _file_digest(path: Path) -> str:
 def verify_files(folder: str | os.PathLike, manifest: Manifest, hash_files: bool = True) -> None:
     """Every file the folder uses exists inside it, has its recorded size and, unless skipped, its hash;
     no graph reads a file the manifest does not list."""
-    from .onnx_files import MalformedGraph, external_data_locations
-
     folder = Path(folder)
     tok = folder_file(folder, manifest.tokenizer)
     if hash_files and manifest.tokenizer_sha256 is not None and _file_digest(tok) != manifest.tokenizer_sha256:
         raise ModelFolderError(f"{tok}: sha256 does not match the manifest (file corrupt, truncated or replaced)")
-    for name, info in manifest.graphs.items():
+    verify_graph_files(folder, manifest.graphs, hash_files)
+
+
+def verify_graph_files(folder: str | os.PathLike, graphs: dict[str, GraphInfo], hash_files: bool = True) -> None:
+    """Each graph's files: inside the folder, of the recorded size and hash, and no unlisted external data."""
+    from .onnx_files import MalformedGraph, external_data_locations
+
+    folder = Path(folder)
+    for name, info in graphs.items():
         if info.file not in info.files:
             raise ModelFolderError(f"{folder}: graph {name}: its file {info.file!r} is not among its hashed files")
         total = 0
@@ -463,3 +595,8 @@ def verify_files(folder: str | os.PathLike, manifest: Manifest, hash_files: bool
         if unlisted:
             raise ModelFolderError(f"{graph}: reads external data {unlisted[0]!r}, which the manifest does not list "
                                    f"for graph {name}")
+
+
+def load_stems_manifest(folder: str | os.PathLike) -> StemsManifest:
+    """A stems-only folder's manifest (``export-stems``), read like :func:`load_manifest`."""
+    return StemsManifest.from_dict(_read_json(Path(folder), STEMS_MANIFEST_NAME), where=str(Path(folder) / STEMS_MANIFEST_NAME))

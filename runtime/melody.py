@@ -10,7 +10,8 @@ import numpy as np
 from . import audio as audio_io
 from .chroma import batch_chroma
 from .errors import InvalidInputError
-from .manifest import ChromaParams
+from .manifest import ChromaParams, StemsParams
+from .resample_frac import resample_frac
 
 
 _RESAMPLER_MARGIN_S = 1.0
@@ -19,27 +20,31 @@ _RESAMPLER_MARGIN_S = 1.0
 
 
 def prepare_melodies(melody, melody_sample_rate, batch: int, params: ChromaParams,
-                     max_seconds: float | None = None) -> list[np.ndarray] | None:
+                     max_seconds: float | None = None, stems: StemsParams | None = None) -> list[np.ndarray] | None:
     """One melody for all prompts or one per prompt, each a path or an array, -> ``batch`` mono float32
     waveforms at ``params.sample_rate`` (None entries become audiocraft's 1-sample null wav); None when
     no melody is given at all.
 
     ``max_seconds``: the furthest point any window reads (generation duration + one model window);
     only that much of each melody (plus what the single-window chroma and the resampler need) is
-    decoded, so the chroma equals the whole melody's while a two-hour file costs what is used."""
+    decoded, so the chroma equals the whole melody's while a two-hour file costs what is used.
+
+    ``stems``: the melodies will be separated (``runtime/stems.py``) before their chroma, so they are
+    resampled as audiocraft does (julius, not soxr) and read one Demucs segment and shift further
+    (the stems of the used span depend on the segments that overlap it)."""
     if melody is None:
         return None
     items = _melody_items(melody, batch)
     if all(item is None for item in items):
         return None
-    read_s = _seconds_to_read(max_seconds, params)
+    read_s = _seconds_to_read(max_seconds, params, stems)
     wavs = []
     for i, item in enumerate(items):
         what = f"melody[{i}]" if len(items) > 1 else "melody"
         if item is None:
             wavs.append(np.zeros(1, dtype=np.float32))  # audiocraft's null wav
             continue
-        wavs.append(_prepare_one(item, melody_sample_rate, what, params, read_s))
+        wavs.append(_prepare_one(item, melody_sample_rate, what, params, read_s, stems is not None))
     return wavs * batch if len(wavs) == 1 and batch > 1 else wavs
 
 
@@ -58,18 +63,30 @@ def _melody_items(melody, batch: int) -> list:
     return items
 
 
-def _seconds_to_read(max_seconds: float | None, params: ChromaParams) -> float | None:
+def _seconds_to_read(max_seconds: float | None, params: ChromaParams, stems: StemsParams | None = None) -> float | None:
     """A single window takes the chroma of the melody's first ``chroma_length`` frames whatever the
     duration (frames see ``n_fft // 2`` past their centre), long-form windows read up to
-    ``max_seconds``; either way plus the resampler's margin."""
+    ``max_seconds``; either way plus the resampler's margin, and with stems one Demucs segment and
+    shift more (the stems of a span depend on every segment that overlaps it)."""
     if max_seconds is None:
         return None
     audio_io.check_seconds(max_seconds, "max_seconds")
     span = ((params.chroma_length - 1) * params.hop_length + params.n_fft // 2 + 1) / params.sample_rate
-    return max(float(max_seconds), span) + _RESAMPLER_MARGIN_S
+    extra = 0.0 if stems is None else (stems.segment_length + stems.max_shift) / stems.sample_rate
+    return max(float(max_seconds), span) + _RESAMPLER_MARGIN_S + extra
 
 
-def _prepare_one(item, melody_sample_rate, what: str, params: ChromaParams, read_s: float | None) -> np.ndarray:
+def single_window_cut(wavs: list[np.ndarray], params: ChromaParams, stems: StemsParams) -> list[np.ndarray]:
+    """What a single window's stems need of each melody: its chroma is the first ``chroma_length``
+    frames, whose stems depend on the melody up to one segment and shift (and the resampler's margin)
+    past them. audiocraft separates the whole melody; the kept frames are the same, at a fraction of
+    the cost for a long song."""
+    keep = math.ceil(_seconds_to_read(1.0 / params.sample_rate, params, stems) * params.sample_rate)
+    return [w[:keep] for w in wavs]
+
+
+def _prepare_one(item, melody_sample_rate, what: str, params: ChromaParams, read_s: float | None,
+                 julius: bool = False) -> np.ndarray:
     """One melody -> mono float32 at the chroma rate, refusing what has no chroma to give: shorter
     than one chroma hop (the STFT would be all padding) or silent."""
     wav, sr, what = audio_io.read_input(item, melody_sample_rate, what, "melody", max_seconds=read_s)
@@ -80,13 +97,19 @@ def _prepare_one(item, melody_sample_rate, what: str, params: ChromaParams, read
         where = f" over its first {read_s:g} s (all this generation uses)" if cut else ""
         raise InvalidInputError(f"{what} is silent (peak below -80 dBFS){where} and carries no melody; "
                                 "pass melody=None to generate from text alone")
+    if julius:
+        return resample_frac(mono, sr, params.sample_rate)
     return audio_io.resample(mono, sr, params.sample_rate)
 
 
-def window_chroma(wavs: list[np.ndarray], start_s: float, length_s: float, params: ChromaParams) -> np.ndarray:
-    """Chroma of the ``length_s`` seconds of each melody starting at ``start_s``, taken from the melody's
-    periodic extension (audiocraft ``MusicGen._generate_tokens``): ``pos = arange(a, a + n) % len``."""
+def window_cut(wavs: list[np.ndarray], start_s: float, length_s: float, params: ChromaParams) -> list[np.ndarray]:
+    """The ``length_s`` seconds of each melody starting at ``start_s``, taken from the melody's periodic
+    extension (audiocraft ``MusicGen._generate_tokens``): ``pos = arange(a, a + n) % len``."""
     a = int(start_s * params.sample_rate)
     n = int(length_s * params.sample_rate)
-    cut = [w[np.arange(a, a + n) % w.shape[0]] for w in wavs]
-    return batch_chroma(cut, params)
+    return [w[np.arange(a, a + n) % w.shape[0]] for w in wavs]
+
+
+def window_chroma(wavs: list[np.ndarray], start_s: float, length_s: float, params: ChromaParams) -> np.ndarray:
+    """Chroma of a long-form window's cut of each melody (:func:`window_cut`)."""
+    return batch_chroma(window_cut(wavs, start_s, length_s, params), params)

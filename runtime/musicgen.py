@@ -11,6 +11,7 @@ keeps audiocraft's API; everything a call changes lives on its task.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,8 @@ from .rows import LiveRows
 from .session import GraphSessions, SessionSettings, check_memory, release_freed_memory
 from .stepper import ConcatStepper, Conditioning, DecoderIO, StaticStepper
 from .text import TextTokenizer
+
+log = logging.getLogger(__name__)
 
 
 class MusicGen:
@@ -184,7 +187,8 @@ class MusicGen:
                  top_p: float | None = None, temperature: float | None = None,
                  guidance_scale: float | None = None, greedy: bool | None = None,
                  extend_stride: float | None = None, prompt_codes: np.ndarray | None = None,
-                 progress: bool | ProgressFn = False, return_codes: bool = False, rows: LiveRows | None = None):
+                 stems: bool | None = None, progress: bool | ProgressFn = False, return_codes: bool = False,
+                 rows: LiveRows | None = None):
         """Text prompts (and optionally melodies) -> float32 audio ``[B, channels, samples]``.
 
         ``melody``: one melody for all prompts or one per prompt, each a file path or an array
@@ -193,6 +197,9 @@ class MusicGen:
         ``prompt_codes [B, K, T]`` continues from known codes (see ``generate_continuation``).
         Unset options take the values of ``set_generation_params`` (audiocraft's defaults).
         With ``return_codes`` the EnCodec codes ``[B, K, T]`` are returned too.
+        ``stems``: separate each melody with Demucs first and take the chroma of its vocals + other, as
+        audiocraft does (the default when the folder was exported with ``--stems``); False takes the
+        full mix (transformers' behaviour). The shift Demucs draws comes from ``seed``.
         ``seed``: an int for the call, or one int (or None) per prompt; a row given seed ``s`` draws what
         its prompt alone with seed ``s`` draws (its codes are its batch mates' only if every prompt has
         the same token length and melody length: text is padded to the longest, and padded positions are
@@ -203,7 +210,7 @@ class MusicGen:
         """
         inputs = self._inputs(descriptions, melody, melody_sample_rate, dict(
             duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
-            guidance_scale=guidance_scale, greedy=greedy, extend_stride=extend_stride), prompt_codes)
+            guidance_scale=guidance_scale, greedy=greedy, extend_stride=extend_stride, stems=stems), prompt_codes)
         task = GenerationTask(self, inputs, progress, rows)
         parts, seen = [], task.rows.live
 
@@ -252,8 +259,45 @@ class MusicGen:
             yield decoder.flush()
 
     def _inputs(self, descriptions, melody, melody_sample_rate, options: dict, prompt_codes) -> GenerationInputs:
+        options = dict(options)
+        stems = options.pop("stems", None)
         return GenerationInputs.check(self, descriptions, melody, melody_sample_rate,
-                                      self.options.updated(**options), prompt_codes)
+                                      self.options.updated(**options), prompt_codes, stems)
+
+    # ------------------------------------------------------------------ stems
+    @property
+    def stems(self):
+        """The folder's :class:`~.stems.StemSeparator` (``stems.onnx`` opened on first use), or None."""
+        if self.adapter is not None or self.manifest.stems is None:
+            return None
+        from .stems import StemSeparator
+
+        graph = self.graphs["stems"]
+        return StemSeparator(graph, self.manifest.stems, self.manifest.graphs["stems"])
+
+    def separate_melodies(self, wavs: list[np.ndarray], rngs: list[np.random.Generator]) -> list[np.ndarray]:
+        """audiocraft's ``ChromaStemConditioner._get_stemmed_wav`` on collated melodies (mono, chroma rate):
+        padded to the longest, separated with one shift per call (drawn from ``rngs[0]``; one per row
+        when each row has its own seed), the melody stems summed and mixed down. Silent rows (the null
+        melody) stay silent without a Demucs call: HTDemucs maps silence to exact zeros."""
+        longest = max(w.shape[0] for w in wavs)
+        if longest == 1:  # audiocraft skips Demucs for the 1-sample null wav
+            return wavs
+        rate = self.manifest.chroma.sample_rate
+        padded = np.stack([np.pad(w, (0, longest - w.shape[0])) for w in wavs]).astype(np.float32)
+        live = [i for i in range(len(wavs)) if np.any(padded[i])]
+        separator = self.stems
+        shifts = [separator.draw_shift(rng) for rng in rngs]
+        log.info("separating %d melod%s of %.1f s into stems (shift %s)", len(live), "y" if len(live) == 1 else "ies",
+                 longest / rate, shifts)
+        row_shift = shifts * len(wavs) if len(shifts) == 1 else shifts
+        out: list = [None] * len(wavs)
+        for shift in dict.fromkeys(row_shift[i] for i in live):
+            rows = [i for i in live if row_shift[i] == shift]
+            for i, stem in zip(rows, separator.melody(padded[rows], rate, shift)):
+                out[i] = stem
+        size = next((o.shape[0] for o in out if o is not None), longest)
+        return [o if o is not None else np.zeros(size, dtype=np.float32) for o in out]
 
     def teacher_forced_logits(self, descriptions: Sequence[str | None], codes: np.ndarray,
                               chroma: np.ndarray | None = None, guidance_scale: float = 3.0) -> np.ndarray:

@@ -24,6 +24,12 @@ USE_CACHE_BRANCH = "use_cache_branch"  # optimum's merged decoder: False on the 
 # codec
 AUDIO_CODES = "audio_codes"
 AUDIO_VALUES = "audio_values"
+# stems (HTDemucs without its STFT): the normalised segments and their normalised spectrograms in,
+# both branches' raw outputs out (runtime/stems.py does the STFT, the mask, the iSTFT and the sum)
+STEMS_WAVE = "waveform"  # [segments, channels, segment_length]
+STEMS_SPEC = "spectrogram"  # [segments, 2 * channels, n_fft // 2, frames]: real, imaginary per channel
+STEMS_TIME = "time_stems"  # [segments, sources * channels, segment_length]
+STEMS_FREQ = "spec_stems"  # [segments, sources * 2 * channels, n_fft // 2, frames]
 
 
 def layers(kind: str, num_layers: int) -> list[str]:
@@ -59,4 +65,6 @@ def required(graph: str, conditioning: str, kv_cache: str, num_layers: int) -> t
         return [AUDIO_CODES], [AUDIO_VALUES]
     if graph == "audio_encoder":
         return [AUDIO_VALUES], [AUDIO_CODES]
+    if graph == "stems":
+        return [STEMS_WAVE, STEMS_SPEC], [STEMS_TIME, STEMS_FREQ]
     return [], []

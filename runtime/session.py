@@ -205,6 +205,8 @@ def expected_dims(name: str, manifest) -> dict[str, dict[int, int]]:
     from . import roles
 
     m = manifest
+    if name == "stems":
+        return stems_dims(m.stems)
     per_side = m.num_codebooks // m.audio_channels
     cache = {r: {1: m.num_heads, 3: m.head_dim} for kind in ("past", "present") for r in roles.layers(kind, m.num_layers)}
     cross = {r: {1: m.num_heads, 3: m.head_dim} for r in roles.layers("cross", m.num_layers)}
@@ -219,6 +221,15 @@ def expected_dims(name: str, manifest) -> dict[str, dict[int, int]]:
     if name in ("audio_decoder", "audio_encoder"):
         return {roles.AUDIO_CODES: {1: per_side}, roles.AUDIO_VALUES: {1: 1}}
     return {}
+
+
+def stems_dims(p) -> dict[str, dict[int, int]]:
+    """The stems graph's fixed sizes, from :class:`~.manifest.StemsParams` ``p``."""
+    from . import roles
+
+    c, s = p.audio_channels, len(p.sources)
+    return {roles.STEMS_WAVE: {1: c, 2: p.segment_length}, roles.STEMS_SPEC: {1: 2 * c, 2: p.freqs, 3: p.frames},
+            roles.STEMS_TIME: {1: s * c, 2: p.segment_length}, roles.STEMS_FREQ: {1: s * 2 * c, 2: p.freqs, 3: p.frames}}
 
 
 def check_graph_io(folder, name: str, session, manifest) -> None:

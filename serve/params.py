@@ -150,8 +150,10 @@ class RequestChecker:
         if not m.is_melody:
             raise InvalidInputError("melody: this model is text-only (no chroma conditioning)")
         wav, sr = melody
-        # the runtime's own checks (too short, silent) and resampling, here rather than in the batch
-        return prepare_melodies(wav, sr, 1, m.chroma, max_seconds=options.duration + m.max_duration)[0]
+        # the runtime's own checks (too short, silent) and resampling, here rather than in the batch;
+        # a folder with stems separates melodies in generate, so they are prepared for that (julius, margin)
+        return prepare_melodies(wav, sr, 1, m.chroma, max_seconds=options.duration + m.max_duration,
+                                stems=m.stems)[0]
 
     def _prompt(self, prompt_audio, options: GenerationOptions) -> np.ndarray:
         m = self.manifest

@@ -1,0 +1,165 @@
+"""Stems on ONNX vs ``demucs.apply.apply_model`` on the same random-weight full-size htdemucs, same run.
+
+    python -m benchmarks.bench_stems [--seconds 30] [--threads 2] [--segments-per-run 1,4] [--json out.json]
+
+Builds (and caches under benchmarks/cache/) HTDemucs with the released htdemucs architecture
+(``export/stems.py`` HTDEMUCS_KWARGS, random weights: the released ones cannot be downloaded here),
+saved in the Hugging Face hub layout, and its ``export-stems`` folder. Then each side separates the
+same ``--seconds`` of 44.1 kHz stereo in its own subprocess (peak RSS is that side's alone), with the
+same shift: load time, separation wall time, real-time factor, peak RSS. Parity, untimed, in this
+process: max |ONNX stems - apply_model| / input peak on 20 s of 44.1 kHz stereo and on 3 s of 32 kHz
+mono (through ``convert_audio``), and the stems.onnx size. Absolute times on a shared 2-core machine are
+noisy; the ratio counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_runtime import CACHE, peak_rss_mb, run_isolated
+
+SHIFT = 12345
+
+
+def ensure_demucs() -> Path:
+    from musicgen_onnx.export import stems
+
+    folder = CACHE / "htdemucs-random"
+    if not (folder / "htdemucs.yaml").exists():
+        print(f"building random-weight htdemucs in {folder} ...", file=sys.stderr)
+        stems.save_hub_folder(stems.random_htdemucs("htdemucs", seed=0), folder)
+    return folder
+
+
+def ensure_export() -> Path:
+    from musicgen_onnx.export.stems import export_stems_folder
+
+    out = CACHE / "htdemucs-onnx"
+    if not (out / "musicgen_onnx_stems.json").exists():
+        export_stems_folder(str(ensure_demucs()), out, force=True, progress=lambda m: print(m, file=sys.stderr))
+    return out
+
+
+def music(seconds: float, sr: int, channels: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    notes = rng.choice([110.0, 220.0, 261.63, 329.63, 392.0, 440.0], size=(channels, 16))
+    step = np.minimum((t / seconds * 16).astype(int), 15)
+    tone = 0.3 * np.sin(2 * np.pi * notes[:, step] * t) + 0.2 * np.sin(2 * np.pi * 2 * notes[:, step] * t)
+    beat = 0.4 * np.exp(-25 * (t % 0.5)) * np.sin(2 * np.pi * 55 * t)
+    return (tone + beat + 0.03 * rng.standard_normal((channels, t.shape[0]))).astype(np.float32)
+
+
+def run_torch(hub: str, wav_path: str, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    from demucs.apply import BagOfModels, apply_model
+
+    from musicgen_onnx.export.stems import load_demucs
+
+    t0 = time.perf_counter()
+    bag = BagOfModels([load_demucs(hub)[0]])
+    load = time.perf_counter() - t0
+    wav = torch.from_numpy(np.load(wav_path))[None]
+    random.randint = lambda a, b: SHIFT
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = apply_model(bag, wav, device="cpu")
+    total = time.perf_counter() - t0
+    np.save(wav_path + ".torch.npy", out.numpy())
+    return {"load_s": load, "separate_s": total, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_onnx(folder: str, wav_path: str, threads: int, segments_per_run: int) -> dict:
+    from musicgen_onnx.runtime.stems import StemSeparator
+
+    t0 = time.perf_counter()
+    separator = StemSeparator.from_folder(folder, providers="cpu", threads=threads)
+    separator.segments_per_run = segments_per_run
+    load = time.perf_counter() - t0
+    wav = np.load(wav_path)[None]
+    t0 = time.perf_counter()
+    out = separator.separate(wav, SHIFT)
+    total = time.perf_counter() - t0
+    np.save(wav_path + f".onnx{segments_per_run}.npy", out)
+    return {"load_s": load, "separate_s": total, "peak_rss_mb": peak_rss_mb()}
+
+
+def parity(hub: Path, folder: Path, threads: int) -> dict:
+    """max |ONNX - apply_model| / input peak: 20 s stereo 44.1 kHz, 3 s mono 32 kHz (convert_audio)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from demucs.apply import BagOfModels, apply_model
+    from demucs.audio import convert_audio
+
+    from musicgen_onnx.export.stems import load_demucs
+    from musicgen_onnx.runtime.stems import StemSeparator
+
+    bag = BagOfModels([load_demucs(str(hub))[0]])
+    separator = StemSeparator.from_folder(folder, providers="cpu", threads=threads)
+    random.randint = lambda a, b: SHIFT
+    out = {}
+    for name, (seconds, sr, channels) in {"stereo_44k_20s": (20, 44100, 2), "mono_32k_3s": (3, 32000, 1)}.items():
+        wav = music(seconds, sr, channels, seed=1)
+        mix = separator.prepare_mix(wav, sr, name)
+        with torch.no_grad():
+            want = apply_model(bag, convert_audio(torch.from_numpy(wav)[None], sr, 44100, 2), device="cpu").numpy()
+        got = separator.separate(mix[None], SHIFT)
+        out[name] = {"max_abs_over_input_peak": float(np.abs(got - want).max() / np.abs(wav).max()),
+                     "max_abs_over_stems_peak": float(np.abs(got - want).max() / np.abs(want).max())}
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--segments-per-run", default="1,4", help="comma list: ONNX segments per onnxruntime call")
+    parser.add_argument("--no-parity", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    hub, folder = ensure_demucs(), ensure_export()
+    with tempfile.TemporaryDirectory() as tmp:
+        wav_path = str(Path(tmp) / "mix.npy")
+        np.save(wav_path, music(args.seconds, 44100, 2))
+        results = {"apply_model": run_isolated("benchmarks.bench_stems", "run_torch", str(hub), wav_path, args.threads)}
+        want = np.load(wav_path + ".torch.npy")
+        peak = float(np.abs(np.load(wav_path)).max())
+        for n in (int(v) for v in args.segments_per_run.split(",")):
+            name = f"onnx ({n} segment{'s' if n > 1 else ''}/run)"
+            results[name] = run_isolated("benchmarks.bench_stems", "run_onnx", str(folder), wav_path, args.threads, n)
+            results[name]["max_abs_over_input_peak"] = float(np.abs(np.load(wav_path + f".onnx{n}.npy") - want).max()
+                                                            / peak)
+    t = results["apply_model"]
+    size = sum(f.stat().st_size for f in folder.glob("stems.onnx*")) / 1e6
+    print(f"\nhtdemucs architecture (random weights), {args.seconds:g} s of 44.1 kHz stereo, shift {SHIFT}, "
+          f"{args.threads} threads, CPU; stems.onnx {size:.1f} MB")
+    print(f"{'':26}{'separate s':>11}{'x torch':>9}{'RTF':>8}{'load s':>8}{'RSS MB':>8}{'|diff|/peak':>13}")
+    for name, r in results.items():
+        r["rtf"] = args.seconds / r["separate_s"]
+        print(f"{name:26}{r['separate_s']:>11.2f}{t['separate_s'] / r['separate_s']:>9.2f}{r['rtf']:>8.2f}"
+              f"{r['load_s']:>8.2f}{r['peak_rss_mb']:>8.0f}{r.get('max_abs_over_input_peak', 0.0):>13.2e}")
+    report = {"seconds": args.seconds, "threads": args.threads, "shift": SHIFT, "stems_onnx_mb": size, **results}
+    if not args.no_parity:
+        report["parity"] = parity(hub, folder, args.threads)
+        for name, p in report["parity"].items():
+            print(f"parity {name:16} max |ONNX - apply_model| = {p['max_abs_over_input_peak']:.2e} x input peak "
+                  f"({p['max_abs_over_stems_peak']:.2e} x stems peak)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+"""Demucs (HTDemucs) -> ``stems.onnx`` + its manifest entry, validated against the torch model.
+
+DEMUCS is what demucs 4.1 loads: a folder as published on the Hugging Face hub (the bag's
+``NAME.yaml`` + one ``SIG.safetensors`` per model, class and init kwargs in the safetensors metadata:
+``demucs/hf.py``), a pickled ``.th`` file (only with ``allow_pickle``: torch.load runs code), or a
+name demucs resolves itself when online (``htdemucs``). A bag of one HTDemucs model is supported
+(``htdemucs``, what audiocraft uses); bags of several (``htdemucs_ft``: one model per source) are refused.
+
+The graph is the model between its STFT and its inverse (:class:`StemsCore`); the STFT, the
+normalisation, the mask and the iSTFT are the runtime's numpy (``runtime/stems.py``). Two checks:
+the ONNX graph against :class:`StemsCore` on random segments, then the whole numpy path around the
+torch core against ``HTDemucs.forward`` on a real segment, so the runtime's half is validated too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..runtime import roles
+from ..runtime.errors import ExportError
+from ..runtime.manifest import STEMS_MANIFEST_NAME, GraphInfo, StemsManifest, StemsParams, sha256_file
+from ..runtime.session import open_session
+from . import validate
+
+log = logging.getLogger(__name__)
+
+HTDEMUCS_CLASS = "demucs.htdemucs.HTDemucs"
+INPUTS = [roles.STEMS_WAVE, roles.STEMS_SPEC]
+OUTPUTS = [roles.STEMS_TIME, roles.STEMS_FREQ]
+# fp32 graph vs its torch module on random segments (outputs O(1..10) for random weights); and the
+# numpy STFT path around the torch core vs HTDemucs.forward, relative to the stems' peak.
+TOLERANCE = validate.Tolerance(1e-4, 1e-5)
+PIPELINE_TOLERANCE = validate.Tolerance(1e-5, 1e-5)
+
+
+class StemsCore(nn.Module):
+    """HTDemucs.forward between ``_magnitude`` + normalisation and the de-normalisation + ``_mask``:
+    the normalised waveform and complex-as-channels spectrogram in, both branches' raw outputs out.
+    The body is demucs 4.1's own (htdemucs.py, ``forward``), with the model's modules."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, xt, x):
+        m = self.model
+        saved, saved_t, lengths, lengths_t = [], [], [], []
+        for idx, encode in enumerate(m.encoder):
+            lengths.append(x.shape[-1])
+            inject = None
+            if idx < len(m.tencoder):
+                lengths_t.append(xt.shape[-1])
+                tenc = m.tencoder[idx]
+                xt = tenc(xt)
+                if not tenc.empty:
+                    saved_t.append(xt)
+                else:
+                    inject = xt
+            x = encode(x, inject)
+            if idx == 0 and m.freq_emb is not None:
+                frs = torch.arange(x.shape[-2], device=x.device)
+                emb = m.freq_emb(frs).t()[None, :, :, None].expand_as(x)
+                x = x + m.freq_emb_scale * emb
+            saved.append(x)
+        if m.crosstransformer:
+            if m.bottom_channels:
+                b, c, f, t = x.shape
+                x = m.channel_upsampler(x.reshape(b, c, f * t)).reshape(b, -1, f, t)
+                xt = m.channel_upsampler_t(xt)
+            x, xt = m.crosstransformer(x, xt)
+            if m.bottom_channels:
+                b, c, f, t = x.shape
+                x = m.channel_downsampler(x.reshape(b, c, f * t)).reshape(b, -1, f, t)
+                xt = m.channel_downsampler_t(xt)
+        for idx, decode in enumerate(m.decoder):
+            skip = saved.pop(-1)
+            x, pre = decode(x, skip, lengths.pop(-1))
+            offset = m.depth - len(m.tdecoder)
+            if idx >= offset:
+                tdec = m.tdecoder[idx - offset]
+                length_t = lengths_t.pop(-1)
+                if tdec.empty:
+                    pre = pre[:, :, 0]
+                    xt, _ = tdec(pre, None, length_t)
+                else:
+                    skip = saved_t.pop(-1)
+                    xt, _ = tdec(xt, skip, length_t)
+        return xt, x
+
+
+# ---------------------------------------------------------------- loading DEMUCS
+def load_demucs(source: str, allow_pickle: bool = False):
+    """``(HTDemucs in eval mode, description for the manifest's source)`` or a one-line ExportError."""
+    try:
+        import demucs  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(f"stems need demucs (pip install 'musicgen-onnx[export]'): {exc}") from None
+    path = Path(source)
+    if path.is_dir():
+        model = _load_hub_folder(path)
+    elif path.is_file():
+        model = _load_pickle(path, allow_pickle)
+    elif os.sep in source or source.endswith((".th", ".yaml", ".safetensors")):
+        raise ExportError(f"demucs model {source!r}: no such file or folder")
+    else:
+        model = _load_named(source)
+    return _check_model(model, source), {"demucs": source, "demucs_version": _demucs_version()}
+
+
+def _demucs_version() -> str:
+    from importlib.metadata import version
+
+    return version("demucs")
+
+
+def _load_hub_folder(folder: Path):
+    """demucs/hf.py's layout: ``NAME.yaml`` (``models: [SIG, ...]``, optional ``weights``, ``segment``)
+    beside ``SIG.safetensors``. The class named in the metadata must be HTDemucs: the loader would
+    import and call whatever it names."""
+    import yaml
+    from safetensors import safe_open
+
+    yamls = sorted(folder.glob("*.yaml"))
+    if len(yamls) != 1:
+        raise ExportError(f"demucs folder {str(folder)!r}: expected one bag .yaml (as on the Hugging Face hub), "
+                          f"found {len(yamls)}")
+    try:
+        bag = yaml.safe_load(yamls[0].read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ExportError(f"{yamls[0]}: unreadable bag definition ({str(exc).splitlines()[0][:120]})") from None
+    sigs = bag.get("models") if isinstance(bag, dict) else None
+    if not isinstance(sigs, list) or not sigs or not all(isinstance(s, str) for s in sigs):
+        raise ExportError(f"{yamls[0]}: 'models' must be a list of model signatures")
+    _refuse_bag(len(sigs), yamls[0])
+    weights = bag.get("weights")
+    if weights is not None and not (isinstance(weights, list) and len(weights) == 1
+                                    and all(isinstance(w, (int, float)) and w > 0 for w in weights[0])):
+        raise ExportError(f"{yamls[0]}: a bag of one model needs positive weights (they then cancel out), got {weights!r}")
+    weight_file = folder / f"{sigs[0]}.safetensors"
+    if not weight_file.is_file():
+        raise ExportError(f"demucs folder {str(folder)!r}: missing {weight_file.name} (named by {yamls[0].name})")
+    try:
+        with safe_open(str(weight_file), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as exc:
+        raise ExportError(f"{weight_file}: not a readable safetensors file ({type(exc).__name__})") from None
+    if metadata.get("klass") != HTDEMUCS_CLASS:
+        raise ExportError(f"{weight_file}: model class {metadata.get('klass')!r} is not supported (only "
+                          f"{HTDEMUCS_CLASS}: htdemucs, what audiocraft separates melodies with)")
+    if "structure" in metadata:
+        raise ExportError(f"{weight_file}: a quantised (diffq) demucs model is not supported")
+    from demucs.apply import BagOfModels
+    from demucs.hf import load_safetensors_model
+
+    try:
+        model = load_safetensors_model(weight_file)
+    except Exception as exc:
+        raise ExportError(f"{weight_file}: cannot build the model ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    segment = bag.get("segment")
+    return BagOfModels([model], weights, segment).models[0]  # the bag applies its segment override
+
+
+def _refuse_bag(count: int, where) -> None:
+    if count != 1:
+        raise ExportError(f"{where}: a bag of {count} models (e.g. htdemucs_ft: one model per source) is not "
+                          f"supported; export a single-model bag such as htdemucs")
+
+
+def _load_pickle(path: Path, allow_pickle: bool):
+    if path.suffix != ".th":
+        raise ExportError(f"demucs model {str(path)!r}: expected a hub folder (bag .yaml + .safetensors) or a .th file")
+    if not allow_pickle:
+        raise ExportError(f"demucs model {str(path)!r} is a pickle file, which can run code when loaded; "
+                          f"pass --allow-pickle if you trust it")
+    from demucs.states import load_model
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_model(path)
+    except Exception as exc:
+        raise ExportError(f"{path}: cannot load the demucs model ({type(exc).__name__})") from None
+
+
+def _load_named(name: str):
+    from demucs.apply import BagOfModels
+    from demucs.pretrained import get_model
+
+    try:
+        model = get_model(name)
+    except BaseException as exc:  # demucs exits (SystemExit) on unknown names
+        raise ExportError(f"demucs model {name!r}: demucs cannot resolve it (offline, or an unknown name: "
+                          f"{type(exc).__name__})") from None
+    if isinstance(model, BagOfModels):
+        _refuse_bag(len(model.models), f"demucs model {name!r}")
+        model = model.models[0]
+    return model
+
+
+def _check_model(model, source: str):
+    from demucs.htdemucs import HTDemucs
+
+    where = f"demucs model {source!r}"
+    if not isinstance(model, HTDemucs):
+        raise ExportError(f"{where}: {type(model).__name__} is not supported (only HTDemucs, e.g. htdemucs)")
+    if not model.cac:
+        raise ExportError(f"{where}: only complex-as-channels HTDemucs (cac=True, every released one) is supported")
+    if not model.use_train_segment:
+        raise ExportError(f"{where}: use_train_segment=False models have no fixed segment; not supported")
+    if model.hop_length != model.nfft // 4:
+        raise ExportError(f"{where}: hop length must be nfft // 4")
+    return model.float().eval()
+
+
+def stems_params(model) -> StemsParams:
+    return StemsParams(sources=tuple(model.sources), sample_rate=int(model.samplerate),
+                       audio_channels=int(model.audio_channels),
+                       segment_length=int(model.segment * model.samplerate), n_fft=int(model.nfft),
+                       hop_length=int(model.hop_length))
+
+
+# ---------------------------------------------------------------- export + validation
+def _normalised_inputs(model, batch: int, gen: torch.Generator):
+    p = stems_params(model)
+    wave = torch.randn(batch, p.audio_channels, p.segment_length, generator=gen)
+    spec = torch.randn(batch, 2 * p.audio_channels, p.freqs, p.frames, generator=gen)
+    return wave, spec
+
+
+def export_graph(model, path: Path, opset: int = 17) -> None:
+    core = StemsCore(model).eval()
+    example = _normalised_inputs(model, 1, torch.Generator().manual_seed(5))
+    axes = {n: {0: "segments"} for n in [*INPUTS, *OUTPUTS]}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # eval-mode MultiheadAttention's fused op has no ONNX form
+    try:
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch, warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            raw = Path(scratch) / path.name
+            torch.onnx.export(core, example, str(raw), input_names=INPUTS, output_names=OUTPUTS, dynamic_axes=axes,
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+            import onnx
+
+            from .exporter import _save
+
+            _save(onnx.load(str(raw), load_external_data=True), path)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+@torch.no_grad()
+def validate_graph(model, path: Path, tol: validate.Tolerance = TOLERANCE,
+                   pipeline_tol: validate.Tolerance = PIPELINE_TOLERANCE) -> None:
+    """ONNX == StemsCore on random segments (batch 1 and 3); then the runtime's numpy around the torch
+    core == ``HTDemucs.forward`` on a music-like segment."""
+    core = StemsCore(model).eval()
+    session = open_session(path)
+    gen = torch.Generator().manual_seed(11)
+    for batch in (1, 3):
+        case = _normalised_inputs(model, batch, gen)
+        got = session.run(OUTPUTS, dict(zip(INPUTS, (t.numpy() for t in case))))
+        validate.compare("stems", OUTPUTS, got, core(*case), tol, f" (case: {batch} segments)")
+    from ..runtime.stems import StemSeparator
+
+    p = stems_params(model)
+
+    class TorchCore:  # the runtime's Graph interface around the torch module
+        def run(self, outputs, feeds):
+            return [t.numpy() for t in core(*(torch.from_numpy(feeds[n]) for n in INPUTS))]
+
+    info = GraphInfo(file="stems.onnx", precision="fp32", inputs=tuple(INPUTS), outputs=tuple(OUTPUTS),
+                     roles={n: n for n in [*INPUTS, *OUTPUTS]})
+    separator = StemSeparator(TorchCore(), p, info)
+    t = torch.arange(p.segment_length) / p.sample_rate
+    mix = (0.3 * torch.sin(2 * torch.pi * 220 * t) + 0.05 * torch.randn(p.audio_channels, p.segment_length, generator=gen))
+    mix = mix[None].float()
+    validate.compare("stems (numpy STFT path around the torch core vs HTDemucs.forward)", ["stems"],
+                     [separator._model(mix.numpy())], [model(mix)], pipeline_tol)
+
+
+def export_stems(model, folder: Path, opset: int = 17, validate_graph_: bool = True,
+                 step: Callable[[str], None] = log.info) -> tuple[GraphInfo, StemsParams]:
+    """Write ``stems.onnx`` (+ data) into ``folder``; returns its manifest entry and parameters."""
+    path = folder / "stems.onnx"
+    step("exporting stems (HTDemucs)")
+    export_graph(model, path, opset)
+    if validate_graph_:
+        step("validating stems against its torch module")
+        validate_graph(model, path)
+    files = [f for f in (path, folder / "stems.onnx.data") if f.exists()]
+    info = GraphInfo(file=path.name, precision="fp32", inputs=tuple(INPUTS), outputs=tuple(OUTPUTS),
+                     files={f.name: sha256_file(f) for f in files}, roles={n: n for n in [*INPUTS, *OUTPUTS]},
+                     size_bytes=sum(f.stat().st_size for f in files))
+    return info, stems_params(model)
+
+
+def export_stems_folder(source: str, out_dir: str | os.PathLike, opset: int = 17, validate_graphs: bool = True,
+                        force: bool = False, allow_pickle: bool = False,
+                        progress: Callable[[str], None] | None = None) -> Path:
+    """``musicgen-onnx export-stems DEMUCS OUT``: a stems-only folder, written whole or not at all."""
+    from .exporter import partial_folder, timed_steps
+
+    out = Path(out_dir)
+    if out.exists() and not force:
+        raise ExportError(f"output folder {str(out)!r} already exists; pass --force to replace it")
+    step = timed_steps(progress or log.info)
+    step(f"loading demucs model {source}")
+    model, source_info = load_demucs(source, allow_pickle)
+    with partial_folder(out) as tmp:
+        info, params = export_stems(model, tmp, opset, validate_graphs, step)
+        source_info["torch"] = torch.__version__
+        manifest = StemsManifest(stems=params, graphs={"stems": info}, source=source_info)
+        StemsManifest.from_dict(json.loads(manifest.to_json()))  # what we write, we can read
+        (tmp / STEMS_MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    step(f"done: {out}")
+    return out
+
+
+# ---------------------------------------------------------------- fixtures: a saved random HTDemucs
+def save_hub_folder(model, folder: Path, name: str = "htdemucs", signature: str = "955717e8") -> Path:
+    """Save ``model`` as demucs 4.1 publishes on the Hugging Face hub (``tools/export_hf.py``): the bag
+    yaml and ``SIG.safetensors`` with class, args and kwargs (fractions encoded) in its metadata."""
+    from fractions import Fraction
+
+    from safetensors.torch import save_file
+
+    def encode(value):
+        if isinstance(value, Fraction):
+            return {"_type": "fraction", "numerator": value.numerator, "denominator": value.denominator}
+        if isinstance(value, dict):
+            return {k: encode(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [encode(v) for v in value]
+        return value
+
+    args, kwargs = model._init_args_kwargs
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yaml").write_text(f"models: ['{signature}']\n")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / f"{signature}.safetensors"),
+              metadata={"klass": f"{type(model).__module__}.{type(model).__name__}",
+                        "args": json.dumps(encode(list(args))), "kwargs": json.dumps(encode(kwargs))})
+    return folder
+
+
+# The released htdemucs (signature 955717e8, demucs/remote/htdemucs.yaml): its init kwargs as stored with
+# its weights. Weights cannot be downloaded here; benchmarks build this architecture with random weights.
+HTDEMUCS_KWARGS = dict(
+    sources=["drums", "bass", "other", "vocals"], audio_channels=2, samplerate=44100, segment=(39, 5),
+    channels=48, channels_time=None, growth=2, nfft=4096, wiener_iters=0, end_iters=0, wiener_residual=False,
+    cac=True, depth=4, rewrite=True, multi_freqs=[], multi_freqs_depth=3, freq_emb=0.2, emb_scale=10,
+    emb_smooth=True, kernel_size=8, stride=4, time_stride=2, context=1, context_enc=0, norm_starts=4,
+    norm_groups=4, dconv_mode=3, dconv_depth=2, dconv_comp=8, dconv_init=0.001, bottom_channels=512, t_layers=5,
+    t_hidden_scale=4.0, t_heads=8, t_dropout=0.02, t_layer_scale=True, t_gelu=True, t_emb="sin",
+    t_max_positions=10000, t_max_period=10000.0, t_weight_pos_embed=1.0, t_cape_mean_normalize=True,
+    t_cape_augment=True, t_cape_glob_loc_scale=[5000.0, 1.0, 1.4], t_sin_random_shift=0, t_norm_in=True,
+    t_norm_in_group=False, t_group_norm=False, t_norm_first=True, t_norm_out=True, t_weight_decay=0.0, t_lr=None,
+    t_sparse_self_attn=False, t_sparse_cross_attn=False, t_mask_type="diag", t_mask_random_seed=42,
+    t_sparse_attn_window=400, t_global_window=100, t_sparsity=0.95, t_auto_sparsity=False, t_cross_first=False,
+    rescale=0.1)
+# A tiny HTDemucs of the same structure for tests and the bundled stems model: nfft 256 (hop 64 = 4**3,
+# so depth 3 brings the frequency branch to one bin), bottom channels, a one-layer cross-transformer, 0.25 s segments.
+TINY_KWARGS = {**HTDEMUCS_KWARGS, "channels": 4, "depth": 3, "nfft": 256, "dconv_comp": 2, "norm_starts": 2,
+               "bottom_channels": 8, "t_layers": 1, "t_heads": 2, "t_hidden_scale": 1.0, "segment": (1, 4)}
+ARCHITECTURES = {"htdemucs": HTDEMUCS_KWARGS, "tiny": TINY_KWARGS}
+
+
+def random_htdemucs(arch: str = "htdemucs", seed: int = 0):
+    """An HTDemucs of a known architecture with random weights (demucs's own init), in eval mode."""
+    from fractions import Fraction
+
+    from demucs.htdemucs import HTDemucs
+
+    kwargs = dict(ARCHITECTURES[arch])
+    kwargs["segment"] = Fraction(*kwargs["segment"])
+    torch.manual_seed(seed)
+    return HTDemucs(**kwargs).eval()
+
+
+BUNDLED = Path(__file__).resolve().parent.parent / "models" / "tiny-stems"
+
+
+def build_bundled(out_dir: str | os.PathLike = BUNDLED, seed: int = 0, progress=print) -> Path:
+    """The committed tiny stems folder (``musicgen-onnx stems`` without --model): :data:`TINY_KWARGS`,
+    random weights (seed 0), saved in the hub layout and exported from it, as a user's htdemucs would be."""
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = save_hub_folder(random_htdemucs("tiny", seed), Path(tmp) / "tiny-htdemucs", name="tiny-htdemucs")
+        out = export_stems_folder(str(hub), out_dir, force=True, progress=progress)
+    manifest = json.loads((out / STEMS_MANIFEST_NAME).read_text())
+    manifest["source"]["demucs"] = f"random-weight tiny HTDemucs (musicgen_onnx/export/stems.py TINY_KWARGS, seed {seed})"
+    (out / STEMS_MANIFEST_NAME).write_text(StemsManifest.from_dict(manifest).to_json(), encoding="utf-8")
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(build_bundled(Path(sys.argv[1]) if len(sys.argv) > 1 else BUNDLED))
