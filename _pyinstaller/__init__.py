@@ -1,7 +1,7 @@
 """PyInstaller support for apps that freeze ``musicgen_onnx`` (the ``pyinstaller40`` entry point).
 
-PyInstaller only follows imports; it cannot know that the runtime opens ``models/tiny-melody`` (the
-bundled model) from disk, so a frozen host app would import fine and then fail on
+PyInstaller only follows imports; it cannot know that the runtime opens ``models/tiny-melody`` and
+``models/tiny-stems`` (the bundled models) from disk, so a frozen host app would import fine and then fail on
 ``MusicGen.from_pretrained`` of the bundled model. Libraries solve this by shipping a hook that
 PyInstaller discovers through the ``pyinstaller40`` / ``hook-dirs`` entry point; this package is that
 hook directory. It never imports PyInstaller (only the hook file does, and only PyInstaller runs it),
@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# The package data that pyproject.toml installs, relative to the package directory.
-BUNDLED_MODEL_SUBDIR = "models/tiny-melody"
+# The package data that pyproject.toml installs, relative to the package directory: the bundled MusicGen
+# model (cli.BUNDLED_MODEL) and the bundled Demucs model (cli.BUNDLED_STEMS, the `stems` command's default).
+BUNDLED_MODEL_SUBDIRS = ("models/tiny-melody", "models/tiny-stems")
 
 
 def get_hook_dirs() -> list[str]:
@@ -23,7 +24,7 @@ def get_hook_dirs() -> list[str]:
 
 
 def bundled_model_datas() -> list[tuple[str, str]]:
-    """The bundled model as PyInstaller ``(source file, destination folder)`` pairs.
+    """The bundled models as PyInstaller ``(source file, destination folder)`` pairs.
 
     Why not ``collect_data_files('musicgen_onnx')``: it takes every non-Python file under the package
     directory (and, because this package maps its directory with ``package-dir``, a source checkout's
@@ -31,6 +32,9 @@ def bundled_model_datas() -> list[tuple[str, str]]:
     folder that is package data is exact, and needs no PyInstaller, so ``desktop/collect.py`` and the
     tests use this same list.
     """
-    folder = Path(__file__).resolve().parent.parent / BUNDLED_MODEL_SUBDIR
-    dest = str(Path("musicgen_onnx") / BUNDLED_MODEL_SUBDIR)
-    return [(str(p), dest) for p in sorted(folder.iterdir()) if p.is_file()] if folder.is_dir() else []
+    root = Path(__file__).resolve().parent.parent
+    out = []
+    for sub in BUNDLED_MODEL_SUBDIRS:
+        folder, dest = root / sub, str(Path("musicgen_onnx") / sub)
+        out += [(str(p), dest) for p in sorted(folder.iterdir()) if p.is_file()] if folder.is_dir() else []
+    return out

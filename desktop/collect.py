@@ -84,16 +84,17 @@ def package_dir(name: str) -> Path:
 
 
 def bundled_model_datas() -> list[tuple[str, str]]:
-    """The bundled model's files as ``(source, musicgen_onnx/models/tiny-melody)`` pairs.
+    """The bundled models' files as ``(source, musicgen_onnx/models/tiny-*)`` pairs.
 
     The same function the shipped PyInstaller hook uses, so the CLI app and a host app that freezes
     the library collect exactly the same files.
     """
-    from musicgen_onnx._pyinstaller import BUNDLED_MODEL_SUBDIR, bundled_model_datas as datas
+    from musicgen_onnx._pyinstaller import BUNDLED_MODEL_SUBDIRS, bundled_model_datas as datas
 
     out = datas()
-    if not out:
-        raise PlanError(f"the bundled model is missing from {package_dir('musicgen_onnx') / BUNDLED_MODEL_SUBDIR}; "
+    missing = [sub for sub in BUNDLED_MODEL_SUBDIRS if not any(d.endswith(sub) for _, d in out)]
+    if missing:
+        raise PlanError(f"the bundled model is missing from {package_dir('musicgen_onnx') / missing[0]}; "
                         f"reinstall the package")
     return out
 

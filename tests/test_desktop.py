@@ -42,13 +42,17 @@ def _package_dir(name: str) -> Path:
     return Path(list(importlib.util.find_spec(name).submodule_search_locations)[0]).resolve()
 
 
-def test_plan_collects_the_bundled_model(plan):
-    model = _package_dir("musicgen_onnx") / "models" / "tiny-melody"
-    manifest = json.loads((model / "musicgen_onnx.json").read_text())
-    needed = {"musicgen_onnx.json", "tokenizer.json"} | {f for g in manifest["graphs"].values() for f in g["files"]}
+@pytest.mark.parametrize("name, manifest_name", [("tiny-melody", "musicgen_onnx.json"),  # cli.BUNDLED_MODEL
+                                                  ("tiny-stems", "musicgen_onnx_stems.json")])  # cli.BUNDLED_STEMS
+def test_plan_collects_the_bundled_models(plan, name, manifest_name):
+    model = _package_dir("musicgen_onnx") / "models" / name
+    manifest = json.loads((model / manifest_name).read_text())
+    needed = {manifest_name} | {f for g in manifest["graphs"].values() for f in g["files"]}
+    if name == "tiny-melody":
+        needed.add("tokenizer.json")
     collected = {Path(src).name: dest for src, dest in plan.datas if Path(src).parent == model}
     assert needed <= set(collected), needed - set(collected)
-    assert set(collected.values()) == {"musicgen_onnx/models/tiny-melody"}  # where cli.BUNDLED_MODEL looks
+    assert set(collected.values()) == {f"musicgen_onnx/models/{name}"}  # where the CLI looks
 
 
 def test_plan_collects_native_libraries(plan):
