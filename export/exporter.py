@@ -6,6 +6,7 @@ exported and validated, so an interrupted or failed export never leaves a folder
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -26,7 +27,7 @@ from ..runtime.manifest import (
 )
 from ..runtime.session import open_session
 from . import checkpoint as ckpt_mod
-from . import external_data, placeholders, validate
+from . import external_data, mapped_weights, placeholders, validate
 from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -402,6 +403,22 @@ def _validate_graph(spec: GraphSpec, path: Path, precision: str, reference: list
         validate.compare(spec.name, spec.output_names, got, want, tol, f" (case {n}: {shape})")
 
 
+def _references(model, ckpt, specs, by_name, validate_graphs: bool, step, atol, rtol) -> dict[str, list[tuple]]:
+    """Check the wrappers against transformers and compute every graph's torch outputs on its validation
+    cases: the only time the real weights are needed in memory."""
+    if not validate_graphs:
+        return {}
+    step("checking the export wrappers against transformers")
+    validate.check_wrappers_against_transformers(
+        model, by_name["text_encoder"].module, by_name["decoder"].module, ckpt.conditioning,
+        validate.WRAPPER_TOLERANCE.overridden(atol, rtol))
+    validate.check_codec_against_transformers(
+        model.audio_encoder, by_name["audio_decoder"].module, by_name["audio_encoder"].module,
+        validate.CODEC_WRAPPER_TOLERANCE.overridden(atol, rtol))
+    step("computing the torch reference outputs")
+    return {spec.name: _reference_outputs(spec) for spec in specs}
+
+
 def export(
     checkpoint: str,
     out_dir: str | os.PathLike,
@@ -465,18 +482,9 @@ def export(
     try:
         specs = graph_specs(model, ckpt.conditioning, kv_cache)
         by_name = {s.name: s for s in specs}
-        if validate_graphs:
-            step("checking the export wrappers against transformers")
-            validate.check_wrappers_against_transformers(
-                model, by_name["text_encoder"].module, by_name["decoder"].module, ckpt.conditioning,
-                validate.WRAPPER_TOLERANCE.overridden(atol, rtol))
-            validate.check_codec_against_transformers(
-                model.audio_encoder, by_name["audio_decoder"].module, by_name["audio_encoder"].module,
-                validate.CODEC_WRAPPER_TOLERANCE.overridden(atol, rtol))
-        references = {}
-        if validate_graphs:
-            step("computing the torch reference outputs")
-            references = {spec.name: _reference_outputs(spec) for spec in specs}
+        released = mapped_weights.released_after_use(model) if validate_graphs else contextlib.nullcontext()
+        with released:  # the reference runs hand each module's mapped weights back after use
+            references = _references(model, ckpt, specs, by_name, validate_graphs, step, atol, rtol)
         # From here on the big graphs' weights are placeholders: the real ones are read from the
         # checkpoint one at a time while writing, and the model no longer holds them in memory.
         markers = placeholders.swap_in(model, [by_name[n].module for n in STREAMED_GRAPHS],
