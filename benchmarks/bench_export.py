@@ -1,20 +1,27 @@
 """Export time, peak RSS and folder size for full-size random-weight architectures.
 
-    python -m benchmarks.bench_export small melody [--precision fp32] [--json out.json]
+    python -m benchmarks.bench_export small melody melody-large --precision fp32 fp16 int8 int4 [--json out.json]
+    python -m benchmarks.bench_export melody --precision all --keep
 
-Each export runs in its own subprocess (peak RSS = that export alone), validation on, into
-benchmarks/cache/ARCH-onnx-PRECISION (replaced).
+Each export runs in its own subprocess (peak RSS = that export alone, VmHWM), validation on, into
+benchmarks/cache/ARCH-onnx-PRECISION (replaced; deleted after measuring unless --keep: a melody-large
+fp32 folder is 10 GB). The exporter is whichever ``musicgen_onnx`` is importable, so the same script
+measures another checkout with PYTHONPATH pointing at it. "ratio" is peak RSS over the largest single
+output file, the figure the bounded-memory export aims to keep near 1 (README, "Export memory").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from benchmarks.bench_runtime import CACHE, ROOT, ensure_checkpoint
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 def run_export(checkpoint: str, out: str, precision: str) -> dict:
@@ -26,35 +33,56 @@ def run_export(checkpoint: str, out: str, precision: str) -> dict:
     t0 = time.perf_counter()
     export(checkpoint, out, precision=precision, force=True, progress=lambda m: print(m, file=sys.stderr))
     seconds = time.perf_counter() - t0
-    size = sum(p.stat().st_size for p in Path(out).iterdir())
-    return {"export_s": seconds, "peak_rss_mb": peak_rss_mb(), "folder_mb": size / 1e6,
-            "files": sorted(p.name for p in Path(out).iterdir())}
+    files = {p.name: p.stat().st_size for p in Path(out).iterdir()}
+    largest = max(files, key=files.get)
+    return {"export_s": seconds, "peak_rss_mb": peak_rss_mb(), "folder_mb": sum(files.values()) / 1e6,
+            "largest_file": largest, "largest_mb": files[largest] / 1e6, "files": sorted(files)}
+
+
+def measure(arch: str, precision: str, keep: bool) -> dict:
+    ckpt = ensure_checkpoint(arch)
+    out = CACHE / f"{arch}-onnx-{precision}"
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_export import run_export; "
+            f"print('RESULT' + json.dumps(run_export({str(ckpt)!r}, {str(out)!r}, {precision!r})))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    if r.returncode or not line:
+        raise SystemExit(f"export of {arch} {precision} failed:\n{r.stderr[-3000:]}")
+    weights = sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e6
+    return {"arch": arch, "precision": precision, "checkpoint_mb": weights, **json.loads(line[0][6:])}
+
+
+HEADER = f"{'arch':13} {'precision':9} {'export s':>8} {'peak RSS MB':>11} {'folder MB':>9} {'largest file':>26} {'ratio':>5}"
+
+
+def row(res: dict) -> str:
+    largest = f"{res['largest_mb']:.0f} ({res['largest_file']})"
+    return (f"{res['arch']:13} {res['precision']:9} {res['export_s']:8.0f} {res['peak_rss_mb']:11.0f} "
+            f"{res['folder_mb']:9.0f} {largest:>26} {res['peak_rss_mb'] / res['largest_mb']:5.2f}")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archs", nargs="+")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=[*PRECISIONS, "all"])
+    parser.add_argument("--keep", action="store_true", help="keep the exported folders in benchmarks/cache")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    results = {}
+    precisions = PRECISIONS if "all" in args.precision else args.precision
+    import musicgen_onnx
+
+    print(f"exporter: {Path(musicgen_onnx.__file__).resolve().parent}", flush=True)
+    print(HEADER, flush=True)
+    results = []
     for arch in args.archs:
-        ckpt = ensure_checkpoint(arch)
-        weights = sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e6
-        out = CACHE / f"{arch}-onnx-{args.precision}"
-        code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_export import run_export; "
-                f"print('RESULT' + json.dumps(run_export({str(ckpt)!r}, {str(out)!r}, {args.precision!r})))")
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
-        if r.returncode or not line:
-            raise SystemExit(f"export of {arch} failed:\n{r.stderr[-3000:]}")
-        results[arch] = {"checkpoint_mb": weights, **json.loads(line[0][6:])}
-        res = results[arch]
-        print(f"{arch:10} {args.precision}: export {res['export_s']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MB, "
-              f"folder {res['folder_mb']:.0f} MB (checkpoint {weights:.0f} MB), files {', '.join(res['files'])}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        for precision in precisions:
+            results.append(measure(arch, precision, args.keep))
+            print(row(results[-1]), flush=True)
+            if args.json:  # after every row: a long run that dies keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

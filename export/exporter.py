@@ -28,7 +28,7 @@ from ..runtime.manifest import (
 )
 from ..runtime.session import open_session
 from . import checkpoint as ckpt_mod
-from . import validate
+from . import external_data, mapped_weights, placeholders, validate
 from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,9 @@ def graph_specs(model, conditioning: str, kv_cache: str = "static") -> list[Grap
     ]
 
 
-def _export_graph(spec: GraphSpec, path: Path, opset: int) -> None:
+def _export_graph(spec: GraphSpec, path: Path, opset: int, markers: dict | None = None) -> None:
+    """``markers``: the graph was traced with placeholder weights (:mod:`.placeholders`); their real
+    bytes are streamed from the checkpoint into the data file, one tensor at a time."""
     import onnx
 
     # Export into a scratch folder: for graphs over 2 GB torch scatters one file per tensor there.
@@ -181,7 +183,45 @@ def _export_graph(spec: GraphSpec, path: Path, opset: int) -> None:
                 output_names=spec.output_names, dynamic_axes=spec.dynamic_axes, opset_version=opset,
                 dynamo=False, do_constant_folding=True,
             )
-        _save(onnx.load(str(raw), load_external_data=True), path)
+        if markers is None:
+            _save(onnx.load(str(raw), load_external_data=True), path)
+            return
+        model = onnx.load(str(raw), load_external_data=False)
+        _write(model, path, _placeholder_sources(model, Path(scratch), markers))
+
+
+def _placeholder_sources(model, scratch: Path, markers: dict) -> dict[str, external_data.Source]:
+    """Where each initializer of a placeholder-traced graph gets its bytes: the checkpoint for those
+    that are (transposed) weights, torch's scratch files for the rest of the external ones."""
+    regions = external_data.file_regions(model, scratch)
+    sources = {}
+    for t in external_data.tensors(model.graph):
+        region = regions.get(t.name)
+        if region is not None:
+            probe = region.probe(4) if region.length >= 12 else b""
+            external_data.detach(t)  # as onnx.load(load_external_data=True) leaves it
+        else:
+            raw = t.raw_data
+            probe = raw[:8] + raw[-4:] if len(raw) >= 12 else b""
+        found = placeholders.resolve(t.name, t.data_type, tuple(t.dims), np.frombuffer(probe, np.float32), markers)
+        if found is None:
+            if region is not None:
+                sources[t.name] = external_data.Source(region.read, region.length)
+            continue
+        weight, transposed = found
+        t.ClearField("raw_data")  # an inline graph (under 2 GB) carries the expanded markers
+        sources[t.name] = external_data.Source(
+            lambda w=weight, tr=transposed: _tensor_bytes(w.read(), tr), 4 * int(np.prod(weight.shape)))
+    return sources
+
+
+def _tensor_bytes(tensor: torch.Tensor, transposed: bool) -> bytes:
+    return (tensor.t() if transposed else tensor).contiguous().numpy().tobytes()
+
+
+def _write(model, path: Path, sources: dict) -> None:
+    """exporter's one rule, streamed: a data file above EXTERNAL_DATA_THRESHOLD, inline otherwise."""
+    external_data.write(model, path, sources, external_data.data_bytes(model, sources) > EXTERNAL_DATA_THRESHOLD)
 
 
 def _save(model, path: Path) -> None:
@@ -197,26 +237,66 @@ def _save(model, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def _to_fp16(path: Path) -> None:
-    """fp16 weights and compute, fp32 inputs/outputs (CUDA tier; layer norms and softmax kept safe by ORT)."""
+def _load_skeleton(path: Path):
+    """The graph without its external bytes, and where each external tensor's bytes are."""
     import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return model, external_data.file_regions(model, path.parent)
+
+
+def _to_fp16(path: Path) -> None:
+    """fp16 weights and compute, fp32 inputs/outputs (CUDA tier; layer norms and softmax kept safe by ORT).
+    Streamed: the converter sees each external tensor with no elements (it only reads their type and
+    shape), and each converted one's bytes are cast, with the converter's own clamping, while writing."""
+    from onnx import TensorProto, helper
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(path), load_external_data=True)
+    model, regions = _load_skeleton(path)
+    shapes = {}
+    for t in external_data.tensors(model.graph):
+        if t.name in regions:
+            external_data.detach(t)
+            shapes[t.name] = (tuple(t.dims), t.data_type)
+            del t.dims[:]
+            t.dims.append(0)
     # Everything crosses the graph boundary in fp32 except the KV cache, which stays fp16 so that the
     # static cache's buffers are the graph's own tensors (a cast in between would defeat in-place updates).
     io = [v.name for v in [*model.graph.input, *model.graph.output] if not v.name.startswith(("past.", "present."))]
     fp16 = convert_float_to_float16(model, keep_io_types=io, disable_shape_infer=True,
                                     node_block_list=sorted(_position_nodes(model)))
-    _save(fp16, path)
+    sources = {}
+    for t in external_data.tensors(fp16.graph):
+        if t.name not in shapes:
+            continue
+        dims, dtype = shapes[t.name]
+        del t.dims[:]
+        t.dims.extend(dims)
+        region = regions[t.name]
+        if dtype == TensorProto.FLOAT and t.data_type == TensorProto.FLOAT16:
+            sources[t.name] = external_data.Source(external_data.float16_bytes(region.read), region.length // 2)
+        else:
+            sources[t.name] = external_data.Source(region.read, region.length)
+    for info in fp16.graph.value_info:  # the converter described each converted initializer by its shape
+        if info.name in shapes:
+            info.CopyFrom(helper.make_tensor_value_info(info.name, info.type.tensor_type.elem_type, shapes[info.name][0]))
+    _write(fp16, path, sources)
 
 
 def _quantize(path: Path, precision: str, kv_fp16: bool = False) -> None:
-    import onnx
+    """Streamed: the quantizer reads each MatMul weight through onnx_ir, which maps it from the fp32 data
+    file (resolved against the working directory, hence the relative location), one weight at a time;
+    the quantised weights are small and stay in memory until the write."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)  # it logs every node at INFO
-    model = onnx.load(str(path), load_external_data=True)
+    model, regions = _load_skeleton(path)
+    here = os.path.relpath(path.parent, os.getcwd())
+    for t in external_data.tensors(model.graph):
+        if t.name in regions:
+            for entry in t.external_data:
+                if entry.key == "location":
+                    entry.value = os.path.join(here, entry.value)
     heads = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith("/heads.")]
     for bits, scope in ((QUANT_BITS[precision], {"nodes_to_exclude": heads}), (8, {"nodes_to_include": heads})):
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=QUANT_BLOCK, is_symmetric=True,
@@ -225,7 +305,12 @@ def _quantize(path: Path, precision: str, kv_fp16: bool = False) -> None:
         model = quantizer.model.model
     if kv_fp16:
         _kv_to_fp16(model)
-    _save(model, path)  # one write of the (large) quantised decoder
+    sources = {}
+    for t in external_data.tensors(model.graph):
+        if t.name in regions:
+            external_data.detach(t)
+            sources[t.name] = external_data.Source(regions[t.name].read, regions[t.name].length)
+    _write(model, path, sources)  # one write of the (large) quantised decoder
 
 
 def _kv_to_fp16(model) -> None:
@@ -282,21 +367,34 @@ def _files_of(folder: Path, name: str) -> list[Path]:
     return files
 
 
-def _validate_graph(spec: GraphSpec, path: Path, precision: str, atol: float | None = None,
-                    rtol: float | None = None) -> None:
+# The graphs traced with placeholder weights (the big ones); the codec keeps its real weights (its
+# convolutions' weight norm folds two parameters into one initializer, and it is small).
+STREAMED_GRAPHS = ("text_encoder", "decoder")
+
+
+def _reference_outputs(spec: GraphSpec) -> list[tuple]:
+    """The torch module's outputs on every validation case, computed while the real weights are loaded,
+    so that validation can run after they have been dropped."""
+    outputs = []
+    with torch.no_grad():
+        for case in [spec.example, *spec.cases]:
+            want = spec.module(*case)
+            outputs.append(want if isinstance(want, tuple) else (want,))
+    return outputs
+
+
+def _validate_graph(spec: GraphSpec, path: Path, precision: str, reference: list[tuple],
+                    atol: float | None = None, rtol: float | None = None) -> None:
     session = open_session(path)  # the runtime's own session settings, on CPU
     if spec.name == "audio_encoder":  # codes from an argmin: judged by the fraction that differ
         tol = validate.CODE_MISMATCH[precision]
     else:
         tol = validate.TOLERANCES[precision][spec.name].overridden(atol, rtol)
     input_types = {i.name: i.type for i in session.get_inputs()}
-    for n, case in enumerate([spec.example, *spec.cases]):
+    for n, (case, want) in enumerate(zip([spec.example, *spec.cases], reference)):
         feeds = {name: t.numpy().astype(np.float16) if input_types[name] == "tensor(float16)" else t.numpy()
                  for name, t in zip(spec.input_names, case)}
         got = session.run(spec.output_names, feeds)
-        with torch.no_grad():
-            want = spec.module(*case)
-        want = want if isinstance(want, tuple) else (want,)
         if "past_length" in feeds:  # static cache: only the filled part of each buffer is defined
             total = int(feeds["past_length"]) + (case[1].shape[1] if spec.input_names[1] == "prefix_embeds" else 0) \
                 + case[0].shape[2]
@@ -304,6 +402,22 @@ def _validate_graph(spec: GraphSpec, path: Path, precision: str, atol: float | N
             want = (want[0], *[w[:, :, :total] for w in want[1:]])
         shape = ", ".join(f"{k}={tuple(v.shape)}" for k, v in list(feeds.items())[:2])
         validate.compare(spec.name, spec.output_names, got, want, tol, f" (case {n}: {shape})")
+
+
+def _references(model, ckpt, specs, by_name, validate_graphs: bool, step, atol, rtol) -> dict[str, list[tuple]]:
+    """Check the wrappers against transformers and compute every graph's torch outputs on its validation
+    cases: the only time the real weights are needed in memory."""
+    if not validate_graphs:
+        return {}
+    step("checking the export wrappers against transformers")
+    validate.check_wrappers_against_transformers(
+        model, by_name["text_encoder"].module, by_name["decoder"].module, ckpt.conditioning,
+        validate.WRAPPER_TOLERANCE.overridden(atol, rtol))
+    validate.check_codec_against_transformers(
+        model.audio_encoder, by_name["audio_decoder"].module, by_name["audio_encoder"].module,
+        validate.CODEC_WRAPPER_TOLERANCE.overridden(atol, rtol))
+    step("computing the torch reference outputs")
+    return {spec.name: _reference_outputs(spec) for spec in specs}
 
 
 def export(
@@ -378,20 +492,19 @@ def export(
     with partial_folder(out) as tmp:
         specs = graph_specs(model, ckpt.conditioning, kv_cache)
         by_name = {s.name: s for s in specs}
-        if validate_graphs:
-            step("checking the export wrappers against transformers")
-            validate.check_wrappers_against_transformers(
-                model, by_name["text_encoder"].module, by_name["decoder"].module, ckpt.conditioning,
-                validate.WRAPPER_TOLERANCE.overridden(atol, rtol))
-            validate.check_codec_against_transformers(
-                model.audio_encoder, by_name["audio_decoder"].module, by_name["audio_encoder"].module,
-                validate.CODEC_WRAPPER_TOLERANCE.overridden(atol, rtol))
+        released = mapped_weights.released_after_use(model) if validate_graphs else contextlib.nullcontext()
+        with released:  # the reference runs hand each module's mapped weights back after use
+            references = _references(model, ckpt, specs, by_name, validate_graphs, step, atol, rtol)
+        # From here on the big graphs' weights are placeholders: the real ones are read from the
+        # checkpoint one at a time while writing, and the model no longer holds them in memory.
+        markers = placeholders.swap_in(model, [by_name[n].module for n in STREAMED_GRAPHS],
+                                       placeholders.CheckpointTensors(ckpt.weight_files))
         graphs = {}
         for spec in specs:
             path = tmp / f"{spec.name}.onnx"
             step(f"exporting {spec.name}")
             graph_precision = precision
-            _export_graph(spec, path, opset)
+            _export_graph(spec, path, opset, markers if spec.name in STREAMED_GRAPHS else None)
             if precision == "fp16" and spec.name in ("text_encoder", "decoder"):
                 _to_fp16(path)
             elif precision in QUANT_BITS and spec.name == "decoder":
@@ -400,7 +513,7 @@ def export(
                 graph_precision = "fp32"  # the codec (and, quantised, the text encoder) stay fp32
             if validate_graphs:
                 step(f"validating {spec.name} against its torch module")
-                _validate_graph(spec, path, graph_precision, atol, rtol)
+                _validate_graph(spec, path, graph_precision, references.pop(spec.name), atol, rtol)
             files = _files_of(tmp, spec.name)
             graphs[spec.name] = GraphInfo(
                 file=path.name, precision=graph_precision, inputs=tuple(spec.input_names),

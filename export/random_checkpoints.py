@@ -202,7 +202,8 @@ def build_checkpoint(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
         decoder_start_token_id=2048, pad_token_id=2048, bos_token_id=2048, do_sample=True,
         guidance_scale=3.0, max_length=1500,
     )
-    model.save_pretrained(out, safe_serialization=True)
+    # 2 GB shards: the whole-file serialisation would hold a second copy of a 3.3B model (13 GB) at once
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="2GB")
 
     tok = train_tokenizer(T5_TINY["vocab_size"] if arch in TINY else 1000)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
