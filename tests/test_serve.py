@@ -405,7 +405,23 @@ def paused_together(app, *calls):
         app.state.batcher.resume()
 
 
-def test_a_client_leaving_mid_stream_frees_its_row_and_its_batch_mate_goes_on(server):
+@pytest.fixture
+def slow_steps(monkeypatch):
+    """Each decoder step takes at least 4 ms, so a batch outlasts the hang-up and its detection (a 0.25 s
+    poll) on any machine: without it a fast machine finishes the tiny model's batch first (seen in CI)."""
+    from musicgen_onnx.runtime import stepper
+
+    for cls in (stepper.ConcatStepper, stepper.StaticStepper):
+        run = cls.run
+
+        def slowed(self, ids, new_positions, _run=run):
+            time.sleep(0.004)
+            return _run(self, ids, new_positions)
+
+        monkeypatch.setattr(cls, "run", slowed)
+
+
+def test_a_client_leaving_mid_stream_frees_its_row_and_its_batch_mate_goes_on(server, slow_steps):
     url, app = server
     stay = dict(prompt="sad jazz", duration=8, seed=21)  # long enough to outlast the hang-up on a fast machine
     leave = dict(prompt="lofi beat", duration=8, seed=22)
@@ -425,7 +441,7 @@ def test_a_client_leaving_mid_stream_frees_its_row_and_its_batch_mate_goes_on(se
                      "musicgen_steps_total": 8 * 50 + 3}
 
 
-def test_a_client_leaving_a_running_batch_frees_its_row(server):
+def test_a_client_leaving_a_running_batch_frees_its_row(server, slow_steps):
     """Not streamed: the client that gives up waiting is dropped from the batch; its mate's file is the
     one it gets alone."""
     url, app = server
