@@ -227,6 +227,8 @@ class GenerationTask:
         self.descriptions = [self.descriptions[i] for i in keep]
         if self.melodies is not None:
             self.melodies = [self.melodies[i] for i in keep]
+        if len(self.stem_rngs) > 1:  # one Demucs shift generator per row (per-row seeds): theirs go with them
+            self.stem_rngs = [self.stem_rngs[i] for i in keep]
 
     def _advance(self) -> None:
         self.done_steps += 1

@@ -215,6 +215,33 @@ def test_long_form_windows_separate_each_cut(model, monkeypatch):
     assert calls[0][1] != calls[1][1]
 
 
+def test_a_dropped_row_takes_its_shift_generator_with_it(model, monkeypatch):
+    """Per-row seeds give each row its own shift generator; when a row leaves between long-form windows
+    (serve: its client hung up), the survivors keep drawing their own shifts, as without the drop."""
+    wav = music(5.0, 32000, 1, 9)[0]
+    inputs = GenerationInputs.check(model, ["x", "y"], wav, 32000,
+                                    model.options.updated(duration=40.0, seed=[4, 5]))
+    task = GenerationTask(model, inputs)
+    calls = []
+
+    def record(wavs, rngs):
+        calls.append([model.stems.draw_shift(r) for r in rngs])
+        return wavs
+
+    monkeypatch.setattr(model, "separate_melodies", record)
+    task.window_chroma(task.windows[0])
+
+    class Loop:  # the window's loop has ended; only the task's own per-row state is cut here
+        def keep_rows(self, index):
+            pass
+
+    task._drop(Loop(), np.array([1]))
+    task.window_chroma(task.windows[1])
+    row0, row1 = np.random.default_rng(4), np.random.default_rng(5)
+    first = [model.stems.draw_shift(row0), model.stems.draw_shift(row1)]
+    assert calls == [first, [model.stems.draw_shift(row1)]]
+
+
 # ---------------------------------------------------------------- generation
 def test_greedy_generation_with_stems_matches_transformers(model, reference_model, demucs_bag, monkeypatch):
     """transformers fed the chroma of the Demucs stems (what it expects from a caller: spec 2.3 step 1)
