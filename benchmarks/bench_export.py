@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from benchmarks.bench_runtime import CACHE, ROOT, ensure_checkpoint
@@ -25,8 +28,6 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
 def run_export(checkpoint: str, out: str, precision: str) -> dict:
-    import time
-
     from benchmarks.bench_runtime import peak_rss_mb
     from musicgen_onnx.export.exporter import export
 
@@ -44,23 +45,48 @@ def measure(arch: str, precision: str, keep: bool) -> dict:
     out = CACHE / f"{arch}-onnx-{precision}"
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_export import run_export; "
             f"print('RESULT' + json.dumps(run_export({str(ckpt)!r}, {str(out)!r}, {precision!r})))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps: list[tuple[str, float]] = [("start", 0.0)]  # (step message, highest RSS MB seen while it ran)
+    log_lines: list[str] = []
+
+    def follow() -> None:
+        for line in proc.stderr:
+            log_lines.append(line)
+            if re.match(r"\[\s*[0-9.]+s\] ", line):  # exporter.timed_steps
+                steps.append((line.split("]", 1)[-1].strip(), 0.0))
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:  # VmRSS sampled 5 times a second: which step makes the peak
+        try:
+            rss = next(int(l.split()[1]) * 1024 / 1e6 for l in status.read_text().splitlines() if l.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            break
+        name, high = steps[-1]
+        steps[-1] = (name, max(high, rss))
+        time.sleep(0.2)
+    stdout = proc.stdout.read()
+    proc.wait()
+    reader.join(timeout=5)
+    line = [l for l in stdout.splitlines() if l.startswith("RESULT")]
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
-    if r.returncode or not line:
-        raise SystemExit(f"export of {arch} {precision} failed:\n{r.stderr[-3000:]}")
+    if proc.returncode or not line:
+        raise SystemExit(f"export of {arch} {precision} failed:\n{''.join(log_lines)[-3000:]}")
     weights = sum(p.stat().st_size for p in ckpt.glob("*.safetensors")) / 1e6
-    return {"arch": arch, "precision": precision, "checkpoint_mb": weights, **json.loads(line[0][6:])}
+    peak_step = max(steps, key=lambda s: s[1])
+    return {"arch": arch, "precision": precision, "checkpoint_mb": weights, **json.loads(line[0][6:]),
+            "peak_step": peak_step[0], "steps_rss_mb": steps}
 
 
-HEADER = f"{'arch':13} {'precision':9} {'export s':>8} {'peak RSS MB':>11} {'folder MB':>9} {'largest file':>26} {'ratio':>5}"
+HEADER = f"{'arch':13} {'precision':9} {'export s':>8} {'peak RSS MB':>11} {'folder MB':>9} {'largest file':>26} {'ratio':>5}  peak during"
 
 
 def row(res: dict) -> str:
     largest = f"{res['largest_mb']:.0f} ({res['largest_file']})"
     return (f"{res['arch']:13} {res['precision']:9} {res['export_s']:8.0f} {res['peak_rss_mb']:11.0f} "
-            f"{res['folder_mb']:9.0f} {largest:>26} {res['peak_rss_mb'] / res['largest_mb']:5.2f}")
+            f"{res['folder_mb']:9.0f} {largest:>26} {res['peak_rss_mb'] / res['largest_mb']:5.2f}  {res['peak_step']}")
 
 
 def main(argv=None) -> None:

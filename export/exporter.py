@@ -26,7 +26,7 @@ from ..runtime.options import GenerationOptions
 from ..runtime.manifest import (
     KV_CACHES, KV_DTYPES, MANIFEST_NAME, PRECISIONS, REFERENCES, ChromaParams, GraphInfo, Manifest, sha256_file,
 )
-from ..runtime.session import open_session
+from ..runtime.session import open_session, release_freed_memory
 from . import checkpoint as ckpt_mod
 from . import external_data, mapped_weights, placeholders, validate
 from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder
@@ -169,50 +169,86 @@ def graph_specs(model, conditioning: str, kv_cache: str = "static") -> list[Grap
 
 
 def _export_graph(spec: GraphSpec, path: Path, opset: int, markers: dict | None = None) -> None:
-    """``markers``: the graph was traced with placeholder weights (:mod:`.placeholders`); their real
-    bytes are streamed from the checkpoint into the data file, one tensor at a time."""
+    """Trace ``spec`` into ``path``. torch serialises only the graph (``export_params=False``): with its
+    parameters a graph under 2 GB becomes one in-memory proto, held three times over (torch's proto, its
+    bytes, onnx's copy; musicgen-small's decoder peaked at 5.8 GB for a 1.5 GB file), and a bigger one is
+    scattered over one scratch file per tensor. The initializers torch would have written are taken as
+    it hands them to its serialiser and written here one at a time: ``markers`` (:mod:`.placeholders`)
+    resolve to checkpoint tensors read when the writer reaches them, the rest come from memory."""
     import onnx
 
-    # Export into a scratch folder: for graphs over 2 GB torch scatters one file per tensor there.
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         raw = Path(scratch) / path.name
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _initializers_of_export() as params:
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 spec.module, spec.example, str(raw), input_names=spec.input_names,
                 output_names=spec.output_names, dynamic_axes=spec.dynamic_axes, opset_version=opset,
-                dynamo=False, do_constant_folding=True,
+                dynamo=False, do_constant_folding=True, export_params=False,
             )
-        if markers is None:
-            _save(onnx.load(str(raw), load_external_data=True), path)
-            return
-        model = onnx.load(str(raw), load_external_data=False)
-        _write(model, path, _placeholder_sources(model, Path(scratch), markers))
+        model = onnx.load(str(raw))
+    _write(model, path, _as_initializers(model, params, markers or {}))
 
 
-def _placeholder_sources(model, scratch: Path, markers: dict) -> dict[str, external_data.Source]:
-    """Where each initializer of a placeholder-traced graph gets its bytes: the checkpoint for those
-    that are (transposed) weights, torch's scratch files for the rest of the external ones."""
-    regions = external_data.file_regions(model, scratch)
+@contextlib.contextmanager
+def _initializers_of_export():
+    """The initializers (name -> tensor) of the graph being exported, as torch's exporter passes them to
+    its serialiser (after constant folding and de-duplication): the one call in between is wrapped."""
+    captured: dict[str, torch.Tensor] = {}
+    original = torch._C._jit_pass_onnx_deduplicate_initializers
+
+    def capture(*args):
+        params = original(*args)
+        captured.clear()
+        captured.update(params)
+        return params
+
+    torch._C._jit_pass_onnx_deduplicate_initializers = capture
+    try:
+        yield captured
+    finally:
+        torch._C._jit_pass_onnx_deduplicate_initializers = original
+
+
+def _as_initializers(model, params: dict[str, torch.Tensor], markers: dict) -> dict[str, external_data.Source]:
+    """Turn the graph inputs that torch left for ``params`` back into initializers, in torch's order and
+    encoding (dims, data type, name, raw data), each with a :class:`Source` for its bytes: a checkpoint
+    tensor for a marker (as is or transposed), the tensor itself otherwise (made contiguous on read)."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    inputs = list(graph.input)
+    missing = sorted(set(params) - {i.name for i in inputs})
+    if missing:
+        raise ExportError(f"torch exported initializers that are not graph inputs: {', '.join(missing[:5])}")
+    del graph.input[:]
     sources = {}
-    for t in external_data.tensors(model.graph):
-        region = regions.get(t.name)
-        if region is not None:
-            probe = region.probe(4) if region.length >= 12 else b""
-            external_data.detach(t)  # as onnx.load(load_external_data=True) leaves it
-        else:
-            raw = t.raw_data
-            probe = raw[:8] + raw[-4:] if len(raw) >= 12 else b""
-        found = placeholders.resolve(t.name, t.data_type, tuple(t.dims), np.frombuffer(probe, np.float32), markers)
-        if found is None:
-            if region is not None:
-                sources[t.name] = external_data.Source(region.read, region.length)
+    for value in inputs:
+        tensor = params.get(value.name)
+        if tensor is None:
+            graph.input.append(value)
             continue
-        weight, transposed = found
-        t.ClearField("raw_data")  # an inline graph (under 2 GB) carries the expanded markers
-        sources[t.name] = external_data.Source(
-            lambda w=weight, tr=transposed: _tensor_bytes(w.read(), tr), 4 * int(np.prod(weight.shape)))
+        dtype = helper.np_dtype_to_tensor_dtype(np.dtype(str(tensor.dtype).removeprefix("torch.")))
+        proto = TensorProto(name=value.name, dims=tuple(tensor.shape), data_type=dtype)
+        graph.initializer.append(proto)
+        found = None
+        if tensor.dtype == torch.float32 and tensor.numel() >= 3:
+            probe = np.array([tensor[idx].item() for idx in _probe_indices(tuple(tensor.shape))], np.float32)
+            found = placeholders.resolve(value.name, dtype, tuple(tensor.shape), probe, markers)
+        if found is None:
+            sources[value.name] = external_data.Source(lambda t=tensor: t.detach().contiguous().numpy().tobytes(),
+                                                       tensor.numel() * tensor.element_size())
+        else:
+            weight, transposed = found
+            sources[value.name] = external_data.Source(
+                lambda w=weight, tr=transposed: _tensor_bytes(w.read(), tr), 4 * int(np.prod(weight.shape)))
     return sources
+
+
+def _probe_indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Indices of the first two and the last element in row-major order, read one element at a time
+    (a marker is an expanded view: flattening it would make the full tensor)."""
+    return [tuple(int(i) for i in np.unravel_index(flat, shape)) for flat in (0, 1, int(np.prod(shape)) - 1)]
 
 
 def _tensor_bytes(tensor: torch.Tensor, transposed: bool) -> bytes:
@@ -372,41 +408,62 @@ def _files_of(folder: Path, name: str) -> list[Path]:
 STREAMED_GRAPHS = ("text_encoder", "decoder")
 
 
-def _reference_outputs(spec: GraphSpec) -> list[tuple]:
-    """The torch module's outputs on every validation case, computed while the real weights are loaded,
+def _reference_cases(spec: GraphSpec):
+    """``(inputs, torch outputs)`` of every validation case, computed while the real weights are loaded,
     so that validation can run after they have been dropped."""
-    outputs = []
     with torch.no_grad():
         for case in [spec.example, *spec.cases]:
             want = spec.module(*case)
-            outputs.append(want if isinstance(want, tuple) else (want,))
-    return outputs
+            yield case, (want if isinstance(want, tuple) else (want,))
 
 
-def _validate_graph(spec: GraphSpec, path: Path, precision: str, reference: list[tuple],
+def _store_references(spec: GraphSpec, folder: Path) -> list[Path]:
+    """Keep each validation case (inputs and torch outputs) in a file of its own, read back one at a time
+    while validating: held in memory, the decoder's cases (KV caches of 48 layers at several batch sizes)
+    were ~0.45 GB of melody-large's export peak, next to a 4.9 GB fp16 decoder. ``spec.cases`` is emptied."""
+    files = []
+    for n, (case, want) in enumerate(_reference_cases(spec)):
+        path = folder / f"{spec.name}.{n}.npz"
+        np.savez(path, *[t.numpy() for t in case], *[t.numpy() for t in want])
+        files.append(path)
+    spec.cases = []
+    return files
+
+
+def _load_case(path: Path, inputs: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    with np.load(path) as stored:
+        arrays = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+    return arrays[:inputs], arrays[inputs:]
+
+
+def _validate_graph(spec: GraphSpec, path: Path, precision: str, cases: list[Path],
                     atol: float | None = None, rtol: float | None = None) -> None:
+    """``cases``: the files :func:`_store_references` wrote for this graph."""
     session = open_session(path)  # the runtime's own session settings, on CPU
     if spec.name == "audio_encoder":  # codes from an argmin: judged by the fraction that differ
         tol = validate.CODE_MISMATCH[precision]
     else:
         tol = validate.TOLERANCES[precision][spec.name].overridden(atol, rtol)
     input_types = {i.name: i.type for i in session.get_inputs()}
-    for n, (case, want) in enumerate(zip([spec.example, *spec.cases], reference)):
-        feeds = {name: t.numpy().astype(np.float16) if input_types[name] == "tensor(float16)" else t.numpy()
-                 for name, t in zip(spec.input_names, case)}
+    for n, file in enumerate(cases):
+        case, want = _load_case(file, len(spec.input_names))
+        feeds = {name: a.astype(np.float16) if input_types[name] == "tensor(float16)" else a
+                 for name, a in zip(spec.input_names, case)}
         got = session.run(spec.output_names, feeds)
         if "past_length" in feeds:  # static cache: only the filled part of each buffer is defined
             total = int(feeds["past_length"]) + (case[1].shape[1] if spec.input_names[1] == "prefix_embeds" else 0) \
                 + case[0].shape[2]
             got = [got[0], *[g[:, :, :total] for g in got[1:]]]
-            want = (want[0], *[w[:, :, :total] for w in want[1:]])
+            want = [want[0], *[w[:, :, :total] for w in want[1:]]]
         shape = ", ".join(f"{k}={tuple(v.shape)}" for k, v in list(feeds.items())[:2])
         validate.compare(spec.name, spec.output_names, got, want, tol, f" (case {n}: {shape})")
+        del case, want, feeds, got
 
 
-def _references(model, ckpt, specs, by_name, validate_graphs: bool, step, atol, rtol) -> dict[str, list[tuple]]:
+def _references(model, ckpt, specs, by_name, validate_graphs: bool, step, atol, rtol,
+                folder: Path) -> dict[str, list[Path]]:
     """Check the wrappers against transformers and compute every graph's torch outputs on its validation
-    cases: the only time the real weights are needed in memory."""
+    cases (kept in ``folder``): the only time the real weights are needed in memory."""
     if not validate_graphs:
         return {}
     step("checking the export wrappers against transformers")
@@ -417,7 +474,7 @@ def _references(model, ckpt, specs, by_name, validate_graphs: bool, step, atol, 
         model.audio_encoder, by_name["audio_decoder"].module, by_name["audio_encoder"].module,
         validate.CODEC_WRAPPER_TOLERANCE.overridden(atol, rtol))
     step("computing the torch reference outputs")
-    return {spec.name: _reference_outputs(spec) for spec in specs}
+    return {spec.name: _store_references(spec, folder) for spec in specs}
 
 
 def export(
@@ -489,18 +546,24 @@ def export(
     model = ckpt_mod.load_model(ckpt)
     tokenizer_json = ckpt_mod.load_tokenizer_json(ckpt)
     validate.check_tokenizer(tokenizer_json)
-    with partial_folder(out) as tmp:
+    # cases: the validation cases, inside the partial folder (so a killed export leaves no stray files)
+    # and gone before it is renamed into place.
+    with partial_folder(out) as tmp, tempfile.TemporaryDirectory(dir=tmp, prefix=".cases-") as cases:
         specs = graph_specs(model, ckpt.conditioning, kv_cache)
         by_name = {s.name: s for s in specs}
         released = mapped_weights.released_after_use(model) if validate_graphs else contextlib.nullcontext()
         with released:  # the reference runs hand each module's mapped weights back after use
-            references = _references(model, ckpt, specs, by_name, validate_graphs, step, atol, rtol)
+            references = _references(model, ckpt, specs, by_name, validate_graphs, step, atol, rtol, Path(cases))
         # From here on the big graphs' weights are placeholders: the real ones are read from the
         # checkpoint one at a time while writing, and the model no longer holds them in memory.
         markers = placeholders.swap_in(model, [by_name[n].module for n in STREAMED_GRAPHS],
                                        placeholders.CheckpointTensors(ckpt.weight_files))
+        release_freed_memory()
         graphs = {}
-        for spec in specs:
+        # The codec first: its real weights are then dropped before the big graphs are validated.
+        for spec in sorted(specs, key=lambda s: s.name in STREAMED_GRAPHS):
+            if spec.name in STREAMED_GRAPHS and model.audio_encoder is not None:
+                _drop_weights(model.audio_encoder)
             path = tmp / f"{spec.name}.onnx"
             step(f"exporting {spec.name}")
             graph_precision = precision
@@ -511,9 +574,11 @@ def export(
                 _quantize(path, precision, kv_fp16=kv_dtype == "fp16")
             elif precision != "fp32":
                 graph_precision = "fp32"  # the codec (and, quantised, the text encoder) stay fp32
+            release_freed_memory()
             if validate_graphs:
                 step(f"validating {spec.name} against its torch module")
                 _validate_graph(spec, path, graph_precision, references.pop(spec.name), atol, rtol)
+                release_freed_memory()
             files = _files_of(tmp, spec.name)
             graphs[spec.name] = GraphInfo(
                 file=path.name, precision=graph_precision, inputs=tuple(spec.input_names),
@@ -523,6 +588,7 @@ def export(
             )
             if _fail_after == spec.name:
                 raise ExportError(f"injected failure after {spec.name}")
+        graphs = {spec.name: graphs[spec.name] for spec in specs}  # the manifest lists them in the usual order
         stems_params = None
         if demucs is not None:
             graphs["stems"], stems_params = stems_mod.export_stems(demucs, tmp, opset, validate_graphs, step)
@@ -536,6 +602,18 @@ def export(
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     step(f"done: {out}")
     return out
+
+
+def _drop_weights(module: torch.nn.Module) -> None:
+    """Free a module's parameters and buffers once its graphs are exported and validated (the codec:
+    ~0.24 GB of real weights that the text encoder's and decoder's export no longer needs)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.data = torch.empty(0, dtype=p.dtype)
+        for sub in module.modules():
+            for name, b in sub.named_buffers(recurse=False):
+                if b is not None:
+                    setattr(sub, name, torch.empty(0, dtype=b.dtype))
 
 
 def timed_steps(progress: Callable[[str], None]) -> Callable[[str], None]:

@@ -68,8 +68,8 @@ def legacy_quantize(path: Path, precision: str) -> None:
 
 
 def build_folders(checkpoint: Path, out: Path, precisions, streamed: bool) -> dict[str, Path]:
-    """text_encoder and decoder of every precision (the codec's path is unchanged): the previous way,
-    or the way ``exporter.export`` does it now (placeholders, then the same per-graph steps)."""
+    """Every graph of every precision (the codec's graphs are fp32 in all of them): the previous way,
+    or the way ``exporter.export`` does it now (placeholders, graph-only trace, then the same per-graph steps)."""
     ckpt = ckpt_mod.resolve(str(checkpoint))
     model = ckpt_mod.load_model(ckpt)
     specs = {s.name: s for s in exporter.graph_specs(model, ckpt.conditioning)}
@@ -79,9 +79,10 @@ def build_folders(checkpoint: Path, out: Path, precisions, streamed: bool) -> di
                                        placeholders.CheckpointTensors(ckpt.weight_files))
     base = out / "fp32"
     base.mkdir(parents=True)
-    for name in exporter.STREAMED_GRAPHS:
+    for name in specs:
         if streamed:
-            exporter._export_graph(specs[name], base / f"{name}.onnx", 17, markers)
+            exporter._export_graph(specs[name], base / f"{name}.onnx", 17,
+                                   markers if name in exporter.STREAMED_GRAPHS else None)
         else:
             legacy_export_graph(specs[name], base / f"{name}.onnx")
     folders = {}
@@ -107,7 +108,7 @@ def test_streamed_export_writes_the_previous_bytes(arch, precisions, checkpoint_
     want = build_folders(checkpoint, tmp_path / "legacy", precisions, streamed=False)
     got = build_folders(checkpoint, tmp_path / "streamed", precisions, streamed=True)
     for precision in precisions:
-        for name in exporter.STREAMED_GRAPHS:
+        for name in ("text_encoder", "decoder", "audio_decoder", "audio_encoder"):
             for suffix in (".onnx", ".onnx.data"):
                 a, b = want[precision] / f"{name}{suffix}", got[precision] / f"{name}{suffix}"
                 assert a.exists() and b.exists(), f"{precision} {name}{suffix}"
@@ -205,10 +206,10 @@ def test_references_with_weights_released_after_use_are_unchanged(checkpoint_dir
     model = ckpt_mod.load_model(ckpt)
     assert mapped_weights._mappings(), "transformers no longer maps safetensors: the release does nothing"
     spec = {s.name: s for s in exporter.graph_specs(model, ckpt.conditioning)}["decoder"]
-    plain = exporter._reference_outputs(spec)
+    plain = [want for _, want in exporter._reference_cases(spec)]
     with mapped_weights.released_after_use(model):
-        released = exporter._reference_outputs(spec)
-        released_again = exporter._reference_outputs(spec)  # pages faulted back in from the file
+        released = [want for _, want in exporter._reference_cases(spec)]
+        released_again = [want for _, want in exporter._reference_cases(spec)]  # pages faulted back in from the file
     for a, b, c in zip(plain, released, released_again):
         for x, y, z in zip(a, b, c):
             assert torch.equal(x, y) and torch.equal(x, z)
