@@ -558,12 +558,11 @@ def export(
         # checkpoint one at a time while writing, and the model no longer holds them in memory.
         markers = placeholders.swap_in(model, [by_name[n].module for n in STREAMED_GRAPHS],
                                        placeholders.CheckpointTensors(ckpt.weight_files))
+        _drop_weights(model.audio_encoder)  # the codec graphs' wrappers hold folded copies of their own
         release_freed_memory()
         graphs = {}
-        # The codec first: its real weights are then dropped before the big graphs are validated.
+        # The codec first: its real weights are dropped before the big graphs are exported and validated.
         for spec in sorted(specs, key=lambda s: s.name in STREAMED_GRAPHS):
-            if spec.name in STREAMED_GRAPHS and model.audio_encoder is not None:
-                _drop_weights(model.audio_encoder)
             path = tmp / f"{spec.name}.onnx"
             step(f"exporting {spec.name}")
             graph_precision = precision
@@ -588,6 +587,9 @@ def export(
             )
             if _fail_after == spec.name:
                 raise ExportError(f"injected failure after {spec.name}")
+            if spec.name not in STREAMED_GRAPHS:
+                _drop_weights(spec.module)
+                release_freed_memory()
         graphs = {spec.name: graphs[spec.name] for spec in specs}  # the manifest lists them in the usual order
         stems_params = None
         if demucs is not None:
@@ -605,8 +607,9 @@ def export(
 
 
 def _drop_weights(module: torch.nn.Module) -> None:
-    """Free a module's parameters and buffers once its graphs are exported and validated (the codec:
-    ~0.24 GB of real weights that the text encoder's and decoder's export no longer needs)."""
+    """Free a module's parameters and buffers once nothing needs them: the codec (~0.24 GB for EnCodec
+    32 kHz) is in memory three times (the model's, and a weight-norm-folded copy in each codec graph's
+    wrapper), none of them needed while the text encoder and decoder are exported and validated."""
     with torch.no_grad():
         for p in module.parameters():
             p.data = torch.empty(0, dtype=p.dtype)
