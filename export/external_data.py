@@ -28,7 +28,7 @@ SIZE_THRESHOLD = 1024
 
 @dataclass(frozen=True)
 class FileRegion:
-    """Bytes already in a file: a data file written before, or torch's scratch file of one tensor."""
+    """Bytes already in a file: the data file of a graph written before (rewritten as fp16 or quantised)."""
 
     path: Path
     offset: int
@@ -44,14 +44,6 @@ class FileRegion:
             raise ExportError(f"{self.path}: external data ends at {self.offset + len(data)}, "
                               f"before the {self.length} bytes at offset {self.offset}")
         return data
-
-    def probe(self, itemsize: int) -> bytes:
-        """The first two and the last element's bytes, without reading the rest."""
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            head = f.read(2 * itemsize)
-            f.seek(self.offset + self.length - itemsize)
-            return head + f.read(itemsize)
 
 
 @dataclass(frozen=True)
