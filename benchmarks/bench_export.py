@@ -4,7 +4,7 @@
     python -m benchmarks.bench_export melody --precision all --keep
 
 Each export runs in its own subprocess (peak RSS = that export alone, VmHWM), validation on, into
-benchmarks/cache/ARCH-onnx-PRECISION (replaced; deleted after measuring unless --keep: a melody-large
+benchmarks/cache/export-bench-ARCH-PRECISION (replaced; deleted after measuring unless --keep: a melody-large
 fp32 folder is 10 GB). The exporter is whichever ``musicgen_onnx`` is importable, so the same script
 measures another checkout with PYTHONPATH pointing at it. "ratio" is peak RSS over the largest single
 output file, the figure the bounded-memory export aims to keep near 1 (README, "Export memory").
@@ -42,7 +42,7 @@ def run_export(checkpoint: str, out: str, precision: str) -> dict:
 
 def measure(arch: str, precision: str, keep: bool) -> dict:
     ckpt = ensure_checkpoint(arch)
-    out = CACHE / f"{arch}-onnx-{precision}"
+    out = CACHE / f"export-bench-{arch}-{precision}"  # not ensure_export's ARCH-onnx-PRECISION, which others reuse
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_export import run_export; "
             f"print('RESULT' + json.dumps(run_export({str(ckpt)!r}, {str(out)!r}, {precision!r})))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

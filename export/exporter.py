@@ -26,7 +26,7 @@ from ..runtime.options import GenerationOptions
 from ..runtime.manifest import (
     KV_CACHES, KV_DTYPES, MANIFEST_NAME, PRECISIONS, REFERENCES, ChromaParams, GraphInfo, Manifest, sha256_file,
 )
-from ..runtime.session import open_session, release_freed_memory
+from ..runtime.session import SessionSettings, open_session, release_freed_memory
 from . import checkpoint as ckpt_mod
 from . import external_data, mapped_weights, placeholders, validate
 from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder
@@ -403,6 +403,10 @@ def _files_of(folder: Path, name: str) -> list[Path]:
     return files
 
 
+# The runtime's session settings on CPU, with the node order that keeps an fp16 graph's fp32 weight
+# copies one at a time (melody-large fp16 decoder: validation peaked at 19 GB with the default order).
+VALIDATION_SESSION = SessionSettings(priority_order=True)
+
 # The graphs traced with placeholder weights (the big ones); the codec keeps its real weights (its
 # convolutions' weight norm folds two parameters into one initializer, and it is small).
 STREAMED_GRAPHS = ("text_encoder", "decoder")
@@ -439,7 +443,7 @@ def _load_case(path: Path, inputs: int) -> tuple[list[np.ndarray], list[np.ndarr
 def _validate_graph(spec: GraphSpec, path: Path, precision: str, cases: list[Path],
                     atol: float | None = None, rtol: float | None = None) -> None:
     """``cases``: the files :func:`_store_references` wrote for this graph."""
-    session = open_session(path)  # the runtime's own session settings, on CPU
+    session = open_session(path, VALIDATION_SESSION)
     if spec.name == "audio_encoder":  # codes from an argmin: judged by the fraction that differ
         tol = validate.CODE_MISMATCH[precision]
     else:

@@ -81,6 +81,12 @@ class SessionSettings:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
     threads: int | None = None
+    # Priority-based node order runs each Cast of a weight just before its consumer. The default order
+    # runs every such Cast first, so an fp16 graph on CPU (its MatMuls get fp32 copies of their weights)
+    # holds all the fp32 copies at once: a 512 MB fp16 test graph peaked at 1.63 GB vs 0.65 GB. The
+    # exporter's validation uses it; the runtime does not (small int4 on CPU, alternating under load:
+    # 8.3 / 9.4 / 8.0 steps/s vs 8.9 / 9.9 / 10.5 with the default order).
+    priority_order: bool = False
 
     @classmethod
     def resolve(cls, providers=None, threads: int | None = None, provider_options=None) -> "SessionSettings":
@@ -107,11 +113,8 @@ def open_session(path: Path, settings: SessionSettings = SessionSettings()):
     # back. Measured no slower: melody int8 with fp16 KV, 10 s, 14.4 vs 13.5 steps/s; small fp32 and
     # int4 within run-to-run noise over four alternating runs.
     opts.enable_cpu_mem_arena = False
-    # Priority-based order runs each Cast of a weight just before its consumer; the default order ran
-    # every such Cast first, so an fp16 graph on CPU (whose MatMuls get fp32 copies of their weights)
-    # held all fp32 copies at once: a 512 MB fp16 test graph peaked at 1.63 GB vs 0.65 GB, and the
-    # exporter's validation of the melody-large fp16 decoder at 19 GB.
-    opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    if settings.priority_order:
+        opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if settings.threads:
         opts.intra_op_num_threads = settings.threads
     providers = [(p, settings.provider_options.get(p, {})) for p in settings.providers]

@@ -213,3 +213,30 @@ def test_references_with_weights_released_after_use_are_unchanged(checkpoint_dir
     for a, b, c in zip(plain, released, released_again):
         for x, y, z in zip(a, b, c):
             assert torch.equal(x, y) and torch.equal(x, z)
+
+
+def test_validation_session_order_gives_the_same_outputs(tmp_path):
+    """Validation opens graphs in priority order (an fp16 graph's fp32 weight copies made one at a time,
+    not all first): the node order must not change a single output bit."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from musicgen_onnx.runtime.session import SessionSettings, open_session
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16)]
+    weights = []
+    for i in range(6):
+        weights.append(numpy_helper.from_array((rng.standard_normal((64, 64)) * 0.1).astype(np.float16), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", ["h" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}"]))
+    nodes.append(helper.make_node("Cast", ["h5"], ["y"], to=TensorProto.FLOAT))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])], weights)
+    path = tmp_path / "fp16.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    plain = open_session(path).run(["y"], {"x": x})[0]
+    ordered = open_session(path, exporter.VALIDATION_SESSION).run(["y"], {"x": x})[0]
+    assert exporter.VALIDATION_SESSION.priority_order
+    np.testing.assert_array_equal(plain, ordered)
+    assert np.abs(plain).max() > 0
