@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -190,11 +191,15 @@ def _export_graph(spec: GraphSpec, path: Path, opset: int, markers: dict | None 
     _write(model, path, _as_initializers(model, params, markers or {}))
 
 
+_EXPORT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _initializers_of_export():
     """The initializers (name -> tensor) of the graph being exported, as torch's exporter passes them to
     its serialiser (after constant folding and de-duplication): the one call in between is wrapped."""
     captured: dict[str, torch.Tensor] = {}
+    _EXPORT_LOCK.acquire()  # the wrapped call is process-wide (torch's exporter has global state anyway)
     original = torch._C._jit_pass_onnx_deduplicate_initializers
 
     def capture(*args):
@@ -208,6 +213,7 @@ def _initializers_of_export():
         yield captured
     finally:
         torch._C._jit_pass_onnx_deduplicate_initializers = original
+        _EXPORT_LOCK.release()
 
 
 def _as_initializers(model, params: dict[str, torch.Tensor], markers: dict) -> dict[str, external_data.Source]:
