@@ -266,19 +266,6 @@ def _write(model, path: Path, sources: dict) -> None:
     external_data.write(model, path, sources, external_data.data_bytes(model, sources) > EXTERNAL_DATA_THRESHOLD)
 
 
-def _save(model, path: Path) -> None:
-    """One ``NAME.onnx.data`` file for graphs near the protobuf limit; everything inline otherwise.
-    A rewrite (fp16, quantised) first drops the old data file, which it may no longer need."""
-    import onnx
-
-    path.with_name(path.name + ".data").unlink(missing_ok=True)
-    if sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-
-
 def _load_skeleton(path: Path):
     """The graph without its external bytes, and where each external tensor's bytes are."""
     import onnx

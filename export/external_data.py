@@ -5,9 +5,9 @@ once; for the decoder of a 3.3B checkpoint that is a second 13 GB copy of the we
 is a ModelProto *skeleton* (structure, small tensors inline) plus a :class:`Source` per large
 tensor that produces its bytes only when the writer reaches it, so at most one tensor is in memory.
 
-The output is byte for byte what ``exporter._save`` wrote through onnx (tests/test_export_streaming.py
-compares both): tensors in initializer order, appended to one file without padding, every tensor of
-at least ``onnx``'s ``size_threshold`` (1024, as ``sys.getsizeof`` counts bytes) external, the
+The output is byte for byte what the exporter wrote before with ``onnx.save_model(...,
+save_as_external_data=True, size_threshold=1024)`` (tests/test_export_streaming.py compares both):
+tensors in initializer order, appended to one file without padding, every tensor of at least ``onnx``'s ``size_threshold`` (1024, as ``sys.getsizeof`` counts bytes) external, the
 ``location``/``offset``/``length`` entries in onnx's order, and ``data_location = DEFAULT`` written
 out on a tensor that was external when loaded and is inline now (as ``onnx.load`` leaves it).
 """
@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-# onnx's own default, which exporter._save has always used: smaller tensors stay in the .onnx file.
+# onnx's own default, which the exporter has always used: smaller tensors stay in the .onnx file.
 SIZE_THRESHOLD = 1024
 
 
@@ -90,7 +90,7 @@ def detach(tensor) -> None:
 
 def data_bytes(model, sources: dict[str, Source]) -> int:
     """What ``sum(t.ByteSize() for t in graph.initializer)`` would be with every tensor's bytes
-    loaded, counted from the lengths (exporter._save's inline-or-external rule)."""
+    loaded, counted from the lengths (the exporter's inline-or-external rule)."""
     total = 0
     for t in model.graph.initializer:
         src = sources.get(t.name)

@@ -245,16 +245,9 @@ def export_graph(model, path: Path, opset: int = 17) -> None:
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # eval-mode MultiheadAttention's fused op has no ONNX form
     try:
-        with tempfile.TemporaryDirectory(dir=path.parent) as scratch, warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            raw = Path(scratch) / path.name
-            torch.onnx.export(core, example, str(raw), input_names=INPUTS, output_names=OUTPUTS, dynamic_axes=axes,
-                              opset_version=opset, dynamo=False, do_constant_folding=True)
-            import onnx
+        from .exporter import GraphSpec, _export_graph
 
-            from .exporter import _save
-
-            _save(onnx.load(str(raw), load_external_data=True), path)
+        _export_graph(GraphSpec("stems", core, example, list(INPUTS), list(OUTPUTS), axes), path, opset)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
 

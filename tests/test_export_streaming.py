@@ -29,7 +29,13 @@ THRESHOLD = 1000  # bytes: every tiny graph goes external, as the full-size ones
 
 
 def legacy_save(model, path: Path) -> None:
-    exporter._save(model, path)  # the previous writer, still used for the codec graphs: onnx.save_model
+    """The previous writer (exporter._save): one data file above the threshold, everything inline otherwise."""
+    path.with_name(path.name + ".data").unlink(missing_ok=True)
+    if sum(t.ByteSize() for t in model.graph.initializer) > exporter.EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
 
 
 def legacy_export_graph(spec, path: Path, opset: int = 17) -> None:
