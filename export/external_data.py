@@ -7,7 +7,8 @@ tensor that produces its bytes only when the writer reaches it, so at most one t
 
 The output is byte for byte what the exporter wrote before with ``onnx.save_model(...,
 save_as_external_data=True, size_threshold=1024)`` (tests/test_export_streaming.py compares both):
-tensors in initializer order, appended to one file without padding, every tensor of at least ``onnx``'s ``size_threshold`` (1024, as ``sys.getsizeof`` counts bytes) external, the
+tensors in initializer order, appended to one file without padding, every tensor of at least
+``onnx``'s ``size_threshold`` (1024, as ``sys.getsizeof`` counts bytes) external, the
 ``location``/``offset``/``length`` entries in onnx's order, and ``data_location = DEFAULT`` written
 out on a tensor that was external when loaded and is inline now (as ``onnx.load`` leaves it).
 """
