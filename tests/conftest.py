@@ -27,8 +27,9 @@ FAMILIES = ["tiny-melody", "tiny-melody-stereo", "tiny-text", "tiny-text-stereo"
 BUNDLED = ROOT / "models" / "tiny-melody"
 CLI = [sys.executable, "-m", "musicgen_onnx.cli"]
 EXPORT_FIXTURES = {"checkpoint_dir", "exported", "reference_model"}
-EXPORT_MODULES = ["test_export.py", "test_export_streaming.py", "test_parity.py", "test_sensitivity.py",
-                  "test_stems_parity.py", "test_tiers.py", "test_tokenizer.py"]
+EXPORT_MODULES = ["export/test_export.py", "export/test_export_streaming.py", "export/test_parity.py",
+                  "export/test_sensitivity.py", "export/test_stems_parity.py", "export/test_tiers.py",
+                  "export/test_tokenizer.py"]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 collect_ignore = [] if HAVE_TORCH else EXPORT_MODULES
 

@@ -20,7 +20,7 @@ from musicgen_onnx.runtime.errors import ExportError
 
 pytestmark = pytest.mark.export
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "audiocraft-tiny"
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "audiocraft-tiny"
 T5 = FIXTURE / "t5"
 TOKENS = json.loads((FIXTURE / "tokens.json").read_text())
 
