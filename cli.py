@@ -418,7 +418,7 @@ def _peak_rss_mb() -> float:
 @click.option("--precision", default=None, help="optimum / transformers.js folders: the variant to describe.")
 def info(folder, no_hash, precision):
     """Describe an exported model folder (or an optimum / transformers.js one) and verify its files."""
-    from .runtime import foreign
+    from .runtime import optimum_layout
     from .runtime.manifest import load_manifest, verify_files
 
     from .runtime.manifest import MANIFEST_NAME, STEMS_MANIFEST_NAME, load_stems_manifest, verify_graph_files
@@ -434,8 +434,8 @@ def info(folder, no_hash, precision):
             "files          " + ("sizes verified" if no_hash else "sizes and sha256 verified")]))
         return
     adapter = None
-    if foreign.is_optimum_folder(folder):
-        adapter = foreign.OptimumFolder.open(folder, precision)
+    if optimum_layout.is_optimum_folder(folder):
+        adapter = optimum_layout.OptimumFolder.open(folder, precision)
         m = adapter.manifest
     else:
         m = load_manifest(folder)

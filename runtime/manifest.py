@@ -26,7 +26,7 @@ MANIFEST_NAME = "musicgen_onnx.json"
 STEMS_MANIFEST_NAME = "musicgen_onnx_stems.json"  # a stems-only folder (export-stems)
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # melody checkpoints prepend; text-only ones cross-attend to keys/values the text encoder computes ("cross") or,
-# in optimum / transformers.js folders (foreign.py), to the raw T5 states the decoder projects itself ("states")
+# in optimum / transformers.js folders (optimum_layout.py), to the raw T5 states the decoder projects itself ("states")
 CONDITIONINGS = ("prefix", "cross", "states")
 SOURCE_FORMATS = ("transformers", "audiocraft")  # what `export` read (optimum folders are read, never written)
 # Whose behaviour generation reproduces where the two references differ (spec section 11): text-only models'

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from . import audio as audio_io
-from . import foreign
+from . import optimum_layout
 from .codec import AudioCodec, StreamDecoder
 from .conditioning import Conditioner
 from .delay import DelayPattern
@@ -31,7 +31,7 @@ from .options import GenerationOptions
 from .rows import LiveRows
 from .session import GraphSessions, SessionSettings, check_memory, release_freed_memory
 from .stepper import ConcatStepper, Conditioning, DecoderIO, StaticStepper
-from .text import TextTokenizer
+from .prompt_ids import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class MusicGen:
     def __init__(self, folder: Path, manifest: Manifest, settings: SessionSettings, low_memory: bool = False,
                  adapter=None):
-        """``adapter``: a foreign folder's adapter (``foreign.OptimumFolder``), which supplies the
+        """``adapter``: an optimum folder's adapter (``optimum_layout.OptimumFolder``), which supplies the
         conditioner, the codec and the stepper its graphs need; None for this project's folders."""
         self.folder = folder
         self.manifest = manifest
@@ -84,13 +84,13 @@ class MusicGen:
         before the decoder's KV cache is allocated, at about a second per call.
 
         A folder written by optimum or transformers.js (``config.json`` and its graphs, no
-        ``musicgen_onnx.json``) is read through ``foreign.py``; ``precision`` picks among its variants
+        ``musicgen_onnx.json``) is read through ``optimum_layout.py``; ``precision`` picks among its variants
         ("fp32", "fp16", "int8"/"quantized", "int4"/"q4"; default: fp32 when present)."""
         settings = SessionSettings.resolve(providers, threads)
         local = Path(folder).is_dir()
         folder = resolve_model(folder, revision, precision, export, settings.providers)
-        if foreign.is_optimum_folder(folder):
-            adapter = foreign.OptimumFolder.open(folder, precision)
+        if optimum_layout.is_optimum_folder(folder):
+            adapter = optimum_layout.OptimumFolder.open(folder, precision)
             return cls(folder, adapter.manifest, settings, low_memory, adapter)
         if local and precision is not None:
             raise InvalidInputError("precision= chooses among the variants of an optimum / transformers.js folder "

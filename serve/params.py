@@ -97,7 +97,7 @@ class RequestChecker:
 
     def __init__(self, model, settings: ServeSettings):
         from ..runtime.manifest import folder_file
-        from ..runtime.text import TextTokenizer
+        from ..runtime.prompt_ids import TextTokenizer
 
         m = model.manifest
         self.manifest = m
