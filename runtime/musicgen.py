@@ -72,8 +72,9 @@ class MusicGen:
         before the decoder's KV cache is allocated, at about a second per call.
 
         A folder written by optimum or transformers.js (``config.json`` and its graphs, no
-        ``musicgen_onnx.json``) is read through ``optimum_layout.py`` (``layouts.py`` tells the kinds apart); ``precision`` picks among its variants
-        ("fp32", "fp16", "int8"/"quantized", "int4"/"q4"; default: fp32 when present)."""
+        ``musicgen_onnx.json``) is read through ``optimum_layout.py`` (``folder_kind.py`` tells the kinds
+        apart); ``precision`` picks among its variants ("fp32", "fp16", "int8"/"quantized", "int4"/"q4";
+        default: fp32 when present)."""
         settings = SessionSettings.resolve(providers, threads)
         local = Path(folder).is_dir()
         folder = resolve_model(folder, revision, precision, export, settings.providers)
