@@ -17,7 +17,8 @@ import numpy as np
 from .runtime.audio import STRATEGIES
 from .runtime.errors import MusicGenError
 from .runtime.manifest import KV_CACHES, KV_DTYPES
-from .runtime.options import duration_frames
+from .runtime.options import MAX_BATCH, duration_frames
+from .serve.settings import ServeSettings  # the service's limits and defaults; needs no web stack
 
 BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-melody"
 BUNDLED_STEMS = Path(__file__).resolve().parent / "models" / "tiny-stems"
@@ -185,9 +186,9 @@ def generate(prompts, model_dir, revision, precision, export_missing, melody, du
         model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory, revision=revision,
                                          precision=precision, export=export_missing)
         load_s = time.perf_counter() - t0
-        options = dict(duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
-                       guidance_scale=guidance, greedy=greedy or None, extend_stride=extend_stride,
-                       stems=False if no_stems else None)
+        options = dict(options=model.options.updated(
+            duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance,
+            greedy=greedy or None, extend_stride=extend_stride), stems=False if no_stems else None)
         if continue_from:
             prompt_codes = model.encode_prompt(continue_from)
             options["prompt_codes"] = np.repeat(prompt_codes, len(prompts), axis=0)
@@ -305,13 +306,13 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
               help="Exported model folder (default: the bundled tiny model, random weights).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 64),
-              help="Most requests run as one generate() call.")
-@click.option("--max-wait-ms", default=50.0, show_default=True, type=click.FloatRange(0, 10_000),
+@click.option("--max-batch", default=ServeSettings.max_batch, show_default=True, type=int,
+              help=f"Most requests run as one generate() call (1 to {MAX_BATCH}).")
+@click.option("--max-wait-ms", default=ServeSettings.max_wait_ms, show_default=True, type=float,
               help="Longest a request waits for batch mates.")
-@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1, 10_000),
+@click.option("--max-queue", default=ServeSettings.max_queue, show_default=True, type=int,
               help="Waiting requests before new ones get 503 + Retry-After.")
-@click.option("--max-duration", default=30.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True),
+@click.option("--max-duration", default=ServeSettings.max_duration, show_default=True, type=float,
               help="Longest clip a request may ask for, in seconds.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment on a local Ray instance "
@@ -324,7 +325,7 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
     try:
         import uvicorn
 
-        from .serve import ServeSettings, create_app
+        from .serve import create_app
         import starlette  # noqa: F401  (checked here so a missing extra is one line, before the model loads)
     except ImportError as exc:
         raise MusicGenError(f"serve needs the 'serve' extra (pip install 'musicgen-onnx[serve]'): {exc}") from None
@@ -379,7 +380,7 @@ def verify(folder, checkpoint, frames):
 @main.command(cls=_Command)
 @click.argument("folder", type=click.Path())
 @click.option("--seconds", default=5.0, show_default=True, type=float, help="Audio to generate per run.")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, MAX_BATCH))
 @click.option("--provider", default="auto", show_default=True)
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads (default: all cores).")
 @_LOW_MEMORY
@@ -418,65 +419,51 @@ def _peak_rss_mb() -> float:
 @click.option("--precision", default=None, help="optimum / transformers.js folders: the variant to describe.")
 def info(folder, no_hash, precision):
     """Describe an exported model folder (or an optimum / transformers.js one) and verify its files."""
-    from .runtime import foreign
-    from .runtime.manifest import load_manifest, verify_files
+    from .runtime.folder_kind import STEMS, folder_kind
+    from .runtime.layouts import describe, describe_stems, open_layout
+    from .runtime.manifest import load_stems_manifest, verify_graph_files
 
-    from .runtime.manifest import MANIFEST_NAME, STEMS_MANIFEST_NAME, load_stems_manifest, verify_graph_files
-
-    if (Path(folder) / STEMS_MANIFEST_NAME).is_file() and not (Path(folder) / MANIFEST_NAME).is_file():
+    if folder_kind(folder) == STEMS:
         s = load_stems_manifest(folder)
         verify_graph_files(folder, s.graphs, hash_files=not no_hash)
         g = s.graphs["stems"]
         click.echo("\n".join([
             f"model folder   {folder}", f"layout         musicgen-onnx stems folder (format version {s.format_version})",
-            f"source         {s.source.get('demucs', '?')}", _stems_line(s.stems),
+            f"source         {s.source.get('demucs', '?')}", _stems_line(describe_stems(s.stems)),
             f"graph          stems             {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}",
             "files          " + ("sizes verified" if no_hash else "sizes and sha256 verified")]))
         return
-    adapter = None
-    if foreign.is_optimum_folder(folder):
-        adapter = foreign.OptimumFolder.open(folder, precision)
-        m = adapter.manifest
-    else:
-        m = load_manifest(folder)
-        verify_files(folder, m, hash_files=not no_hash)
-    src = m.source or {}
-    d = m.defaults
+    layout = open_layout(folder, precision, verify_hashes=not no_hash)
+    f = describe(layout)
+    d, dec, c = f["defaults"], f["decoder"], f["chroma"]
     lines = [
         f"model folder   {folder}",
-        f"layout         {adapter.layout}" if adapter else f"layout         musicgen-onnx export (format version {m.format_version})",
-        f"variant        {adapter.precision} (available: {', '.join(adapter.available)})" if adapter else None,
-        f"source         {src.get('checkpoint', '?')}" + (f" @ {src['revision']}" if src.get("revision") else "")
-        + ("" if adapter else f" ({m.source_format} format; follows {m.reference} where it and the other reference differ)"),
-        f"family         {m.family} ({'prefix' if m.is_melody else 'cross-attention'} conditioning)",
-        f"decoder        {m.num_layers} layers, {m.num_heads} heads, hidden {m.hidden_size}, "
-        f"{m.num_codebooks} codebooks x {m.codebook_size}, delays {list(m.delays)}, {m.kv_cache} KV cache "
-        f"({m.kv_dtype or 'dtype not recorded'})",
-        f"audio          {m.sample_rate} Hz, {m.audio_channels} channel(s), {m.frame_rate:g} frames/s, "
-        f"max {m.max_duration:g} s",
+        f"layout         {f['layout']}",
+        f"variant        {f['variant']}" if f["variant"] else None,
+        f"source         {f['checkpoint'] or '?'}" + (f" @ {f['revision']}" if f["revision"] else "")
+        + (f" ({f['source_format']})" if f["source_format"] else ""),
+        f"family         {f['family']} ({'prefix' if f['melody'] else 'cross-attention'} conditioning)",
+        f"decoder        {dec['layers']} layers, {dec['heads']} heads, hidden {dec['hidden_size']}, "
+        f"{f['codebooks']} codebooks x {f['codebook_size']}, delays {dec['delays']}, {f['kv_cache']} KV cache "
+        f"({f['kv_dtype'] or 'dtype not recorded'})",
+        f"audio          {f['sample_rate']} Hz, {f['channels']} channel(s), {f['frame_rate']:g} frames/s, "
+        f"max {f['window_s']:g} s",
+        f"chroma         n_fft {c['n_fft']}, hop {c['hop_length']}, {c['bins']} bins, {c['frames']} frames" if c else None,
+        _stems_line(f["stems"]) + " (melodies are separated first; --no-stems: full mix)" if f["stems"] else None,
+        f"defaults       duration {d['duration']:g} s, top_k {d['top_k']}, top_p {d['top_p']:g}, "
+        f"temperature {d['temperature']:g}, guidance {d['guidance']:g}, greedy {d['greedy']}",
     ]
-    if m.chroma:
-        c = m.chroma
-        lines.append(f"chroma         n_fft {c.n_fft}, hop {c.hop_length}, {c.num_chroma} bins, {c.chroma_length} frames")
-    if m.stems:
-        lines.append(_stems_line(m.stems) + " (melodies are separated first; --no-stems: full mix)")
-    lines.append(f"defaults       duration {d.duration:g} s, top_k {d.top_k}, top_p {d.top_p:g}, "
-                 f"temperature {d.temperature:g}, guidance {d.guidance_scale:g}, greedy {d.greedy}")
-    for name, g in m.graphs.items():
-        lines.append(f"graph          {name:<17} {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}")
-    if adapter:
-        lines += [f"lacks          {what}" for what in adapter.lacks]
-        lines.append("files          present inside the folder, readable ONNX, no outside external data")
-    else:
-        if "audio_encoder" not in m.graphs:
-            lines.append("lacks          audio encoder: no continuation (generate_continuation, --continue)")
-        lines.append("files          " + ("sizes verified" if no_hash else "sizes and sha256 verified"))
+    for name, g in f["graphs"].items():
+        lines.append(f"graph          {name:<17} {g['precision']:<5} {g['size_bytes'] / 1e6:9.2f} MB  "
+                     f"{', '.join(g['files'])}")
+    lines += [f"lacks          {what}" for what in f["lacks"]]
+    lines.append(f"files          {layout.files_checked(not no_hash)}")
     click.echo("\n".join(line for line in lines if line is not None))
 
 
-def _stems_line(p) -> str:
-    return (f"stems          Demucs: {', '.join(p.sources)} at {p.sample_rate} Hz, {p.audio_channels} channel(s), "
-            f"segments of {p.segment_length / p.sample_rate:g} s, n_fft {p.n_fft}, melody = {' + '.join(p.melody_stems)}")
+def _stems_line(p: dict) -> str:
+    return (f"stems          Demucs: {', '.join(p['sources'])} at {p['sample_rate']} Hz, {p['channels']} channel(s), "
+            f"segments of {p['segment_s']:g} s, n_fft {p['n_fft']}, melody = {' + '.join(p['melody_stems'])}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def same_length_prompts(model: str | None) -> list[str]:
     from collections import defaultdict
 
     from musicgen_onnx.runtime.manifest import folder_file, load_manifest
-    from musicgen_onnx.runtime.text import TextTokenizer
+    from musicgen_onnx.runtime.prompt_ids import TextTokenizer
 
     m = load_manifest(model)
     tok = TextTokenizer(folder_file(Path(model), m.tokenizer), max_id=m.text_vocab_size)

@@ -104,7 +104,7 @@ def main(argv=None) -> None:
         if options:
             from musicgen_onnx.runtime.session import SessionSettings
 
-            ours = MusicGen(ours.folder, ours.manifest, SessionSettings(ours.settings.providers, options))
+            ours = MusicGen(ours.adapter, SessionSettings(ours.settings.providers, options))
         _, codes = ours.generate(prompts, duration=1.0, greedy=True, return_codes=True)
         report.add(step="parity", graph="tiny-melody fp32 concat", use_tf32=tf32,
                    agreement=float((codes == ref_codes).mean()), identical=bool((codes == ref_codes).all()))

@@ -6,7 +6,7 @@ from .errors import InvalidInputError, ModelFolderError, MusicGenError
 from .manifest import Manifest, load_manifest
 from .musicgen import MusicGen
 from .options import GenerationOptions
-from .text import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS
+from .prompt_ids import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS
 
 __all__ = ["MusicGen", "GenerationOptions", "Manifest", "load_manifest", "audio_write", "load_audio",
            "MusicGenError", "InvalidInputError", "ModelFolderError", "MAX_PROMPT_CHARS", "MAX_PROMPT_TOKENS"]

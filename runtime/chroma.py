@@ -13,6 +13,7 @@ import functools
 import numpy as np
 
 from .manifest import ChromaParams
+from .stft import centered_frames, hann
 
 
 @functools.lru_cache(maxsize=4)
@@ -34,21 +35,15 @@ def chroma_filter_bank(sample_rate: int, n_fft: int, num_chroma: int = 12, tunin
     return np.ascontiguousarray(weights[:, : 1 + n_fft // 2], dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=4)
-def _hann(n: int) -> np.ndarray:
-    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)  # periodic, as torch
-
-
 def power_spectrogram(wav: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """``|STFT|^2 / sum(window^2)``, centred with reflect padding; ``[n_fft//2+1, 1 + len // hop]``."""
-    pad = n_fft // 2
-    padded = np.pad(wav.astype(np.float32), (pad, pad), mode="reflect")
-    frames = 1 + (padded.shape[0] - n_fft) // hop
-    window = _hann(n_fft)
+    view = centered_frames(wav.astype(np.float32), n_fft, hop)
+    frames = view.shape[0]
+    window = hann(n_fft)
     spec = np.empty((n_fft // 2 + 1, frames), dtype=np.float32)
     for start in range(0, frames, 64):  # bounded memory: 64 frames of n_fft at a time
         idx = np.arange(start, min(frames, start + 64))
-        block = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[idx * hop] * window
+        block = view[idx] * window
         spectrum = np.fft.rfft(block.astype(np.float64), axis=-1)
         spec[:, idx] = (spectrum.real ** 2 + spectrum.imag ** 2).T.astype(np.float32)
     return spec / np.float32(np.sum(window.astype(np.float64) ** 2))

@@ -18,7 +18,7 @@ import numpy as np
 from . import roles
 from .chroma import null_chroma
 from .stepper import Conditioning
-from .text import TextTokenizer
+from .prompt_ids import TextTokenizer
 
 
 class Conditioner:

@@ -1,8 +1,9 @@
 """One generation call: conditioning -> windows -> steps -> codes.
 
 A :class:`GenerationTask` holds everything a call changes (the sampler and its random state, the
-window plan, the tail carried between windows, progress); the :class:`~.musicgen.MusicGen` it reads
-from is shared and never written, so one loaded model can serve concurrent calls. Each window runs a
+window plan, the tail carried between windows, progress); the :class:`ModelParts` it reads from are
+shared and never written, so one loaded model can serve concurrent calls. The task takes the parts, not
+the model: the loop sits below ``MusicGen`` and never reaches back up to it. Each window runs a
 :class:`StepLoop`: condition once, then one decoder call per step over the delay pattern.
 """
 
@@ -11,23 +12,40 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
+from . import audio as audio_io
 from .chroma import batch_chroma
+from .delay import DelayPattern
 from .errors import InvalidInputError, ModelFolderError
 from .longform import Window, plan_windows
+from .manifest import Manifest
 from .melody import prepare_melodies, single_window_cut, window_cut
-from .options import GenerationOptions
+from .options import MAX_BATCH, GenerationOptions
 from .rows import LiveRows
 from .sampling import Sampler, classifier_free_guidance
-
-if TYPE_CHECKING:
-    from .musicgen import MusicGen
+from .stepper import Conditioning
 
 ProgressFn = Callable[[int, int], None]
 ChooseFn = Callable[[int, np.ndarray], np.ndarray]  # (step, CFG-combined logits [B, K, V]) -> tokens [B, K]
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """What one call reads from a loaded model: its manifest, delay pattern, conditioner (prompts and
+    chroma -> :class:`Conditioning`), a stepper factory ``(rows, conditioning, steps)`` and the melody
+    separator ``(wavs, rngs) -> wavs`` (used only when the manifest has stems). ``folder`` names the
+    model in messages."""
+
+    folder: Path
+    manifest: Manifest
+    pattern: DelayPattern
+    conditioner: Callable[[list[str | None], np.ndarray | None, bool], Conditioning]
+    new_stepper: Callable[[int, Conditioning, int], object]
+    separate_melodies: Callable[[list[np.ndarray], list[np.random.Generator]], list[np.ndarray]]
 
 
 class StderrProgress:
@@ -49,9 +67,6 @@ class StderrProgress:
         sys.stderr.flush()
 
 
-MAX_BATCH = 64  # prompts per call: memory and time grow with it; a server batches within this bound
-
-
 def check_descriptions(descriptions) -> list[str | None]:
     if isinstance(descriptions, str):
         descriptions = [descriptions]
@@ -66,13 +81,39 @@ def check_descriptions(descriptions) -> list[str | None]:
     return list(descriptions)
 
 
+def prompt_audio(item, sample_rate: int | None, m: Manifest, name: str = "prompt") -> np.ndarray:
+    """One continuation prompt (a path, or an array with its ``sample_rate``) -> ``[channels, samples]``
+    at the model's rate and channel count: mixed down for mono models, a mono prompt doubled for stereo
+    ones. Read up to one second past the window: a longer prompt is refused by :func:`check_prompt_length`."""
+    wav, sr, _ = audio_io.read_input(item, sample_rate, name, "prompt", max_seconds=m.max_duration + 1,
+                                     min_seconds=audio_io.MIN_PROMPT_SECONDS)
+    if m.audio_channels == 1:
+        wav = wav.mean(axis=0, keepdims=True)
+    else:
+        wav = np.repeat(wav, 2, axis=0) if wav.shape[0] == 1 else wav[:2]
+    return audio_io.resample(wav, sr, m.sample_rate)
+
+
+def check_prompt_length(frames: int, m: Manifest, options: GenerationOptions, name: str = "prompt",
+                        what: str = "prompt") -> None:
+    """A continuation prompt of ``frames`` codec frames must fit the model's window and be shorter than
+    the output, which includes it."""
+    seconds = frames / m.frame_rate
+    if frames >= m.max_frames:
+        raise InvalidInputError(f"{name}: {seconds:.3g} s of audio, but a prompt must be shorter than the model's "
+                                f"{m.max_duration:g} s window")
+    if frames >= options.frames(m.frame_rate):
+        raise InvalidInputError(f"duration {options.duration:g} s must be longer than the {what} ({seconds:.3g} s): "
+                                f"the output includes it")
+
+
 class StepLoop:
     """One window's autoregressive loop. Iterating yields the step index after each step; ``seq`` is
     the delayed sequence ``[B, K, frames + max_delay + 1]`` filled so far. Known positions (``prompt``
     frames, and the special token wherever the delay pattern has no frame) are never overwritten, as
     in audiocraft's ``LMModel.generate``. Between steps, ``keep_rows`` may shrink the batch."""
 
-    def __init__(self, model: "MusicGen", descriptions: list[str | None], chroma: np.ndarray | None, frames: int,
+    def __init__(self, model: ModelParts, descriptions: list[str | None], chroma: np.ndarray | None, frames: int,
                  guidance_scale: float, choose: ChooseFn, prompt: np.ndarray | None = None):
         codes = np.full((len(descriptions), model.manifest.num_codebooks, frames), -1, dtype=np.int64)  # -1: to generate
         self.start = 1
@@ -127,7 +168,7 @@ class GenerationInputs:
     stems: bool = False
 
     @classmethod
-    def check(cls, model: "MusicGen", descriptions, melody, melody_sample_rate, options: GenerationOptions,
+    def check(cls, model: ModelParts, descriptions, melody, melody_sample_rate, options: GenerationOptions,
               prompt_codes=None, stems: bool | None = None) -> "GenerationInputs":
         m = model.manifest
         descriptions = check_descriptions(descriptions)
@@ -140,7 +181,7 @@ class GenerationInputs:
                                     "use a MusicGen-Melody export or drop the melody")
         if stems is not None and not isinstance(stems, bool):
             raise InvalidInputError(f"stems must be True, False or None (separate when the folder can), got {stems!r}")
-        has_stems = m.stems is not None and model.adapter is None
+        has_stems = m.stems is not None
         if stems and not has_stems:
             raise InvalidInputError(f"stems=True: {model.folder} has no stems graph; export it with --stems DEMUCS, "
                                     "or pass stems=False for the full mix")
@@ -154,12 +195,7 @@ class GenerationInputs:
                     or prompt_codes.shape[:2] != (len(descriptions), m.num_codebooks):
                 shape = list(prompt_codes.shape) if isinstance(prompt_codes, np.ndarray) else type(prompt_codes).__name__
                 raise InvalidInputError(f"prompt codes must be [{len(descriptions)}, {m.num_codebooks}, frames], got {shape}")
-            if prompt_codes.shape[2] >= options.frames(m.frame_rate):
-                raise InvalidInputError(f"duration {options.duration:g} s must be longer than the prompt "
-                                        f"({prompt_codes.shape[2] / m.frame_rate:g} s): the output includes it")
-            if prompt_codes.shape[2] >= m.max_frames:
-                raise InvalidInputError(f"prompt: {prompt_codes.shape[2] / m.frame_rate:g} s of audio, but a prompt must "
-                                        f"be shorter than the model's {m.max_duration:g} s window")
+            check_prompt_length(prompt_codes.shape[2], m, options)
             if not np.issubdtype(prompt_codes.dtype, np.integer) or prompt_codes.size and (
                     prompt_codes.min() < 0 or prompt_codes.max() >= m.codebook_size):
                 raise InvalidInputError(f"prompt codes must be integers in [0, {m.codebook_size - 1}]")
@@ -176,7 +212,7 @@ class GenerationTask:
     melodies of later windows) goes on without them: yielded codes hold the rows in ``rows.live``, and
     the call ends early when none is left."""
 
-    def __init__(self, model: "MusicGen", inputs: GenerationInputs, progress: bool | ProgressFn = False,
+    def __init__(self, model: ModelParts, inputs: GenerationInputs, progress: bool | ProgressFn = False,
                  rows: LiveRows | None = None):
         self.model = model
         self.inputs = inputs
@@ -243,7 +279,7 @@ class GenerationTask:
             return None
         params = self.model.manifest.chroma
         if len(self.windows) > 1:
-            melodies = window_cut(melodies, window.start_s, self.model.max_duration, params)
+            melodies = window_cut(melodies, window.start_s, self.model.manifest.max_duration, params)
         elif self.inputs.stems:
             melodies = single_window_cut(melodies, params, self.model.manifest.stems)
         if self.inputs.stems:

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import roles
 from .errors import InvalidInputError, ModelFolderError
+from .json_file import read_json_file
 from .options import GenerationOptions, duration_frames
 
 FORMAT_VERSION = 2  # 2: graphs carry a role -> tensor name map (version 1 folders: names were the roles)
@@ -26,7 +27,7 @@ MANIFEST_NAME = "musicgen_onnx.json"
 STEMS_MANIFEST_NAME = "musicgen_onnx_stems.json"  # a stems-only folder (export-stems)
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # melody checkpoints prepend; text-only ones cross-attend to keys/values the text encoder computes ("cross") or,
-# in optimum / transformers.js folders (foreign.py), to the raw T5 states the decoder projects itself ("states")
+# in optimum / transformers.js folders (optimum_layout.py), to the raw T5 states the decoder projects itself ("states")
 CONDITIONINGS = ("prefix", "cross", "states")
 SOURCE_FORMATS = ("transformers", "audiocraft")  # what `export` read (optimum folders are read, never written)
 # Whose behaviour generation reproduces where the two references differ (spec section 11): text-only models'
@@ -131,7 +132,7 @@ class StemsParams:
         return tuple(self.sources.index(s) for s in self.melody_stems)
 
     @classmethod
-    def read(cls, r: "_Reader", value) -> "StemsParams":
+    def read(cls, r: "FieldReader", value) -> "StemsParams":
         d = r.obj(value, "stems")
         r.known(d, {f.name for f in dataclasses.fields(cls)}, "stems")
         names = {k: tuple(r.names(r.req(d, k, "stems"), f"stems.{k}")) for k in ("sources", "melody_stems") if k in d}
@@ -231,7 +232,7 @@ class Manifest:
         """Read a manifest as untrusted input: every field's type is checked exactly (no bool as int,
         no float as int, no string as number), unknown fields are refused, then :meth:`check` bounds
         the numbers. Version 1 folders (before graph roles and the tokenizer hash) still load."""
-        r = _Reader(where)
+        r = FieldReader(where)
         data = r.obj(data, "manifest")
         version = data.get("format_version")
         if isinstance(version, bool) or version not in READABLE_VERSIONS:
@@ -381,7 +382,7 @@ class StemsManifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "stems manifest") -> "StemsManifest":
-        r = _Reader(where)
+        r = FieldReader(where)
         data = r.obj(data, "manifest")
         version = data.get("format_version")
         if isinstance(version, bool) or version != FORMAT_VERSION:
@@ -400,7 +401,7 @@ class StemsManifest:
         return manifest
 
 
-class _Reader:
+class FieldReader:
     """Exact-type readers for untrusted JSON values; every refusal is one line naming the field."""
 
     MAX_TEXT = 4096
@@ -511,13 +512,7 @@ def _read_json(folder: Path, name: str) -> Any:
     path = folder / name
     if not path.is_file():
         raise ModelFolderError(f"{folder}: no {name}; not a musicgen-onnx model folder (export one first)")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ModelFolderError(f"{path}: unreadable manifest (larger than {MAX_MANIFEST_BYTES >> 20} MiB)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, bad UTF-8, 5000-digit numbers
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise ModelFolderError(f"{path}: unreadable manifest ({reason})") from None
+    return read_json_file(path, MAX_MANIFEST_BYTES, "manifest")
 
 
 def folder_file(folder: str | os.PathLike, name: str) -> Path:

@@ -18,54 +18,42 @@ from typing import Sequence
 
 import numpy as np
 
-from . import audio as audio_io
-from . import foreign
-from .codec import AudioCodec, StreamDecoder
-from .conditioning import Conditioner
+from .codec import StreamDecoder
 from .delay import DelayPattern
 from .errors import InvalidInputError
 from .hub import DEFAULT_NAME, resolve_model
-from .generation import GenerationInputs, GenerationTask, ProgressFn, StepLoop, check_descriptions
-from .manifest import Manifest, folder_file, load_manifest, verify_files
+from .generation import (
+    GenerationInputs, GenerationTask, ModelParts, ProgressFn, StepLoop, check_descriptions, prompt_audio,
+)
+from .layouts import FolderLayout, layout_class
 from .options import GenerationOptions
 from .rows import LiveRows
-from .session import GraphSessions, SessionSettings, check_memory, release_freed_memory
-from .stepper import ConcatStepper, Conditioning, DecoderIO, StaticStepper
-from .text import TextTokenizer
+from .session import GraphSessions, SessionSettings, release_freed_memory
+from .stepper import Conditioning
+from .prompt_ids import TextTokenizer
 
 log = logging.getLogger(__name__)
 
 
 class MusicGen:
-    def __init__(self, folder: Path, manifest: Manifest, settings: SessionSettings, low_memory: bool = False,
-                 adapter=None):
-        """``adapter``: a foreign folder's adapter (``foreign.OptimumFolder``), which supplies the
-        conditioner, the codec and the stepper its graphs need; None for this project's folders."""
-        self.folder = folder
-        self.manifest = manifest
+    def __init__(self, adapter: FolderLayout, settings: SessionSettings, low_memory: bool = False):
+        """``adapter``: the opened folder (``layouts.open_layout``), which supplies the manifest and the
+        conditioner, codec and stepper its graphs need."""
+        self.folder = adapter.folder
+        self.manifest = m = adapter.manifest
         self.settings = settings
         self.adapter = adapter
-        m = manifest
-        self.graphs = GraphSessions(adapter.graph_dir if adapter else folder, m, settings)
+        self.graphs = GraphSessions(adapter.graph_dir, m, settings)
         # The decoder first: a graph with inline weights (folders exported before weights went to
         # NAME.onnx.data) is held twice while it loads, and that peak is lowest with nothing else resident.
-        decoder = self.graphs["decoder"]
+        self.graphs["decoder"]
         if not low_memory:  # low_memory: the text encoder is opened per call (GraphSessions.run_transient)
             self.graphs["text_encoder"]
-        tokenizer = TextTokenizer(adapter.tokenizer_path if adapter else folder_file(folder, m.tokenizer),
-                                  max_id=m.text_vocab_size)
+        tokenizer = TextTokenizer(adapter.tokenizer_path, max_id=m.text_vocab_size)
         self.pattern = DelayPattern(m.delays, m.special_token_id)
         self.options = m.defaults
-        if adapter is not None:
-            self.conditioner = adapter.conditioner(tokenizer, self.graphs)
-            self.codec = adapter.codec(self.graphs)
-            release_freed_memory()
-            return
-        self.conditioner = Conditioner(tokenizer, self.graphs, m)
-        self.codec = AudioCodec(self.graphs, m)
-        self._decoder_io = DecoderIO.of(m.graphs["decoder"], m.num_layers, m.kv_cache)
-        past_type = next(i.type for i in decoder.get_inputs() if i.name == self._decoder_io.past[0])
-        self._cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
+        self.conditioner = adapter.conditioner(tokenizer, self.graphs)
+        self.codec = adapter.codec(self.graphs)
         release_freed_memory()
 
     # ------------------------------------------------------------------ loading
@@ -84,20 +72,17 @@ class MusicGen:
         before the decoder's KV cache is allocated, at about a second per call.
 
         A folder written by optimum or transformers.js (``config.json`` and its graphs, no
-        ``musicgen_onnx.json``) is read through ``foreign.py``; ``precision`` picks among its variants
-        ("fp32", "fp16", "int8"/"quantized", "int4"/"q4"; default: fp32 when present)."""
+        ``musicgen_onnx.json``) is read through ``optimum_layout.py`` (``folder_kind.py`` tells the kinds
+        apart); ``precision`` picks among its variants ("fp32", "fp16", "int8"/"quantized", "int4"/"q4";
+        default: fp32 when present)."""
         settings = SessionSettings.resolve(providers, threads)
         local = Path(folder).is_dir()
         folder = resolve_model(folder, revision, precision, export, settings.providers)
-        if foreign.is_optimum_folder(folder):
-            adapter = foreign.OptimumFolder.open(folder, precision)
-            return cls(folder, adapter.manifest, settings, low_memory, adapter)
-        if local and precision is not None:
+        layout = layout_class(folder)
+        if local and precision is not None and not layout.has_variants:
             raise InvalidInputError("precision= chooses among the variants of an optimum / transformers.js folder "
                                     f"(or a hub repo's sub-folder); {folder} is a musicgen-onnx export of one precision")
-        manifest = load_manifest(folder)
-        verify_files(folder, manifest, hash_files=verify_hashes)
-        return cls(folder, manifest, settings, low_memory)
+        return cls(layout.open(folder, precision, verify_hashes), settings, low_memory)
 
     @classmethod
     def get_pretrained(cls, name: str = DEFAULT_NAME, device: str | None = None, **kwargs) -> "MusicGen":
@@ -169,17 +154,7 @@ class MusicGen:
         if not self.codec.can_encode:
             raise InvalidInputError(f"{self.folder}: this export has no audio_encoder.onnx, needed for continuation")
         items = list(prompt) if isinstance(prompt, np.ndarray) and prompt.ndim == 3 else [prompt]
-        converted = []
-        for item in items:
-            # read one second past the window at most: a longer prompt is refused by the window rule
-            wav, sr, _ = audio_io.read_input(item, prompt_sample_rate, "prompt", "prompt",
-                                             max_seconds=self.max_duration + 1, min_seconds=audio_io.MIN_PROMPT_SECONDS)
-            if self.audio_channels == 1:
-                wav = wav.mean(axis=0, keepdims=True)
-            else:
-                wav = np.repeat(wav, 2, axis=0) if wav.shape[0] == 1 else wav[:2]
-            converted.append(audio_io.resample(wav, sr, self.sample_rate))
-        return self.codec.encode(np.stack(converted))
+        return self.codec.encode(np.stack([prompt_audio(item, prompt_sample_rate, self.manifest) for item in items]))
 
     # ------------------------------------------------------------------ main entry
     def generate(self, descriptions, melody=None, melody_sample_rate: int | None = None, *,
@@ -188,14 +163,15 @@ class MusicGen:
                  guidance_scale: float | None = None, greedy: bool | None = None,
                  extend_stride: float | None = None, prompt_codes: np.ndarray | None = None,
                  stems: bool | None = None, progress: bool | ProgressFn = False, return_codes: bool = False,
-                 rows: LiveRows | None = None):
+                 rows: LiveRows | None = None, options: GenerationOptions | None = None):
         """Text prompts (and optionally melodies) -> float32 audio ``[B, channels, samples]``.
 
         ``melody``: one melody for all prompts or one per prompt, each a file path or an array
         (``[samples]`` or ``[channels, samples]``, with ``melody_sample_rate``), or a ``[B, C, T]`` array.
         Durations past the model's 30 s are generated in audiocraft's ``extend_stride`` windows.
         ``prompt_codes [B, K, T]`` continues from known codes (see ``generate_continuation``).
-        Unset options take the values of ``set_generation_params`` (audiocraft's defaults).
+        Unset options take the values of ``options`` (a :class:`GenerationOptions`, as a caller that
+        already holds one passes it), else of ``set_generation_params`` (audiocraft's defaults).
         With ``return_codes`` the EnCodec codes ``[B, K, T]`` are returned too.
         ``stems``: separate each melody with Demucs first and take the chroma of its vocals + other, as
         audiocraft does (the default when the folder was exported with ``--stems``); False takes the
@@ -210,8 +186,9 @@ class MusicGen:
         """
         inputs = self._inputs(descriptions, melody, melody_sample_rate, dict(
             duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
-            guidance_scale=guidance_scale, greedy=greedy, extend_stride=extend_stride, stems=stems), prompt_codes)
-        task = GenerationTask(self, inputs, progress, rows)
+            guidance_scale=guidance_scale, greedy=greedy, extend_stride=extend_stride, stems=stems), prompt_codes,
+            options)
+        task = GenerationTask(self.parts(), inputs, progress, rows)
         parts, seen = [], task.rows.live
 
         def cut(keep):
@@ -231,7 +208,7 @@ class MusicGen:
 
     def generate_stream(self, descriptions, melody=None, melody_sample_rate: int | None = None, *,
                         chunk_frames: int = 50, progress: bool | ProgressFn = False, rows: LiveRows | None = None,
-                        **options):
+                        options: GenerationOptions | None = None, **changes):
         """Like ``generate``, but yields audio chunks ``[B, channels, samples]`` while the loop runs,
         every ``chunk_frames`` frames (50 = 1 s). Each span is decoded with codec context on both sides
         (``StreamDecoder``); the concatenation equals the one-shot decode within the tolerance the
@@ -239,11 +216,11 @@ class MusicGen:
         it is yielded; once every row is cancelled the stream ends."""
         if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
             raise InvalidInputError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
-        prompt_codes = options.pop("prompt_codes", None)
-        inputs = self._inputs(descriptions, melody, melody_sample_rate, options, prompt_codes)
+        prompt_codes = changes.pop("prompt_codes", None)
+        inputs = self._inputs(descriptions, melody, melody_sample_rate, changes, prompt_codes, options)
         decoder = StreamDecoder(self.codec)
         pending = 0
-        task = GenerationTask(self, inputs, progress, rows)
+        task = GenerationTask(self.parts(), inputs, progress, rows)
         seen = task.rows.live
         for new in task.codes():
             seen = task.rows.follow(seen, decoder.keep_rows)
@@ -258,22 +235,23 @@ class MusicGen:
         if task.rows.live:  # else every row was cancelled: nothing more to send
             yield decoder.flush()
 
-    def _inputs(self, descriptions, melody, melody_sample_rate, options: dict, prompt_codes) -> GenerationInputs:
-        options = dict(options)
-        stems = options.pop("stems", None)
-        return GenerationInputs.check(self, descriptions, melody, melody_sample_rate,
-                                      self.options.updated(**options), prompt_codes, stems)
+    def _inputs(self, descriptions, melody, melody_sample_rate, changes: dict, prompt_codes,
+                options: GenerationOptions | None = None) -> GenerationInputs:
+        changes = dict(changes)
+        stems = changes.pop("stems", None)
+        return GenerationInputs.check(self.parts(), descriptions, melody, melody_sample_rate,
+                                      (options or self.options).updated(**changes), prompt_codes, stems)
+
+    def parts(self) -> ModelParts:
+        """What a generation call reads from this model (the loop never holds the model itself)."""
+        return ModelParts(self.folder, self.manifest, self.pattern, self.conditioner, self.new_stepper,
+                          self.separate_melodies)
 
     # ------------------------------------------------------------------ stems
     @property
     def stems(self):
         """The folder's :class:`~.stems.StemSeparator` (``stems.onnx`` opened on first use), or None."""
-        if self.adapter is not None or self.manifest.stems is None:
-            return None
-        from .stems import StemSeparator
-
-        graph = self.graphs["stems"]
-        return StemSeparator(graph, self.manifest.stems, self.manifest.graphs["stems"])
+        return self.adapter.stems(self.graphs)
 
     def separate_melodies(self, wavs: list[np.ndarray], rngs: list[np.random.Generator]) -> list[np.ndarray]:
         """audiocraft's ``ChromaStemConditioner._get_stemmed_wav`` on collated melodies (mono, chroma rate):
@@ -311,24 +289,13 @@ class MusicGen:
             seen.append(logits)
             return forced[:, :, s]
 
-        for _ in StepLoop(self, list(descriptions), chroma, codes.shape[2], guidance_scale, choose):
+        for _ in StepLoop(self.parts(), list(descriptions), chroma, codes.shape[2], guidance_scale, choose):
             pass
         return np.stack(seen, axis=1)
 
     def new_stepper(self, rows: int, conditioning: Conditioning, steps: int):
         """A decoder stepper for one window of ``steps`` sequence steps over ``rows`` rows."""
-        m = self.manifest
-        if self.adapter is not None:
-            return self.adapter.new_stepper(self.graphs, rows, conditioning, steps)
-        if m.kv_cache == "concat":
-            return ConcatStepper(self.graphs["decoder"], self._decoder_io, conditioning, rows, m.num_heads,
-                                 m.head_dim, self._cache_dtype)
-        check_memory("the static KV cache", 2 * m.num_layers * rows * m.num_heads * m.head_dim
-                     * (conditioning.prefix_length + steps) * np.dtype(self._cache_dtype).itemsize)
-        return StaticStepper(self.graphs["decoder"], self._decoder_io, conditioning, rows, m.num_heads, m.head_dim,
-                             max_length=conditioning.prefix_length + steps,
-                             logits_shape=(rows, m.num_codebooks, m.codebook_size), device=self.settings.device,
-                             dtype=self._cache_dtype)
+        return self.adapter.new_stepper(self.graphs, rows, conditioning, steps)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """EnCodec codes ``[B, K, T]`` -> float32 audio ``[B, channels, T * hop]``."""

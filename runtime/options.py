@@ -13,6 +13,7 @@ MAX_DURATION_S = 3600.0  # long-form generation works in windows; an hour bounds
 # sampling divides by the temperature (in float64). Musical values are 1-10 and 0.1-2; audiocraft checks neither.
 MAX_GUIDANCE = 100.0
 TEMPERATURE_RANGE = (1e-3, 100.0)
+MAX_BATCH = 64  # prompts per call, so seeds per call: memory and time grow with it; a server batches within it
 
 
 def duration_frames(duration: float, frame_rate: float) -> int:
@@ -67,17 +68,14 @@ class GenerationOptions:
         if not 0 <= self.guidance_scale <= MAX_GUIDANCE:
             raise InvalidInputError(f"guidance_scale must be >= 0 and at most {MAX_GUIDANCE:g}, got {self.guidance_scale!r}")
         if isinstance(self.seed, (list, tuple)):
-            if not 1 <= len(self.seed) <= MAX_SEEDS or not all(s is None or _seed_ok(s) for s in self.seed):
-                raise InvalidInputError(f"seed: a list of seeds must hold 1 to {MAX_SEEDS} entries, each a "
+            if not 1 <= len(self.seed) <= MAX_BATCH or not all(s is None or _seed_ok(s) for s in self.seed):
+                raise InvalidInputError(f"seed: a list of seeds must hold 1 to {MAX_BATCH} entries, each a "
                                         f"non-negative integer below 2**64 or None (one per prompt), got {self.seed!r}")
             return replace(self, seed=tuple(self.seed))
         if self.seed is not None and not _seed_ok(self.seed):
             raise InvalidInputError(f"seed must be a non-negative integer below 2**64 or a list of one per "
                                     f"prompt, got {self.seed!r}")
         return self
-
-
-MAX_SEEDS = 64  # one per prompt; generation.MAX_BATCH prompts per call
 
 
 def _seed_ok(seed) -> bool:

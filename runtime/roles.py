@@ -43,7 +43,7 @@ def layers(kind: str, num_layers: int) -> list[str]:
 def required(graph: str, conditioning: str, kv_cache: str, num_layers: int) -> tuple[list[str], list[str]]:
     """``(input roles, output roles)`` a graph must map for the runtime to drive it."""
     prefix = conditioning == "prefix"
-    if conditioning == "states":  # optimum / transformers.js layout (foreign.py); concat cache only
+    if conditioning == "states":  # optimum / transformers.js layout (optimum_layout.py); concat cache only
         past, present = layers("past", num_layers), layers("present", num_layers)
         cross = layers("past_cross", num_layers)
         if graph == "text_encoder":

@@ -34,11 +34,11 @@ import numpy as np
 from . import audio as audio_io
 from . import roles
 from .errors import InvalidInputError, ModelFolderError
-from .manifest import (
-    MANIFEST_NAME, STEMS_MANIFEST_NAME, GraphInfo, StemsParams, load_manifest, load_stems_manifest, verify_graph_files,
-)
+from .folder_kind import STEMS, folder_kind
+from .manifest import GraphInfo, StemsParams, load_manifest, load_stems_manifest, verify_graph_files
 from .resample_frac import resample_frac
 from .session import Graph, SessionSettings, check_graph_io, open_session
+from .stft import centered_frames, hann
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,10 @@ MAX_SEGMENTS_PER_RUN = 1
 
 
 # ---------------------------------------------------------------- STFT as torch.stft / torch.istft
-@functools.lru_cache(maxsize=4)
-def _hann(n: int) -> np.ndarray:
-    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)  # periodic, as torch
-
-
 def stft(x: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
     """``torch.stft(x, n_fft, hop, window=hann(n_fft), normalized=True, center=True, pad_mode='reflect',
     return_complex=True)`` over the last axis: ``[..., n_fft // 2 + 1, frames]`` complex64."""
-    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(n_fft // 2, n_fft // 2)], mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[..., ::hop, :]
-    spec = np.fft.rfft(frames * _hann(n_fft), axis=-1, norm="ortho")
+    spec = np.fft.rfft(centered_frames(x, n_fft, hop) * hann(n_fft), axis=-1, norm="ortho")
     return np.swapaxes(spec, -1, -2).astype(np.complex64, copy=False)
 
 
@@ -69,7 +62,7 @@ def istft(z: np.ndarray, hop: int, length: int) -> np.ndarray:
     """``torch.istft(z, n_fft, hop, window=hann(n_fft), normalized=True, center=True, length=length)``
     for ``z [..., n_fft // 2 + 1, frames]``: windowed overlap-add divided by the summed squared window."""
     n_fft = 2 * z.shape[-2] - 2
-    window = _hann(n_fft)
+    window = hann(n_fft)
     frames = np.fft.irfft(np.swapaxes(z, -1, -2), n=n_fft, axis=-1, norm="ortho").astype(np.float32) * window
     count = frames.shape[-2]
     total = n_fft + hop * (count - 1)
@@ -155,7 +148,7 @@ class StemSeparator:
                     verify_hashes: bool = True) -> "StemSeparator":
         """A MusicGen folder exported with ``--stems`` or a stems-only folder (``export-stems``)."""
         folder = Path(folder)
-        if (folder / STEMS_MANIFEST_NAME).is_file() and not (folder / MANIFEST_NAME).is_file():
+        if folder_kind(folder) == STEMS:
             manifest = load_stems_manifest(folder)
         else:
             manifest = load_manifest(folder)

@@ -25,18 +25,17 @@ one is refused on load (ModelFolderError naming the file and the rule), a prompt
 from __future__ import annotations
 
 import base64
-import json
 import math
 import operator
 import os
 import re
 import reprlib
-import stat
 import struct
 import unicodedata
 from typing import Callable
 
 from .errors import InvalidInputError, ModelFolderError
+from .json_file import read_json_file
 
 __all__ = ["Tokenizer", "MAX_PROMPT_CHARS", "MAX_PROMPT_TOKENS", "MAX_NORMALIZED_CHARS"]
 
@@ -680,15 +679,8 @@ class Tokenizer:
             if isinstance(max_id, bool) or operator.index(max_id) < 1:
                 raise ValueError(f"max_id must be a positive integer, got {max_id!r}")
             max_id = operator.index(max_id)
+        spec = read_json_file(path, MAX_FILE_BYTES, "tokenizer")
         try:
-            info = os.stat(path)
-            if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
-                raise ValueError("not a regular file")
-            with open(path, "rb") as f:
-                raw = f.read(MAX_FILE_BYTES + 1)
-            if len(raw) > MAX_FILE_BYTES:
-                raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-            spec = json.loads(raw.decode("utf-8"))
             if not isinstance(spec, dict):
                 raise ValueError("not a JSON object")
             tokenizer = cls(spec)

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from ..runtime import audio as audio_io
 from ..runtime.errors import MusicGenError
+from ..runtime.layouts import describe
 from .batcher import END, Batcher, Draining, Job, QueueFull
 from .metrics import Metrics
 from .openapi import openapi_spec
@@ -120,16 +121,8 @@ def create_app(model, settings: ServeSettings) -> Starlette:
                 batcher.cancel(job)
 
     async def model_info(request: Request) -> Response:
-        src = m.source or {}
-        d = model.options
         return JSONResponse({
-            "checkpoint": src.get("checkpoint"), "family": m.family, "melody": m.is_melody,
-            "sample_rate": m.sample_rate, "channels": m.audio_channels, "frame_rate": m.frame_rate,
-            "window_s": m.max_duration, "codebooks": m.num_codebooks, "codebook_size": m.codebook_size,
-            "precision": m.graphs["decoder"].precision, "kv_cache": m.kv_cache, "providers": model.providers,
-            "can_continue": model.codec.can_encode,
-            "defaults": {"duration": d.duration, "top_k": d.top_k, "top_p": d.top_p, "temperature": d.temperature,
-                         "guidance": d.guidance_scale},
+            **describe(model.adapter, model.options), "providers": model.providers,
             "limits": {"max_duration_s": settings.max_duration, "max_batch": settings.max_batch,
                        "max_wait_ms": settings.max_wait_ms, "max_queue": settings.max_queue,
                        "max_json_bytes": MAX_JSON_BYTES, "max_upload_bytes": MAX_UPLOAD_BYTES},

@@ -12,11 +12,7 @@ batch goes on without it at the next step, its mates' audio unchanged).
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import functools
 import logging
-import sys
 import threading
 import time
 
@@ -24,6 +20,7 @@ import numpy as np
 
 from ..runtime.errors import MusicGenError
 from ..runtime.rows import LiveRows
+from ..runtime.session import release_freed_memory
 from .metrics import Metrics
 from .params import Spec
 from .settings import STREAM_CHUNK_FRAMES, ServeSettings
@@ -31,24 +28,6 @@ from .settings import STREAM_CHUNK_FRAMES, ServeSettings
 logger = logging.getLogger(__name__)
 
 END = object()  # the end of a streamed job's chunks
-
-
-@functools.lru_cache(maxsize=1)
-def _libc_trim():
-    """glibc's malloc_trim, looked up once (``runtime.session.release_freed_memory`` looks it up per
-    call, ~5 ms: fine at load, not after every batch); None where there is no glibc."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def _trim() -> None:
-    trim = _libc_trim()
-    if trim is not None:
-        trim(0)
 
 
 class QueueFull(Exception):
@@ -185,7 +164,7 @@ class Batcher:
                     job.fail(RuntimeError("internal error while generating; see the server log"))
             finally:
                 self._running = []
-                _trim()  # the batch's freed buffers go back to the OS: RSS stays flat between batches
+                release_freed_memory()  # the batch's freed buffers go back to the OS: RSS stays flat between batches
                 self._free_since = time.monotonic()
 
     def _take(self) -> list[Job] | None:
@@ -215,10 +194,7 @@ class Batcher:
     def _execute(self, jobs: list[Job]) -> None:
         model, key = self.model, jobs[0].spec.key
         rows = jobs[0].rows
-        o = key.options
-        kw = dict(duration=o.duration, top_k=o.top_k, top_p=o.top_p, temperature=o.temperature,
-                  guidance_scale=o.guidance_scale, greedy=o.greedy, extend_stride=o.extend_stride,
-                  seed=[j.spec.seed for j in jobs], rows=rows)
+        kw = dict(options=key.options, seed=[j.spec.seed for j in jobs], rows=rows)
         steps = [0]
         kw["progress"] = lambda done, total: steps.__setitem__(0, done)
         descriptions = [j.spec.prompt for j in jobs]

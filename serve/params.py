@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..runtime import audio as audio_io
 from ..runtime.errors import InvalidInputError
-from ..runtime.melody import prepare_melodies
+from ..runtime.generation import GenerationInputs, check_prompt_length, prompt_audio as read_prompt_audio
 from ..runtime.options import GenerationOptions
 from .settings import ServeSettings
 
@@ -92,23 +92,20 @@ def check_fields(fields: dict) -> dict:
 
 
 class RequestChecker:
-    """Model facts needed to check a request: its manifest, defaults and a tokenizer of its own (the
-    worker's is never shared across threads)."""
+    """Model facts needed to check a request, and the runtime's own input checks run on it: its
+    manifest, defaults and tokenizer (read-only once loaded, so the handler threads share the worker's)."""
 
     def __init__(self, model, settings: ServeSettings):
-        from ..runtime.manifest import folder_file
-        from ..runtime.text import TextTokenizer
-
         m = model.manifest
         self.manifest = m
         self.defaults = model.options
         self.settings = settings
-        self.tokenizer = TextTokenizer(folder_file(model.folder, m.tokenizer), max_id=m.text_vocab_size)
+        self.parts = model.parts()
+        self.tokenizer = model.conditioner.tokenizer
 
     def spec(self, kind: str, fields: dict, melody=None, prompt_audio=None) -> Spec:
         """``melody`` / ``prompt_audio``: decoded uploads ``(wav [C, T], sample_rate)`` or None."""
         f = check_fields(fields)
-        m = self.manifest
         stream = bool(f.get("stream") or False)
         fmt = f.get("format") or "wav"
         if fmt not in FORMATS:
@@ -124,20 +121,22 @@ class RequestChecker:
         if duration > self.settings.max_duration:
             raise InvalidInputError(f"duration must be at most {self.settings.max_duration:g} s on this server, "
                                     f"got {duration!r}")
-        options = self.defaults.updated(duration=duration, top_k=f.get("top_k"), top_p=f.get("top_p"),
-                                        temperature=f.get("temperature"), guidance_scale=f.get("guidance"),
-                                        greedy=f.get("greedy"), seed=None)
-        options = options.check(m.max_duration, m.frame_rate, m.codebook_size)
         seed = f.get("seed")
         if seed is None:
             seed = secrets.randbelow(2 ** 32)  # reported back (X-Seed) so the result can be reproduced
-        GenerationOptions(seed=seed).check(m.max_duration, m.frame_rate, m.codebook_size)
         prompt = f.get("prompt")
+        # generate()'s own checks (options, seed, the text-only rule) and its melody preparation (too short,
+        # silent, resampled; for a folder with stems, prepared for separation), here rather than in the batch
+        wav, sr = melody if melody is not None else (None, None)
+        inputs = GenerationInputs.check(self.parts, [prompt], wav, sr, self.defaults.updated(
+            duration=duration, top_k=f.get("top_k"), top_p=f.get("top_p"), temperature=f.get("temperature"),
+            guidance_scale=f.get("guidance"), greedy=f.get("greedy"), seed=seed))
+        options = replace(inputs.options, seed=None)  # the seed is per row, not part of the batch key
         ids, _ = self.tokenizer([prompt])  # refuses prompts over the character and token caps
         spec = Spec(None, prompt, seed, fmt, normalize)
         melody_samples = prompt_samples = None
-        if melody is not None:
-            spec.melody = self._melody(melody, options)
+        if inputs.melodies is not None and melody is not None:
+            spec.melody = inputs.melodies[0]
             melody_samples = spec.melody.shape[0]
         if prompt_audio is not None:
             spec.prompt_audio = self._prompt(prompt_audio, options)
@@ -145,29 +144,9 @@ class RequestChecker:
         spec.key = BatchKey(kind, stream, options, int(ids.shape[1]), melody_samples, prompt_samples)
         return spec
 
-    def _melody(self, melody, options: GenerationOptions) -> np.ndarray:
-        m = self.manifest
-        if not m.is_melody:
-            raise InvalidInputError("melody: this model is text-only (no chroma conditioning)")
-        wav, sr = melody
-        # the runtime's own checks (too short, silent) and resampling, here rather than in the batch;
-        # a folder with stems separates melodies in generate, so they are prepared for that (julius, margin)
-        return prepare_melodies(wav, sr, 1, m.chroma, max_seconds=options.duration + m.max_duration,
-                                stems=m.stems)[0]
-
     def _prompt(self, prompt_audio, options: GenerationOptions) -> np.ndarray:
         m = self.manifest
-        wav, sr, _ = audio_io.read_input(prompt_audio[0], prompt_audio[1], "audio", "prompt",
-                                         max_seconds=m.max_duration + 1, min_seconds=audio_io.MIN_PROMPT_SECONDS)
-        wav = wav.mean(axis=0, keepdims=True) if m.audio_channels == 1 else (
-            np.repeat(wav, 2, axis=0) if wav.shape[0] == 1 else wav[:2])
-        wav = audio_io.resample(wav, sr, m.sample_rate)
-        hop = m.sample_rate / m.frame_rate
-        frames = math.ceil(wav.shape[1] / hop)
-        if frames >= m.max_frames:
-            raise InvalidInputError(f"audio: {wav.shape[1] / m.sample_rate:.3g} s, but a prompt must be shorter than "
-                                    f"the model's {m.max_duration:g} s window")
-        if frames >= options.frames(m.frame_rate):
-            raise InvalidInputError(f"duration {options.duration:g} s must be longer than the audio prompt "
-                                    f"({wav.shape[1] / m.sample_rate:.3g} s): the output includes it")
+        wav = read_prompt_audio(prompt_audio[0], prompt_audio[1], m, "audio")
+        check_prompt_length(math.ceil(wav.shape[1] / (m.sample_rate / m.frame_rate)), m, options, "audio",
+                            "audio prompt")
         return np.ascontiguousarray(wav)

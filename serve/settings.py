@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..runtime.errors import InvalidInputError
-from ..runtime.generation import MAX_BATCH
-from ..runtime.options import MAX_DURATION_S
+from ..runtime.options import MAX_BATCH, MAX_DURATION_S
 
 MAX_JSON_BYTES = 64 * 1024
 """A JSON request is a dozen short fields and a prompt of at most 4096 characters: 64 KiB is generous."""

@@ -194,10 +194,6 @@ def test_long_form_windows_separate_each_cut(model, monkeypatch):
     the shifts drawn in order from the seed. Separation itself is checked against demucs above; here it
     is recorded, not run (two 30 s cuts would cost minutes of the tiny model's segments)."""
     wav = music(5.0, 32000, 1, 9)[0]
-    inputs = GenerationInputs.check(model, ["x"], wav, 32000, model.options.updated(duration=40.0, seed=4))
-    assert inputs.stems
-    task = GenerationTask(model, inputs)
-    assert len(task.windows) == 2
     calls = []
 
     def record(wavs, rngs):
@@ -205,6 +201,10 @@ def test_long_form_windows_separate_each_cut(model, monkeypatch):
         return wavs
 
     monkeypatch.setattr(model, "separate_melodies", record)
+    inputs = GenerationInputs.check(model.parts(), ["x"], wav, 32000, model.options.updated(duration=40.0, seed=4))
+    assert inputs.stems
+    task = GenerationTask(model.parts(), inputs)
+    assert len(task.windows) == 2
     for window in task.windows:
         task.window_chroma(window)
     rng = np.random.default_rng(4)
@@ -219,9 +219,6 @@ def test_a_dropped_row_takes_its_shift_generator_with_it(model, monkeypatch):
     """Per-row seeds give each row its own shift generator; when a row leaves between long-form windows
     (serve: its client hung up), the survivors keep drawing their own shifts, as without the drop."""
     wav = music(5.0, 32000, 1, 9)[0]
-    inputs = GenerationInputs.check(model, ["x", "y"], wav, 32000,
-                                    model.options.updated(duration=40.0, seed=[4, 5]))
-    task = GenerationTask(model, inputs)
     calls = []
 
     def record(wavs, rngs):
@@ -229,6 +226,9 @@ def test_a_dropped_row_takes_its_shift_generator_with_it(model, monkeypatch):
         return wavs
 
     monkeypatch.setattr(model, "separate_melodies", record)
+    inputs = GenerationInputs.check(model.parts(), ["x", "y"], wav, 32000,
+                                    model.options.updated(duration=40.0, seed=[4, 5]))
+    task = GenerationTask(model.parts(), inputs)
     task.window_chroma(task.windows[0])
 
     class Loop:  # the window's loop has ended; only the task's own per-row state is cut here

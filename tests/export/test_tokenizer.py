@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from conftest import BUNDLED
 from musicgen_onnx.export.validate import TOKENIZER_PROBES, check_tokenizer
 from musicgen_onnx.runtime.errors import ExportError, InvalidInputError, ModelFolderError
-from musicgen_onnx.runtime.text import TextTokenizer
+from musicgen_onnx.runtime.prompt_ids import TextTokenizer
 from musicgen_onnx.runtime.tokenizer import Tokenizer
 
 PROMPTS = [

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from conftest import BUNDLED
 from musicgen_onnx.runtime import tokenizer as tok_mod
 from musicgen_onnx.runtime.errors import InvalidInputError, ModelFolderError
-from musicgen_onnx.runtime.text import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, TextTokenizer
+from musicgen_onnx.runtime.prompt_ids import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, TextTokenizer
 from musicgen_onnx.runtime.tokenizer import MAX_NORMALIZED_CHARS, Tokenizer
 
 BASE = json.loads((BUNDLED / "tokenizer.json").read_text(encoding="utf-8"))  # 134 pieces, ids 0..133

@@ -1,4 +1,4 @@
-"""Folders from optimum / transformers.js, read through ``runtime/foreign.py``.
+"""Folders from optimum / transformers.js, read through ``runtime/optimum_layout.py``.
 
 The fixtures are optimum exports of this project's seed-0 random checkpoints, built by
 ``benchmarks/build_optimum_fixture.py`` in optimum's own environment: ``optimum-tiny-text`` as

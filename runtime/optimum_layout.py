@@ -27,7 +27,6 @@ checked to exist inside the folder, to be readable ONNX and to read no external 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,8 @@ import numpy as np
 from . import roles
 from .codec import AudioCodec
 from .errors import InvalidInputError, ModelFolderError
-from .manifest import MANIFEST_NAME, GraphInfo, Manifest, _Reader, folder_file
+from .json_file import read_json_file
+from .manifest import FieldReader, GraphInfo, Manifest, folder_file
 from .options import GenerationOptions
 from .stepper import Conditioning
 
@@ -54,13 +54,6 @@ STEMS = {"text_encoder": "text_encoder", "merged": "decoder_model_merged", "deco
          "decoder_with_past": "decoder_with_past_model", "audio_decoder": "encodec_decode"}
 
 
-def is_optimum_folder(folder: str | Path) -> bool:
-    """A folder with no ``musicgen_onnx.json`` but a transformers ``config.json``: read by this module
-    (which then says exactly what it lacks) rather than refused as "not an export"."""
-    folder = Path(folder)
-    return folder.is_dir() and not (folder / MANIFEST_NAME).exists() and (folder / CONFIG).is_file()
-
-
 @dataclass(frozen=True)
 class OptimumFolder:
     """An opened optimum / transformers.js folder: its manifest (what the runtime drives it by) and
@@ -73,11 +66,22 @@ class OptimumFolder:
     available: tuple[str, ...]  # complete variants in this folder
     merged: bool  # decoder_model_merged (use_cache_branch) rather than decoder_model + decoder_with_past_model
 
+    has_variants = True  # ``precision=`` picks among the folder's variants
+
     @property
     def layout(self) -> str:
         where = "graphs in onnx/ (transformers.js layout)" if self.graph_dir != self.folder else "graphs at the top"
         decoder = "merged decoder (use_cache_branch)" if self.merged else "split decoder (decoder_model + decoder_with_past_model)"
         return f"optimum / transformers.js export, {where}, {decoder}"
+
+    @property
+    def variant(self) -> str:
+        return f"{self.precision} (available: {', '.join(self.available)})"
+
+    source_format = None  # config.json does not say which checkpoint format the graphs came from
+
+    def files_checked(self, hashed: bool) -> str:
+        return "present inside the folder, readable ONNX, no outside external data"
 
     @property
     def lacks(self) -> list[str]:
@@ -92,7 +96,8 @@ class OptimumFolder:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, folder: str | Path, precision: str | None = None) -> "OptimumFolder":
+    def open(cls, folder: str | Path, precision: str | None = None, verify_hashes: bool = True) -> "OptimumFolder":
+        """``verify_hashes`` has nothing to check: these folders record no hashes (see ``lacks``)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise ModelFolderError(f"model folder {str(folder)!r} does not exist or is not a directory")
@@ -124,6 +129,10 @@ class OptimumFolder:
         first = graphs["decoder"]
         later = first if self.merged else graphs["decoder_with_past"]
         return OptimumStepper(first, later, self.manifest, conditioning, rows, self.merged)
+
+    def stems(self, graphs) -> None:
+        """No stems graph in these folders (text-only MusicGen)."""
+        return None
 
 
 # ---------------------------------------------------------------------- the adapter's runtime pieces
@@ -256,13 +265,7 @@ def _read_json(folder: Path, name: str, required: bool) -> dict | None:
     if not required and not (folder / name).exists():
         return None
     path = folder_file(folder, name)
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ModelFolderError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a model config")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise ModelFolderError(f"{path}: unreadable JSON ({reason})") from None
+    data = read_json_file(path, MAX_CONFIG_BYTES, "JSON")
     if not isinstance(data, dict):
         raise ModelFolderError(f"{path}: must be a JSON object")
     return data
@@ -304,7 +307,7 @@ def _choose(folder: Path, graph_dir: Path, precision, available: tuple[str, ...]
 def _manifest(folder: Path, graph_dir: Path, config: dict, gen: dict, files: dict[str, str], precision: str) -> Manifest:
     """config.json + generation_config.json + the graph files -> a checked :class:`Manifest`. Every field
     is read with its exact type (no bool as int, no string as number); ``Manifest.check`` bounds them."""
-    r = _Reader(f"{folder}/{CONFIG}")
+    r = FieldReader(f"{folder}/{CONFIG}")
     model_type = r.text(r.req(config, "model_type", "config.json"), "model_type")
     if model_type != "musicgen":
         what = "MusicGen-Melody" if model_type == "musicgen_melody" else repr(model_type)

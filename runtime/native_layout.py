@@ -1,0 +1,106 @@
+"""This project's own folders (``musicgen_onnx.json`` + its graphs): the adapter the runtime drives them by.
+
+One of the two folder adapters (the other is :mod:`.optimum_layout`); both answer the same questions -
+the manifest, where the graphs and the tokenizer are, and the conditioner, codec, stepper and stem
+separator built on the folder's graphs - so that ``MusicGen`` and the generation loop never ask which
+kind of folder they run.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .codec import AudioCodec
+from .conditioning import Conditioner
+from .manifest import Manifest, folder_file, load_manifest, verify_files
+from .session import check_memory
+from .stepper import ConcatStepper, Conditioning, DecoderIO, StaticStepper
+
+
+@dataclass(frozen=True)
+class NativeFolder:
+    """An opened musicgen-onnx export: its checked manifest (files verified on :meth:`open`)."""
+
+    folder: Path
+    manifest: Manifest
+    _decoder: dict = field(default_factory=dict, repr=False, compare=False)  # DecoderIO + cache dtype, once
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    has_variants = False  # one precision per folder: ``precision=`` has nothing to choose here
+
+    @classmethod
+    def open(cls, folder: str | Path, precision: str | None = None, verify_hashes: bool = True) -> "NativeFolder":
+        """``precision`` is ignored: the folder is one precision (a hub repo's sub-folder was chosen by it)."""
+        folder = Path(folder)
+        manifest = load_manifest(folder)
+        verify_files(folder, manifest, hash_files=verify_hashes)
+        return cls(folder, manifest)
+
+    @property
+    def graph_dir(self) -> Path:
+        return self.folder
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return folder_file(self.folder, self.manifest.tokenizer)
+
+    @property
+    def layout(self) -> str:
+        return f"musicgen-onnx export (format version {self.manifest.format_version})"
+
+    variant = None  # one precision per folder
+
+    @property
+    def source_format(self) -> str:
+        m = self.manifest
+        return f"{m.source_format} format; follows {m.reference} where it and the other reference differ"
+
+    def files_checked(self, hashed: bool) -> str:
+        return "sizes and sha256 verified" if hashed else "sizes verified"
+
+    @property
+    def lacks(self) -> list[str]:
+        if "audio_encoder" in self.manifest.graphs:
+            return []
+        return ["audio encoder: no continuation (generate_continuation, --continue)"]
+
+    # ------------------------------------------------------------------ what MusicGen asks for
+    def conditioner(self, tokenizer, graphs) -> Conditioner:
+        return Conditioner(tokenizer, graphs, self.manifest)
+
+    def codec(self, graphs) -> AudioCodec:
+        return AudioCodec(graphs, self.manifest)
+
+    def _decoder_io(self, graphs) -> tuple[DecoderIO, type]:
+        """The decoder's tensor names and its cache dtype (fp16 graphs take float16 caches), read once."""
+        with self._lock:
+            if not self._decoder:
+                m = self.manifest
+                io = DecoderIO.of(m.graphs["decoder"], m.num_layers, m.kv_cache)
+                past_type = next(i.type for i in graphs["decoder"].get_inputs() if i.name == io.past[0])
+                self._decoder.update(io=io, dtype=np.float16 if past_type == "tensor(float16)" else np.float32)
+            return self._decoder["io"], self._decoder["dtype"]
+
+    def new_stepper(self, graphs, rows: int, conditioning: Conditioning, steps: int):
+        m = self.manifest
+        io, dtype = self._decoder_io(graphs)
+        if m.kv_cache == "concat":
+            return ConcatStepper(graphs["decoder"], io, conditioning, rows, m.num_heads, m.head_dim, dtype)
+        check_memory("the static KV cache", 2 * m.num_layers * rows * m.num_heads * m.head_dim
+                     * (conditioning.prefix_length + steps) * np.dtype(dtype).itemsize)
+        return StaticStepper(graphs["decoder"], io, conditioning, rows, m.num_heads, m.head_dim,
+                             max_length=conditioning.prefix_length + steps,
+                             logits_shape=(rows, m.num_codebooks, m.codebook_size), device=graphs.settings.device,
+                             dtype=dtype)
+
+    def stems(self, graphs):
+        """The folder's :class:`~.stems.StemSeparator` (``stems.onnx`` opened on first use), or None."""
+        if self.manifest.stems is None:
+            return None
+        from .stems import StemSeparator
+
+        return StemSeparator(graphs["stems"], self.manifest.stems, self.manifest.graphs["stems"])
