@@ -172,8 +172,11 @@ class StemSeparator:
         return self.params.sources
 
     # ---- one model call on a batch of segments (HTDemucs.forward with the graph in the middle)
-    def _model(self, x: np.ndarray) -> np.ndarray:
-        """``x [n, channels, segment_length]`` -> stems ``[n, sources, channels, segment_length]``."""
+    def _model(self, x: np.ndarray, melody: bool = False) -> np.ndarray:
+        """``x [n, channels, segment_length]`` -> stems ``[n, sources, channels, segment_length]``; with
+        ``melody``, ``[n, 1, 1, segment_length]``: the melody sources summed and the channels averaged.
+        Everything after the graph (de-normalisation, inverse STFT, blending) is linear, so the melody
+        path sums first and runs one inverse STFT per segment instead of sources x channels."""
         p = self.params
         n, c, length = x.shape
         z = model_spectrogram(x, p)  # [n, c, F, T]
@@ -183,18 +186,27 @@ class StemSeparator:
         feeds = dict(zip(self.inputs, ((x - meant) / (EPS + stdt), (mag - mean) / (EPS + std))))
         wave, spec = self.graph.run(self.outputs, feeds)
         s = len(p.sources)
-        spec = spec.reshape(n, s, 2 * c, p.freqs, p.frames) * std[:, None] + mean[:, None]
+        wave = wave.reshape(n, s, c, length)
         spec = spec.reshape(n, s, c, 2, p.freqs, p.frames)
-        freq = model_inverse(spec[:, :, :, 0] + 1j * spec[:, :, :, 1], p, length)
-        return wave.reshape(n, s, c, length) * stdt[:, None] + meant[:, None] + freq
+        std, mean, stdt, meant = std.reshape(n, 1, 1, 1, 1, 1), mean.reshape(n, 1, 1, 1, 1, 1), stdt[:, None], meant[:, None]
+        if melody:
+            picked = list(p.melody_indices)
+            k = np.float32(len(picked))
+            spec = spec[:, picked].sum(axis=1).mean(axis=1)[:, None, None] * std + k * mean
+            wave = wave[:, picked].sum(axis=1).mean(axis=1)[:, None, None] * stdt + k * meant
+        else:
+            spec = spec * std + mean
+            wave = wave * stdt + meant
+        return wave + model_inverse(spec[..., 0, :, :] + 1j * spec[..., 1, :, :], p, length)
 
     # ---- apply_model(shifts=1, split=True)
     def blocks(self, mix: np.ndarray, shift: int, progress: ProgressFn | None = None,
-               center: float = 0.0, scale: float = 1.0) -> Iterator[np.ndarray]:
+               center: float = 0.0, scale: float = 1.0, melody: bool = False) -> Iterator[np.ndarray]:
         """Stems of ``(mix - center) / scale`` for ``mix [batch, channels, samples]`` (at the model's rate
         and channels) as consecutive blocks ``[batch, sources, channels, n]``, each final when yielded;
         all rows share ``shift`` (as one ``apply_model`` call on a batch does). The normalisation is
-        applied per segment, so a long track is never copied whole."""
+        applied per segment, so a long track is never copied whole. ``melody``: blocks
+        ``[batch, 1, 1, n]``, the melody sources summed and channels averaged (:meth:`_model`)."""
         p = self.params
         batch, channels, samples = mix.shape
         if not 0 <= shift <= p.max_shift:
@@ -215,7 +227,8 @@ class StemSeparator:
                     out[:, :, lo - start:hi - start] /= np.float32(scale)
             return out
 
-        pending = np.zeros((batch, len(p.sources), channels, 0), dtype=np.float32)
+        sources, out_channels = (1, 1) if melody else (len(p.sources), channels)
+        pending = np.zeros((batch, sources, out_channels, 0), dtype=np.float32)
         weights = np.zeros(0, dtype=np.float32)
         base = 0  # shifted index of pending[..., 0]
         per_run = max(1, self.segments_per_run // batch)
@@ -226,7 +239,7 @@ class StemSeparator:
             for offset in group:  # TensorChunk(offset, seg).padded(seg): a short last chunk is centred in context
                 size = min(seg, length - offset)
                 chunks.append(window(offset - (seg - size) // 2, seg))
-            out = self._model(np.concatenate(chunks)).reshape(len(group), batch, len(p.sources), channels, seg)
+            out = self._model(np.concatenate(chunks), melody).reshape(len(group), batch, sources, out_channels, seg)
             for offset, stems in zip(group, out):
                 size = min(seg, length - offset)
                 trim = (seg - size) // 2  # center_trim
@@ -271,14 +284,8 @@ class StemSeparator:
         julius), ``apply_model``, ``stems[:, melody_indices].sum(1)``, channel mean, julius back."""
         p = self.params
         mix = resample_frac(np.repeat(wavs[:, None], p.audio_channels, axis=1), sample_rate, p.sample_rate)
-        picked = np.zeros((mix.shape[0], 0), dtype=np.float32)
-        parts = []
-        for block in self.blocks(mix, shift):
-            summed = block[:, p.melody_indices[0]]
-            for i in p.melody_indices[1:]:
-                summed = summed + block[:, i]
-            parts.append(summed.mean(axis=1))
-        picked = np.concatenate(parts, axis=-1) if parts else picked
+        parts = [block[:, 0, 0] for block in self.blocks(mix, shift, melody=True)]
+        picked = np.concatenate(parts, axis=-1) if parts else np.zeros((mix.shape[0], 0), dtype=np.float32)
         return resample_frac(picked, p.sample_rate, sample_rate)
 
     # ---- the stems command: a file in, one float WAV per source out
