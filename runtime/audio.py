@@ -398,6 +398,21 @@ def check_output_path(path: str | os.PathLike) -> tuple[Path, str, Path]:
     return p, fmt, parent
 
 
+def check_outputs_spare_input(outputs, source: str | os.PathLike, what: str) -> None:
+    """Each of ``outputs`` is a writable path (:func:`check_output_path`) that is not the file ``source``
+    (or a link to it): checked together before any output is written, so a refusal leaves nothing
+    behind and a command never replaces the audio it reads."""
+    for out in outputs:
+        p, _, _ = check_output_path(out)
+        try:
+            same = p.exists() and Path(source).exists() and os.path.samefile(p, source)
+        except OSError:
+            same = False
+        if same:
+            raise InvalidInputError(f"output file {str(p)!r} would replace the {what} file {str(source)!r}; "
+                                    f"choose another output folder")
+
+
 def _temporary(p: Path, parent: Path) -> tuple[int, str]:
     """A new hidden ``.NAME.PID.RANDOM.partial`` beside ``p``, after removing the partials of ``p``
     whose writer is dead (killed with -9). The pid in the name tells a live concurrent writer's

@@ -4,6 +4,7 @@ manifest rules, and the numpy pieces' own properties. Parity with demucs is in t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -104,6 +105,34 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, cli, separator):
             separator.separate_file(tmp_path / name, out)
         assert "\n" not in str(info.value)
         assert list(out.iterdir()) == []
+
+
+def test_stems_never_replace_their_input(tmp_path, cli, separator):
+    """Issue 24 item 10: ``stems dir/vocals.wav --out-dir dir`` overwrote its input with the vocals stem."""
+    src = write(tmp_path / "vocals.wav", tones(0.3, 44100, 2), 44100)
+    before = src.read_bytes()
+    result = cli("stems", src, "--model", STEMS, "--out-dir", tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"output file {str(tmp_path / 'vocals.wav')!r} would replace the input file" in result.stderr
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vocals.wav"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.link(src, elsewhere / "bass.wav")  # the same file by another name: refused too
+    with pytest.raises(InvalidInputError, match="would replace the input file"):
+        separator.separate_file(src, elsewhere)
+    assert src.read_bytes() == before and sorted(p.name for p in elsewhere.iterdir()) == ["bass.wav"]
+
+
+def test_a_refused_output_leaves_nothing_behind(tmp_path, cli):
+    """Issue 24 item 11: out-dir holding a directory named vocals.wav left the other stems' partials."""
+    src = write(tmp_path / "a.wav", tones(0.3, 44100, 2), 44100)
+    out = tmp_path / "out"
+    (out / "vocals.wav").mkdir(parents=True)
+    result = cli("stems", src, "--model", STEMS, "--out-dir", out)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "vocals.wav' is a directory" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["vocals.wav"]
 
 
 def test_info_describes_a_stems_folder(cli):
