@@ -26,13 +26,17 @@ MIN_PROMPT_SECONDS = 0.1
 model's ``audio_encoder.onnx`` accepts 1921 samples at 32 kHz and fails on 1920 with a Pad-reflect
 error. 0.1 s (3200 samples, 5 frames) is that bound rounded up, with room for resampler rounding."""
 
-_BLOCK_FRAMES = 1 << 16  # frames per soundfile read: big enough to be fast, small next to any limit
+_BLOCK_SAMPLES = 1 << 20  # samples (frames x channels) per soundfile read: 4 MiB of float32 at most
 _MEASURED_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW")
 _MEASURED_FORMATS = ("WAV", "WAVEX", "AIFF", "W64", "RF64", "CAF", "AU")
+MAX_DECODED_BYTES = 4 << 30
+"""Most float32 bytes a file may decode to (an hour of 8-channel 48 kHz audio is 5.5 GB): the header's
+rate, channels and frames are checked against it before decoding, and the decoding stops at it when a
+compressed file's header understates its length. Callers that need less (a server) pass less."""
 
 
-def load_audio(path: str | os.PathLike, what: str = "melody",
-               max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+def load_audio(path: str | os.PathLike, what: str = "melody", max_seconds: float | None = None,
+               max_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
     """``(float32 [channels, samples], sample_rate)`` or a one-line :class:`InvalidInputError`.
 
     Only the first ``max_seconds`` are decoded (all of it when None): a two-hour melody used for
@@ -41,16 +45,33 @@ def load_audio(path: str | os.PathLike, what: str = "melody",
 
     p = _existing_file(path, what)
     name = f"{what} file {str(p)!r}"
+
+    def unreadable(reason: str) -> str:
+        formats = ", ".join(sorted(sf.available_formats()))
+        return f"{name} cannot be read as audio ({reason}); readable formats: {formats}"
+
+    return _decode(str(p), lambda: open(p, "rb"), p.stat().st_size, name, max_seconds, max_bytes, unreadable)
+
+
+def decode_audio_bytes(data: bytes, what: str, max_seconds: float | None,
+                       max_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
+    """:func:`load_audio` for the bytes of a file (an upload): the same header checks, limits and
+    truncation checks; nothing reaches the filesystem."""
+    if not data:
+        raise InvalidInputError(f"{what}: the uploaded file is empty")
+    return _decode(io.BytesIO(data), lambda: io.BytesIO(data), len(data), f"{what}: the upload", max_seconds,
+                   max_bytes, lambda reason: f"{what}: the upload cannot be decoded as audio ({reason})")
+
+
+def _decode(source, reopen, size: int, name: str, max_seconds, max_bytes: int, unreadable) -> tuple[np.ndarray, int]:
     check_seconds(max_seconds, "max_seconds")
     with _QuietStderr():  # libmpg123 prints its parser's notes on fd 2 before soundfile raises
         try:
-            data, sr = _read_prefix(p, name, max_seconds)
+            data, sr = _read_prefix(source, reopen, size, name, max_seconds, max_bytes)
         except InvalidInputError:
             raise
         except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError... by format
-            formats = ", ".join(sorted(sf.available_formats()))
-            raise InvalidInputError(f"{name} cannot be read as audio ({_read_error_reason(exc, p)}); "
-                                    f"readable formats: {formats}") from None
+            raise InvalidInputError(unreadable(_read_error_reason(exc, source))) from None
     return check_samples(data.T, sr, name), int(sr)
 
 
@@ -75,61 +96,84 @@ def check_seconds(seconds, name: str) -> None:
         raise InvalidInputError(f"{name} must be a positive number of seconds or None, got {seconds!r}")
 
 
-def _read_error_reason(exc: Exception, p: Path) -> str:
-    """libsndfile's first line, minus the path we already name; its "does not exist or is not a
+def _read_error_reason(exc: Exception, source) -> str:
+    """libsndfile's first line, minus the file we already name; its "does not exist or is not a
     regular file" for a file that does exist means it recognised no format in the bytes."""
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    reason = reason.replace(f"Error opening {str(p)!r}: ", "")
+    if isinstance(source, str):
+        reason = reason.replace(f"Error opening {source!r}: ", "")
+    elif reason.startswith("Error opening <"):
+        reason = reason.split(">: ", 1)[-1]
     if "does not exist or is not a regular file" in reason:
         return "format not recognised or data corrupt"
     return reason
 
 
-def _read_prefix(p: Path, name: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
-    """``[frames, channels]`` float32 of at most ``max_seconds``, refusing truncated files first."""
+def _read_prefix(source, reopen, size: int, name: str, max_seconds: float | None,
+                 max_bytes: int) -> tuple[np.ndarray, int]:
+    """``[frames, channels]`` float32 of at most ``max_seconds``. The header is checked before any
+    sample is decoded: its rate, then truncation, then the bytes its frames would decode to."""
     import soundfile as sf
 
-    with sf.SoundFile(str(p)) as f:
-        _check_complete(p, f, name)
+    with sf.SoundFile(source) as f:
+        _check_rate(f.samplerate, name)
+        _check_complete(reopen, f, name)
         limit = None if max_seconds is None else math.ceil(max_seconds * f.samplerate)
-        return _read_frames(f, limit, p.stat().st_size), f.samplerate
+        frames = f.frames if limit is None else min(limit, f.frames)
+        _check_decoded_bytes(frames, f.channels, f.samplerate, max_bytes, name)
+        most = max_bytes // (4 * f.channels)  # frames the limit allows, whatever the header says
+        return _read_frames(f, min(limit, most + 1) if limit is not None else most + 1, size, name,
+                            max_bytes), f.samplerate
 
 
-def _read_frames(f, limit: int | None, file_size: int) -> np.ndarray:
-    """Up to ``limit`` frames (all when None), read block by block. Uncompressed containers report a
-    frame count libsndfile measured from the bytes present (at least a byte a sample), so one buffer
-    of that size is filled in place; any other count is the header's word (a crafted one can claim
-    terabytes), so blocks are collected until the data or the limit ends."""
+def _check_decoded_bytes(frames: int, channels: int, rate: int, max_bytes: int, name: str) -> None:
+    need = frames * channels * 4
+    if need > max_bytes:
+        raise InvalidInputError(f"{name}: {frames} frames x {channels} channels at {rate} Hz would decode to "
+                                f"{need / 2 ** 20:.0f} MiB, over the {max_bytes / 2 ** 20:.0f} MiB allowed "
+                                f"(shorten it or downmix it)")
+
+
+def _read_frames(f, limit: int, file_size: int, name: str, max_bytes: int) -> np.ndarray:
+    """Up to ``limit`` frames, read block by block. Uncompressed containers report a frame count
+    libsndfile measured from the bytes present (at least a byte a sample), so one buffer of that size is
+    filled in place; any other count is the header's word (a crafted one can claim terabytes, or
+    nothing), so blocks are collected until the data or the limit ends, and going past ``max_bytes``
+    is refused."""
     measured = f.format in _MEASURED_FORMATS and f.subtype in _MEASURED_SUBTYPES
+    step = max(1, _BLOCK_SAMPLES // f.channels)
     if measured and f.frames * f.channels <= file_size:
-        out = np.empty((f.frames if limit is None else min(limit, f.frames), f.channels), dtype=np.float32)
+        out = np.empty((min(limit, f.frames), f.channels), dtype=np.float32)
         got = 0
         while got < out.shape[0]:
-            n = f.read(dtype="float32", always_2d=True, out=out[got:got + _BLOCK_FRAMES]).shape[0]
+            n = f.read(dtype="float32", always_2d=True, out=out[got:got + step]).shape[0]
             if n == 0:
                 break
             got += n
         return out[:got]
     blocks, got = [], 0
-    while limit is None or got < limit:
-        step = _BLOCK_FRAMES if limit is None else min(_BLOCK_FRAMES, limit - got)
-        block = f.read(step, dtype="float32", always_2d=True)
+    while got < limit:
+        block = f.read(min(step, limit - got), dtype="float32", always_2d=True)
         if block.shape[0] == 0:
             break
         blocks.append(block)
         got += block.shape[0]
+        _check_decoded_bytes(got, f.channels, f.samplerate, max_bytes, name)
     return np.concatenate(blocks) if blocks else np.empty((0, f.channels), dtype=np.float32)
 
 
-def _check_complete(p: Path, f, name: str) -> None:
+def _check_complete(reopen, f, name: str) -> None:
     """libsndfile quietly shortens a WAV/AIFF whose data ends before its header says (a cut-off
-    download) to the samples present; refuse it instead, comparing the header's count with the
-    count libsndfile found."""
+    download or upload) to the samples present; refuse it instead, comparing the header's count with
+    the count libsndfile found."""
     if f.subtype not in _MEASURED_SUBTYPES:
         return  # compressed payloads: header units are blocks, not frames
     declared = {"WAV": _wav_declared_frames, "WAVEX": _wav_declared_frames, "AIFF": _aiff_declared_frames}
     reader = declared.get(f.format)
-    frames = reader(p) if reader else None
+    if reader is None:
+        return
+    with reopen() as fh:
+        frames = reader(fh)
     if frames is not None and frames > f.frames:
         raise InvalidInputError(f"{name} is truncated: header says {frames} samples, file holds {f.frames}")
 
@@ -147,36 +191,34 @@ def _chunks(fh, endian: str, limit: int = 4096):
         fh.seek(body + size + (size & 1))
 
 
-def _wav_declared_frames(p: Path) -> int | None:
+def _wav_declared_frames(fh) -> int | None:
     """Frames the ``data`` chunk claims (its size / fmt's block align); None for a streamed WAV
     (size 0 or 0xFFFFFFFF: "until the end of the file") or a layout not understood."""
-    with open(p, "rb") as fh:
-        form = fh.read(12)
-        if form[:4] not in (b"RIFF", b"RIFX") or form[8:12] != b"WAVE":
-            return None
-        endian = "<" if form[:4] == b"RIFF" else ">"
-        block_align = None
-        for cid, size in _chunks(fh, endian):
-            if cid == b"fmt ":
-                body = fh.read(min(size, 16))
-                block_align = struct.unpack(endian + "H", body[12:14])[0] if len(body) >= 14 else None
-            elif cid == b"data":
-                if not block_align or size in (0, 0xFFFFFFFF):
-                    return None
-                return size // block_align
+    form = fh.read(12)
+    if form[:4] not in (b"RIFF", b"RIFX") or form[8:12] != b"WAVE":
+        return None
+    endian = "<" if form[:4] == b"RIFF" else ">"
+    block_align = None
+    for cid, size in _chunks(fh, endian):
+        if cid == b"fmt ":
+            body = fh.read(min(size, 16))
+            block_align = struct.unpack(endian + "H", body[12:14])[0] if len(body) >= 14 else None
+        elif cid == b"data":
+            if not block_align or size in (0, 0xFFFFFFFF):
+                return None
+            return size // block_align
     return None
 
 
-def _aiff_declared_frames(p: Path) -> int | None:
+def _aiff_declared_frames(fh) -> int | None:
     """``numSampleFrames`` of the COMM chunk."""
-    with open(p, "rb") as fh:
-        form = fh.read(12)
-        if form[:4] != b"FORM" or form[8:12] not in (b"AIFF", b"AIFC"):
-            return None
-        for cid, size in _chunks(fh, ">"):
-            if cid == b"COMM":
-                body = fh.read(6)
-                return struct.unpack(">I", body[2:6])[0] if len(body) == 6 else None
+    form = fh.read(12)
+    if form[:4] != b"FORM" or form[8:12] not in (b"AIFF", b"AIFC"):
+        return None
+    for cid, size in _chunks(fh, ">"):
+        if cid == b"COMM":
+            body = fh.read(6)
+            return struct.unpack(">I", body[2:6])[0] if len(body) == 6 else None
     return None
 
 
@@ -354,6 +396,21 @@ def check_output_path(path: str | os.PathLike) -> tuple[Path, str, Path]:
     if not parent.is_dir():
         raise InvalidInputError(f"output file {str(p)!r}: folder {str(parent)!r} does not exist")
     return p, fmt, parent
+
+
+def check_outputs_spare_input(outputs, source: str | os.PathLike, what: str) -> None:
+    """Each of ``outputs`` is a writable path (:func:`check_output_path`) that is not the file ``source``
+    (or a link to it): checked together before any output is written, so a refusal leaves nothing
+    behind and a command never replaces the audio it reads."""
+    for out in outputs:
+        p, _, _ = check_output_path(out)
+        try:
+            same = p.exists() and Path(source).exists() and os.path.samefile(p, source)
+        except OSError:
+            same = False
+        if same:
+            raise InvalidInputError(f"output file {str(p)!r} would replace the {what} file {str(source)!r}; "
+                                    f"choose another output folder")
 
 
 def _temporary(p: Path, parent: Path) -> tuple[int, str]:

@@ -509,9 +509,9 @@ def load_manifest(folder: str | os.PathLike) -> Manifest:
 def _read_json(folder: Path, name: str) -> Any:
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {str(folder)!r} does not exist or is not a directory")
-    path = folder / name
-    if not path.is_file():
+    if not (folder / name).is_file():
         raise ModelFolderError(f"{folder}: no {name}; not a musicgen-onnx model folder (export one first)")
+    path = folder_file(folder, name)  # confined like the graphs: a link out of the folder is refused
     return read_json_file(path, MAX_MANIFEST_BYTES, "manifest")
 
 
@@ -569,18 +569,17 @@ def verify_graph_files(folder: str | os.PathLike, graphs: dict[str, GraphInfo], 
     for name, info in graphs.items():
         if info.file not in info.files:
             raise ModelFolderError(f"{folder}: graph {name}: its file {info.file!r} is not among its hashed files")
-        total = 0
-        for rel, digest in info.files.items():
-            path = folder_file(folder, rel)
-            total += path.stat().st_size
-            if hash_files and _file_digest(path) != digest:
-                raise ModelFolderError(
-                    f"{path}: sha256 does not match the manifest (file corrupt, truncated or replaced)"
-                )
-        if total != info.size_bytes:
+        paths = {rel: folder_file(folder, rel) for rel in info.files}
+        total = sum(path.stat().st_size for path in paths.values())
+        if total != info.size_bytes:  # before hashing: a grown (sparse, 20 GB) file is refused at once
             raise ModelFolderError(
                 f"{folder}: graph {name} files total {total} bytes, manifest says {info.size_bytes} (truncated?)"
             )
+        for rel, digest in info.files.items():
+            if hash_files and _file_digest(paths[rel]) != digest:
+                raise ModelFolderError(
+                    f"{paths[rel]}: sha256 does not match the manifest (file corrupt, truncated or replaced)"
+                )
         graph = folder_file(folder, info.file)
         try:
             locations = external_data_locations(graph)

@@ -10,6 +10,7 @@ can hold tensors, and returns every location it finds.
 from __future__ import annotations
 
 import mmap
+import time
 from pathlib import Path
 
 # message -> {field number: message type of that (length-delimited) field}
@@ -24,6 +25,11 @@ _FIELDS = {
     "entry": {},
 }
 _MAX_DEPTH = 64  # nested subgraphs (If / Loop bodies); released graphs have none
+_MAX_FIELDS = 1 << 21
+"""Fields walked per graph (keys only: weights are skipped by their length). Exported graphs need about
+10 per node (the tiny stems graph: 19 000; a full htdemucs or melody-large decoder: about 100 000); past
+this the file is not a graph we wrote or optimum did, and the walk stops (about 5 s)."""
+_MAX_SECONDS = 10.0  # the same walk's wall-clock bound, for a slow disk or a starved CPU
 
 
 class MalformedGraph(Exception):
@@ -43,12 +49,31 @@ def _varint(buf, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf, start: int, end: int):
-    """Yield ``(field number, start, end)`` of each length-delimited field; skip the others."""
+class _Budget:
+    """What one graph's walk may spend: fields visited and seconds."""
+
+    def __init__(self):
+        self.fields = 0
+        self.deadline = time.monotonic() + _MAX_SECONDS
+
+    def spend(self) -> None:
+        self.fields += 1
+        if self.fields > _MAX_FIELDS:
+            raise MalformedGraph(f"more than {_MAX_FIELDS} protobuf fields (not an ONNX graph, or padded)")
+        if not self.fields & 0xFFFF and time.monotonic() > self.deadline:
+            raise MalformedGraph(f"scanning its protobuf took over {_MAX_SECONDS:g} s")
+
+
+def _fields(buf, start: int, end: int, budget: _Budget):
+    """Yield ``(field number, start, end)`` of each length-delimited field; skip the others. Field
+    number 0 does not exist in protobuf: it is where zero padding or garbage starts, refused at once."""
     pos = start
     while pos < end:
+        budget.spend()
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
+        if number == 0:
+            raise MalformedGraph(f"invalid protobuf field number 0 at byte {pos - 1}")
         if wire == 0:
             _, pos = _varint(buf, pos, end)
         elif wire == 1:
@@ -75,6 +100,7 @@ def external_data_locations(path: str | Path) -> set[str]:
         if size == 0:
             return found
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            budget = _Budget()
             stack = [("model", 0, size, 0)]
             while stack:
                 kind, start, end, depth = stack.pop()
@@ -82,7 +108,7 @@ def external_data_locations(path: str | Path) -> set[str]:
                     raise MalformedGraph("graphs nested too deeply")
                 if kind == "entry":
                     key = value = b""
-                    for number, a, b in _fields(buf, start, end):
+                    for number, a, b in _fields(buf, start, end, budget):
                         if number == 1:
                             key = bytes(buf[a:b])
                         elif number == 2:
@@ -91,7 +117,7 @@ def external_data_locations(path: str | Path) -> set[str]:
                         found.add(value.decode("utf-8", "replace"))
                     continue
                 children = _FIELDS[kind]
-                for number, a, b in _fields(buf, start, end):
+                for number, a, b in _fields(buf, start, end, budget):
                     child = children.get(number)
                     if child is not None:
                         stack.append((child, a, b, depth + (child == "graph")))

@@ -313,15 +313,18 @@ class StemSeparator:
         half-written is left on error or interrupt."""
         from .audio import StreamingWriter
 
+        targets = [Path(out_dir) / f"{name}.wav" for name in self.sources]
+        audio_io.check_outputs_spare_input(targets, path, "input")
         wav, sr = audio_io.load_audio(path, "input")
         mix = self.prepare_mix(wav, sr, f"input file {str(path)!r}")
         del wav  # an hour of audio: hold the model-rate copy only
         mean, std = _mono_stats(mix)
         shift = self.draw_shift(np.random.default_rng(seed))
-        writers = [StreamingWriter(Path(out_dir) / f"{name}.wav", self.params.sample_rate, self.params.audio_channels)
-                   for name in self.sources]
+        writers: list[StreamingWriter] = []
         written: list[Path] = []
         try:
+            for target in targets:  # one by one, so a refusal aborts the writers already made
+                writers.append(StreamingWriter(target, self.params.sample_rate, self.params.audio_channels))
             for block in self.blocks(mix[None], shift, progress, center=mean, scale=std):
                 for writer, stem in zip(writers, block[0]):
                     writer.write(stem * std + mean)

@@ -119,6 +119,23 @@ def test_resample_frac_is_julius(rates):
     assert np.abs(got - want).max() <= 1e-6 * np.abs(x).max()
 
 
+@pytest.mark.parametrize("rates", [(32000, 44100), (44100, 32000), (1009, 1543), (1543, 1009), (44100, 4999),
+                                   (997, 44100)])
+def test_resample_frac_per_output_path_is_julius(rates, monkeypatch):
+    """The path taken for rates whose julius kernel table would not fit (44099 Hz and the like),
+    forced on rates where julius is practical: the accuracy resample_frac's docstring states."""
+    import julius
+
+    from musicgen_onnx.runtime import resample_frac as module
+
+    monkeypatch.setattr(module, "_DENSE_ELEMENTS", 0)
+    x = np.random.default_rng(0).standard_normal((2, 20011)).astype(np.float32)
+    want = julius.resample_frac(torch.from_numpy(x), *rates).numpy()
+    got = resample_frac(x, *rates)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(x).max()
+
+
 @pytest.mark.parametrize("case", ["stereo-44k", "mono-32k", "batch-short"])
 def test_stems_match_apply_model(case, model, demucs_bag, monkeypatch):
     from demucs.audio import convert_audio

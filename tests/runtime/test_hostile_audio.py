@@ -386,3 +386,72 @@ def test_save_audio_is_normalize_then_write_and_streaming_commit_uses_it(tmp_pat
     writer.write(wav[:, :10000])
     writer.write(wav[:, 10000:])
     assert writer.commit("peak").read_bytes() == want
+
+
+# ---------------------------------------------------------------- issue 24 item 2: the header before the samples
+def _flac(seconds: float, sr: int, channels: int) -> bytes:
+    """A FLAC of DC written a second at a time: a few KB that declare ``seconds`` of audio."""
+    buffer = io.BytesIO()
+    with sf.SoundFile(buffer, "w", sr, channels, format="FLAC") as f:
+        block = np.full((sr, channels), 0.25, np.float32)
+        for _ in range(int(seconds)):
+            f.write(block)
+    return buffer.getvalue()
+
+
+def _peak_bytes(fn) -> tuple[int, BaseException | None]:
+    import tracemalloc
+
+    tracemalloc.start()
+    error = None
+    try:
+        fn()
+    except InvalidInputError as exc:
+        error = exc
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak, error
+
+
+def test_a_rate_out_of_range_is_refused_before_decoding(tmp_path):
+    """8 channels at 655350 Hz (FLAC's largest rate) of DC: 14 KB that decode to 210 MB; refused by
+    its header's rate, as an upload and as a file, before a sample is decoded."""
+    from musicgen_onnx.serve.uploads import decode_audio
+
+    data = _flac(10, 655350, 8)
+    (tmp_path / "dc.flac").write_bytes(data)
+    for call in (lambda: decode_audio(data, "melody", 61.0), lambda: audio_io.load_audio(tmp_path / "dc.flac")):
+        peak, error = _peak_bytes(call)
+        assert error is not None and "sample rate must be an integer in [1000, 384000] Hz, got 655350" in str(error)
+        assert peak < 8 << 20, peak
+
+
+def test_decoded_bytes_are_bounded_before_decoding(tmp_path):
+    """Within the rates, the frames x channels the header declares are checked against the decoded bytes
+    allowed before decoding (uploads: serve.uploads.MAX_UPLOAD_DECODED_BYTES)."""
+    from musicgen_onnx.serve.uploads import MAX_UPLOAD_DECODED_BYTES, decode_audio
+
+    data = _flac(6, 384000, 8)  # 6 s x 8 channels x 384 kHz: 70 MiB of float32
+    assert 6 * 384000 * 8 * 4 > MAX_UPLOAD_DECODED_BYTES
+    peak, error = _peak_bytes(lambda: decode_audio(data, "melody", 61.0))
+    assert error is not None and "would decode to 70 MiB, over the 64 MiB allowed" in str(error), error
+    assert peak < 8 << 20, peak
+    (tmp_path / "big.flac").write_bytes(data)
+    peak, error = _peak_bytes(lambda: audio_io.load_audio(tmp_path / "big.flac", max_bytes=1 << 20))
+    assert error is not None and str(error).startswith(f"melody file {str(tmp_path / 'big.flac')!r}: 2304000 frames")
+    assert peak < 8 << 20, peak
+    wav, sr = audio_io.load_audio(tmp_path / "big.flac", max_seconds=0.1, max_bytes=2 << 20)  # what is read counts
+    assert wav.shape == (8, 38400) and sr == 384000
+
+
+def test_uploads_use_the_file_reader_and_its_truncation_checks(tmp_path):
+    """One reader for files and uploaded bytes: a cut-off AIFF upload is refused like the file."""
+    from musicgen_onnx.serve.uploads import decode_audio
+
+    _truncated_files(tmp_path)
+    for name in ("cut.aiff", "cut60.wav"):
+        with pytest.raises(InvalidInputError, match="melody: the upload is truncated: header says"):
+            decode_audio((tmp_path / name).read_bytes(), "melody", 61.0)
+    with pytest.raises(InvalidInputError, match="melody: the upload cannot be decoded as audio"):
+        decode_audio(b"RIFF" + os.urandom(400), "melody", 61.0)

@@ -282,3 +282,31 @@ def test_a_failed_run_leaves_no_out_dir_and_a_long_prompt_is_refused(cli, tmp_pa
     _one_line(cli("generate", "x", "--continue", tmp_path / "long.wav", "--duration", "45", "-o", tmp_path / "c.wav"),
               "shorter than the model's 30 s window")
     assert not (tmp_path / "c.wav").exists()
+
+
+def test_a_manifest_linking_out_of_the_folder_is_refused(tmp_path):
+    """Issue 24 item 12: a local folder's manifest, like its graphs, must not be a link to elsewhere."""
+    folder = _copy(tmp_path)
+    outside = tmp_path / "outside.json"
+    shutil.copy(folder / MANIFEST_NAME, outside)
+    (folder / MANIFEST_NAME).unlink()
+    os.symlink(outside, folder / MANIFEST_NAME)
+    with pytest.raises(ModelFolderError, match="outside the model folder"):
+        load_manifest(folder)
+
+
+def test_a_grown_graph_is_refused_by_size_before_hashing(tmp_path, monkeypatch):
+    """Issue 24 item 13: a decoder grown to 20 GB (sparse) is refused by its size at once, not hashed."""
+    from musicgen_onnx.runtime import manifest as manifest_mod
+
+    folder = _copy(tmp_path)
+    with open(folder / "decoder.onnx", "r+b") as fh:
+        fh.truncate(20 << 30)  # sparse: no disk used
+    hashed = []
+    real = manifest_mod._file_digest
+    monkeypatch.setattr(manifest_mod, "_file_digest", lambda path: hashed.append(path) or real(path))
+    t0 = time.perf_counter()
+    with pytest.raises(ModelFolderError, match="graph decoder files total 21474836480 bytes"):
+        MusicGen.from_pretrained(folder, providers="cpu")
+    assert time.perf_counter() - t0 < 5
+    assert not any(Path(p).name == "decoder.onnx" for p in hashed), hashed

@@ -15,6 +15,7 @@ import soundfile as sf
 
 from musicgen_onnx.runtime import ModelFolderError
 from musicgen_onnx.runtime.hub import cache_home, checkpoint_of, resolve_model
+from musicgen_onnx.runtime.manifest import MANIFEST_NAME, load_manifest
 
 from conftest import BUNDLED
 
@@ -149,3 +150,14 @@ def test_export_on_demand_then_reuse_and_a_failed_export_leaves_nothing(checkpoi
     _ok(cli(*args, "--export", "-o", tmp_path / "a.wav", env=hub_env))
     assert (home / "facebook--musicgen-small-fp32" / "musicgen_onnx.json").is_file()
     _ok(cli(*args, "-o", tmp_path / "b.wav", env=hub_env))  # reused: no --export needed
+
+
+def test_a_hub_manifest_linking_out_of_its_blobs_is_refused(tmp_path):
+    """Issue 24 item 12: the manifest is read through the same confinement as graphs and tokenizer."""
+    snapshot = lay_out_hub_cache(tmp_path / "hf", "org/tiny", _bundled_files())
+    outside = tmp_path / "elsewhere.json"
+    shutil.copy(BUNDLED / MANIFEST_NAME, outside)
+    (snapshot / MANIFEST_NAME).unlink()
+    (snapshot / MANIFEST_NAME).symlink_to(outside)
+    with pytest.raises(ModelFolderError, match=f"{MANIFEST_NAME}.*outside the model folder"):
+        load_manifest(snapshot)

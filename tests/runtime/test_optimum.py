@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +260,35 @@ def test_cli_info_and_generate(cli, tmp_path):
     assert out.exists()
     r = cli("generate", "--model", FIXTURES["tiny-text"], "x", "--precision", "fp16", "-o", tmp_path / "b.wav")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no complete fp16 variant" in r.stderr
+
+
+def test_a_zero_padded_graph_is_refused_at_once(copy):
+    """Issue 24 item 14: a codec graph zero-padded to 400 MB (sparse) kept the pre-scan walking field
+    number 0 at ~5 MB/s; field 0 does not exist in protobuf and is refused where it starts."""
+    folder = copy()
+    codec = folder / "encodec_decode.onnx"
+    size = codec.stat().st_size
+    with open(codec, "r+b") as fh:
+        fh.truncate(400 << 20)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelFolderError) as exc:
+        MusicGen.from_pretrained(folder, providers="cpu")
+    assert f"invalid protobuf field number 0 at byte {size}" in _one_line(exc)
+    assert time.perf_counter() - t0 < 5
+
+
+def test_the_graph_pre_scan_is_bounded(tmp_path, monkeypatch):
+    """Well-formed filler (a million repeated varint fields) is walked only up to the field budget."""
+    from musicgen_onnx.runtime import onnx_files
+
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes((FIXTURES["tiny-text"] / "encodec_decode.onnx").read_bytes() + b"\x08\x01" * 1_000_000)
+    monkeypatch.setattr(onnx_files, "_MAX_FIELDS", 200_000)
+    with pytest.raises(onnx_files.MalformedGraph, match="more than 200000 protobuf fields"):
+        onnx_files.external_data_locations(graph)
+    monkeypatch.setattr(onnx_files, "_MAX_FIELDS", 2_000_000)
+    monkeypatch.setattr(onnx_files, "_MAX_SECONDS", 0.0)
+    with pytest.raises(onnx_files.MalformedGraph, match="took over 0 s"):
+        onnx_files.external_data_locations(graph)
+    monkeypatch.undo()
+    assert onnx_files.external_data_locations(FIXTURES["tiny-text"] / "encodec_decode.onnx") == set()

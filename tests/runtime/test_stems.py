@@ -4,6 +4,7 @@ manifest rules, and the numpy pieces' own properties. Parity with demucs is in t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -106,6 +107,34 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, cli, separator):
         assert list(out.iterdir()) == []
 
 
+def test_stems_never_replace_their_input(tmp_path, cli, separator):
+    """Issue 24 item 10: ``stems dir/vocals.wav --out-dir dir`` overwrote its input with the vocals stem."""
+    src = write(tmp_path / "vocals.wav", tones(0.3, 44100, 2), 44100)
+    before = src.read_bytes()
+    result = cli("stems", src, "--model", STEMS, "--out-dir", tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert f"output file {str(tmp_path / 'vocals.wav')!r} would replace the input file" in result.stderr
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vocals.wav"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.link(src, elsewhere / "bass.wav")  # the same file by another name: refused too
+    with pytest.raises(InvalidInputError, match="would replace the input file"):
+        separator.separate_file(src, elsewhere)
+    assert src.read_bytes() == before and sorted(p.name for p in elsewhere.iterdir()) == ["bass.wav"]
+
+
+def test_a_refused_output_leaves_nothing_behind(tmp_path, cli):
+    """Issue 24 item 11: out-dir holding a directory named vocals.wav left the other stems' partials."""
+    src = write(tmp_path / "a.wav", tones(0.3, 44100, 2), 44100)
+    out = tmp_path / "out"
+    (out / "vocals.wav").mkdir(parents=True)
+    result = cli("stems", src, "--model", STEMS, "--out-dir", out)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "vocals.wav' is a directory" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["vocals.wav"]
+
+
 def test_info_describes_a_stems_folder(cli):
     result = cli("info", STEMS)
     assert result.returncode == 0, result.stderr
@@ -177,6 +206,29 @@ def test_resample_frac_lengths_and_passband():
     np.testing.assert_allclose(y[0, 1000:-1000], 0.3 * np.sin(2 * np.pi * 220 * t[1000:-1000]), atol=2e-3)
     assert resample_frac(x, 32000, 32000) is x or np.array_equal(resample_frac(x, 32000, 32000), x)
     assert resample_frac(np.ones(7, np.float32), 44100, 32000).shape == (5,)  # floor(32000 * 7 / 44100)
+
+
+@pytest.mark.parametrize("rates", [(44099, 44100), (47999, 44100), (44100, 47999), (383999, 44100), (1000, 44100)])
+def test_resample_frac_of_coprime_rates_is_bounded_and_accurate(rates):
+    """Issue 24 item 1: julius's kernel table for rates sharing no factor is new x (2 w + old) (7.8 GB for
+    44099 -> 44100); the per-output path holds a few copies of the audio and stays a clean resampler."""
+    import tracemalloc
+
+    old, new = rates
+    x = tones(0.5, old, 2)
+    tracemalloc.start()
+    try:
+        y = resample_frac(x, old, new)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert y.shape == (2, new * x.shape[1] // old)
+    assert peak < 8 * (x.nbytes + y.nbytes) + (16 << 20), peak
+    t = np.arange(y.shape[1]) / new
+    edge = new // 20  # replicate padding bends the first and last few ms, as in julius
+    for c in range(2):
+        want = 0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t)
+        np.testing.assert_allclose(y[c, edge:-edge], want[edge:-edge], atol=2e-3)
 
 
 # ---------------------------------------------------------------- manifest rules
