@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import struct
@@ -19,21 +18,16 @@ from starlette.routing import Route
 
 from ..runtime import audio as audio_io
 from ..runtime.errors import MusicGenError
+from .bodies import HttpError, read_fields
 from .batcher import END, Batcher, Draining, Job, QueueFull
 from .metrics import Metrics
 from .openapi import openapi_spec
 from .page import PAGE
-from .params import FIELDS, MEDIA_TYPES, RequestChecker, form_value
+from .params import MEDIA_TYPES, RequestChecker
 from .settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, ServeSettings
 from .uploads import decode_audio
 
 logger = logging.getLogger(__name__)
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers or {}
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -63,7 +57,7 @@ def create_app(model, settings: ServeSettings) -> Starlette:
         return await _audio_request(request, "continue", "audio")
 
     async def _audio_request(request: Request, kind: str, file_field: str) -> Response:
-        fields, upload = await _read_fields(request, file_field, required=kind == "continue")
+        fields, upload = await read_fields(request, file_field, kind == "continue", settings)
         decoded = None
         if upload is not None:
             max_s = checker.settings.max_duration + m.max_duration + 1  # what any window could read
@@ -172,67 +166,6 @@ def create_app(model, settings: ServeSettings) -> Starlette:
     app.state.batcher, app.state.metrics = batcher, metrics
     known = {r.path for r in routes}
     return CountRequests(app, metrics, known)
-
-
-async def _read_fields(request: Request, file_field: str, required: bool) -> tuple[dict, bytes | None]:
-    """JSON or multipart fields, and the uploaded file's bytes (or None). The body is read with a byte
-    limit before anything parses it; nothing from the request names a file."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json":
-        body = await _body(request, MAX_JSON_BYTES)
-        try:
-            fields = json.loads(body)
-        except (ValueError, RecursionError):
-            raise HttpError(400, "the body is not valid JSON") from None
-        if not isinstance(fields, dict):
-            raise HttpError(400, f"the body must be a JSON object, got {type(fields).__name__}")
-        if required:
-            raise HttpError(400, f"this endpoint needs a multipart/form-data upload with a {file_field!r} file")
-        return fields, None
-    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        body = await _body(request, MAX_UPLOAD_BYTES)
-
-        async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form(max_files=1, max_fields=len(FIELDS) + 1,
-                                                             max_part_size=MAX_UPLOAD_BYTES)
-        except HTTPException as exc:
-            raise HttpError(400, f"malformed multipart body: {exc.detail}") from None
-        except Exception as exc:  # python-multipart parse errors
-            raise HttpError(400, f"malformed multipart body ({type(exc).__name__})") from None
-        fields, upload = {}, None
-        try:
-            for name, value in form.multi_items():
-                if name == file_field and not isinstance(value, str):
-                    upload = await value.read()
-                elif isinstance(value, str) and name != file_field:
-                    if name in fields:
-                        raise HttpError(400, f"field {name!r} given twice")
-                    fields[name] = form_value(name, value) if name in FIELDS else value
-                else:
-                    raise HttpError(400, f"unexpected part {name!r}: the file goes in {file_field!r}, the options "
-                                         f"in plain fields")
-        finally:
-            await form.close()
-        if required and upload is None:
-            raise HttpError(400, f"missing the {file_field!r} file")
-        return fields, upload
-    raise HttpError(415, "send application/json or multipart/form-data")
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise HttpError(413, f"request body over {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"request body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _encode(wav: np.ndarray, sample_rate: int, strategy: str, fmt: str) -> bytes:
