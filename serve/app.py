@@ -6,25 +6,25 @@ import asyncio
 import contextlib
 import logging
 import os
-import struct
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..runtime import audio as audio_io
 from ..runtime.errors import MusicGenError
 from .bodies import HttpError, read_fields
-from .batcher import END, Batcher, Draining, Job, QueueFull
+from .batcher import Batcher, Draining, Job, QueueFull
 from .metrics import Metrics
 from .openapi import openapi_spec
 from .page import PAGE
 from .params import MEDIA_TYPES, RequestChecker
 from .settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, ServeSettings
+from .streaming import AudioStream, StreamBuffer
 from .uploads import decode_audio
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ def create_app(model, settings: ServeSettings) -> Starlette:
                                        decoded if kind == "generate" else None,
                                        decoded if kind == "continue" else None)
         job = Job(spec, asyncio.get_running_loop())
+        if spec.key.stream:
+            job.chunks = StreamBuffer(settings.stream_buffer_bytes, lambda: batcher.cancel(job))
         try:
             batcher.submit(job)
         except QueueFull as exc:
@@ -74,7 +76,8 @@ def create_app(model, settings: ServeSettings) -> Starlette:
             raise HttpError(503, str(exc), {"Retry-After": str(settings.retry_after_s)})
         headers = {"X-Seed": str(spec.seed)}
         if spec.key.stream:
-            return StreamingResponse(_stream(job), media_type="audio/wav", headers=headers)
+            return AudioStream(job, batcher.cancel, model.sample_rate, model.audio_channels, settings.stream_stall_s,
+                               headers)
         try:
             wav = await _wait(request, job)
         except ClientDisconnect:
@@ -92,26 +95,6 @@ def create_app(model, settings: ServeSettings) -> Starlette:
             if await request.is_disconnected():
                 batcher.cancel(job)
                 raise ClientDisconnect()
-
-    async def _stream(job: Job):
-        """A WAV header with unknown length (0xFFFFFFFF, as live streams write it), then 16-bit PCM as
-        each chunk is generated. If the client leaves, the generator is closed: its row is cancelled."""
-        finished = False
-        try:
-            yield wav_stream_header(model.sample_rate, model.audio_channels)
-            while True:
-                item = await job.chunks.get()
-                if item is END:
-                    finished = True
-                    return
-                if isinstance(item, BaseException):  # too late for a status code: the stream ends short
-                    logger.warning("stream ended by an error: %s", item)
-                    finished = True
-                    return
-                yield pcm16(item)
-        finally:
-            if not finished:
-                batcher.cancel(job)
 
     async def model_info(request: Request) -> Response:
         src = m.source or {}
@@ -170,18 +153,6 @@ def create_app(model, settings: ServeSettings) -> Starlette:
 
 def _encode(wav: np.ndarray, sample_rate: int, strategy: str, fmt: str) -> bytes:
     return audio_io.encode_audio(audio_io.normalize(wav, sample_rate, strategy), sample_rate, fmt)
-
-
-def wav_stream_header(sample_rate: int, channels: int) -> bytes:
-    """44-byte PCM16 WAV header whose sizes are 0xFFFFFFFF: 'length unknown' for players and soundfile."""
-    block = 2 * channels
-    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, channels,
-            sample_rate, sample_rate * block, block, 16) + b"data" + struct.pack("<I", 0xFFFFFFFF))
-
-
-def pcm16(wav: np.ndarray) -> bytes:
-    """``[channels, samples]`` float -> interleaved little-endian 16-bit PCM (clipped, as the WAV writer)."""
-    return (np.clip(wav.T, -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
 
 
 class CountRequests:

@@ -4,13 +4,20 @@ answers in one line (a 4xx, or a dropped connection) and never takes the service
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
+import time
+
 import httpx
 import pytest
 
 from conftest import serving
 from musicgen_onnx.runtime import InvalidInputError
 from musicgen_onnx.serve import ServeSettings, create_app
-from test_serve import model, wav_bytes  # noqa: F401  (model: the module fixture, shared)
+from musicgen_onnx.serve.health import wait_until_healthy
+from test_serve import SR, model, wav_bytes  # noqa: F401  (model: the module fixture, shared)
 from test_serve import one_line_error as serve_error
 
 HUGE = "9" * 400  # a JSON integer no float holds
@@ -92,3 +99,72 @@ def test_a_prompt_that_is_not_utf8_is_a_400_as_in_json(server):
     ok = httpx.post(url + "/v1/generate", content=multipart(("prompt", "café".encode(), None),
                                                             ("duration", b"0.3", None)), headers=MULTIPART)
     assert ok.status_code == 200, ok.text
+
+
+# ---------------------------------------------------------------- item 3: a stream its client stops reading
+@contextlib.contextmanager
+def small_buffer_server(model, **settings):
+    """A server whose accepted sockets have 8 KiB send buffers (they inherit the listener's): a client that
+    stops reading blocks the server's writes at once instead of after megabytes of kernel buffer."""
+    import uvicorn
+
+    app = create_app(model, ServeSettings(max_batch=4, max_wait_ms=20, max_duration=12, **settings))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        assert wait_until_healthy(url, 30)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def unread_stream(url: str, seconds: float) -> socket.socket:
+    """Ask for a streamed clip on a socket with a 4 KiB receive buffer, and read nothing."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((host, int(port)))
+    body = json.dumps({"prompt": "techno", "duration": seconds, "stream": True}).encode()
+    s.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return s
+
+
+def dropped(s: socket.socket, full: int, timeout: float = 20) -> bool:
+    """Read what the server sent; True when it closed the connection before ``full`` bytes."""
+    s.settimeout(timeout)
+    got = 0
+    while True:
+        data = s.recv(65536)
+        if not data:
+            return got < full
+        got += len(data)
+
+
+@pytest.mark.parametrize("limits", [dict(stream_buffer_bytes=64 * 1024),  # over the buffer
+                                    dict(stream_stall_s=0.5)])  # no byte taken for 0.5 s
+def test_a_stream_its_client_stops_reading_is_dropped_and_its_row_freed(model, limits):
+    from test_serve import metric
+
+    with small_buffer_server(model, **limits) as url:
+        s = unread_stream(url, 12)
+        try:
+            for _ in range(300):  # the row leaves its batch before the clip's end: freed, the batch stopped
+                text = httpx.get(url + "/metrics").text
+                if metric(text, "musicgen_stopped_batches_total") >= 1:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the unread stream's batch ran to its end")
+            assert metric(text, "musicgen_freed_rows_total") == 1
+            assert dropped(s, 44 + 2 * 12 * SR)  # and the connection is closed, the clip short
+        finally:
+            s.close()
+        assert httpx.post(url + "/v1/generate", json={"duration": 0.3}).status_code == 200
