@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from ..runtime import audio as audio_io
 from ..runtime.errors import MusicGenError
-from .bodies import HttpError, read_fields
+from .bodies import HttpError, error, read_fields
+from .access import Access
 from .batcher import Batcher, Draining, Job, QueueFull
 from .metrics import Metrics
 from .openapi import openapi_spec
@@ -28,10 +29,6 @@ from .streaming import AudioStream, StreamBuffer
 from .uploads import decode_audio
 
 logger = logging.getLogger(__name__)
-
-
-def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
 
 
 def create_app(model, settings: ServeSettings) -> Starlette:
@@ -112,9 +109,24 @@ def create_app(model, settings: ServeSettings) -> Starlette:
                        "max_json_bytes": MAX_JSON_BYTES, "max_upload_bytes": MAX_UPLOAD_BYTES},
         })
 
-    async def health(request: Request) -> Response:
+    def health_facts(status: str) -> dict:
         # the pid tells replicas apart behind a proxy (Ray Serve)
-        return JSONResponse({"status": "ok", "queue": batcher.queue_length(), "pid": os.getpid()})
+        return {"status": status, "draining": batcher.draining, "queue": batcher.queue_length(),
+                "pid": os.getpid()}
+
+    async def health(request: Request) -> Response:
+        """Up (200 while the process answers, draining or not): what supervisors and old probes poll."""
+        return JSONResponse(health_facts("draining" if batcher.draining else "ok"))
+
+    async def live(request: Request) -> Response:
+        return JSONResponse(health_facts("live"))
+
+    async def ready(request: Request) -> Response:
+        """Takes new work: 503 once SIGTERM started the drain, so a balancer sends requests elsewhere."""
+        if batcher.draining:
+            return JSONResponse(health_facts("draining"), status_code=503,
+                                headers={"Retry-After": str(settings.retry_after_s)})
+        return JSONResponse(health_facts("ready"))
 
     async def metrics_route(request: Request) -> Response:
         return PlainTextResponse(metrics.render(batcher.queue_length(), batcher.in_flight()),
@@ -141,14 +153,15 @@ def create_app(model, settings: ServeSettings) -> Starlette:
     routes = [
         Route("/", page), Route("/v1/generate", generate, methods=["POST"]),
         Route("/v1/continue", continue_, methods=["POST"]), Route("/v1/model", model_info),
-        Route("/health", health), Route("/metrics", metrics_route), Route("/openapi.json", openapi),
+        Route("/health", health), Route("/health/live", live), Route("/health/ready", ready),
+        Route("/metrics", metrics_route), Route("/openapi.json", openapi),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         Exception: on_http_error, HTTPException: on_http_error, HttpError: on_http_error,
         MusicGenError: on_http_error, ClientDisconnect: on_http_error})
     app.state.batcher, app.state.metrics = batcher, metrics
     known = {r.path for r in routes}
-    return CountRequests(app, metrics, known)
+    return CountRequests(Access(app, settings.api_key, settings.cors_origins), metrics, known)
 
 
 def _encode(wav: np.ndarray, sample_rate: int, strategy: str, fmt: str) -> bytes:

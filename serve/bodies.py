@@ -17,6 +17,13 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from .params import FIELDS, form_value
 
 
+def error(status: int, message: str, headers: dict | None = None):
+    """The service's one error shape: ``{"error": "<one line>"}``."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
+
+
 class HttpError(Exception):
     """A request answered with ``status`` and a one-line JSON error (and ``headers``)."""
 

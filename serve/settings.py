@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..runtime.errors import InvalidInputError
 from ..runtime.generation import MAX_BATCH
@@ -29,6 +29,9 @@ class ServeSettings:
     body_timeout_s: float = 30.0
     stream_stall_s: float = 30.0
     stream_buffer_bytes: int = 8 * 1024 * 1024
+    # access: a bearer key for /v1/* and /metrics (None: open), browser origins allowed by CORS
+    api_key: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()
 
     def check(self) -> "ServeSettings":
         """Bounds that keep the service sane: a batch is one ``generate`` call (at most MAX_BATCH prompts), a
@@ -50,4 +53,10 @@ class ServeSettings:
             bad("stream_stall", self.stream_stall_s, "in (0, 3600] seconds")
         if not isinstance(self.stream_buffer_bytes, int) or not 64 * 1024 <= self.stream_buffer_bytes <= 1 << 30:
             bad("stream_buffer_bytes", self.stream_buffer_bytes, "an integer in [65536, 2**30]")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not 16 <= len(self.api_key) <= 512
+                                         or not self.api_key.isprintable() or " " in self.api_key):
+            raise InvalidInputError("--api-key must be 16 to 512 printable characters without spaces")
+        for origin in self.cors_origins:
+            if origin != "*" and not (origin.startswith(("http://", "https://")) and "/" not in origin.split("//", 1)[1]):
+                bad("cors_origin", origin, "'*' or an origin such as https://example.com (scheme and host, no path)")
         return self

@@ -12,6 +12,8 @@ import time
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import serving
 from musicgen_onnx.runtime import InvalidInputError
@@ -168,3 +170,238 @@ def test_a_stream_its_client_stops_reading_is_dropped_and_its_row_freed(model, l
         finally:
             s.close()
         assert httpx.post(url + "/v1/generate", json={"duration": 0.3}).status_code == 200
+
+
+# ---------------------------------------------------------------- item 4: slow bodies
+def raw(url: str, data: bytes) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    s.sendall(data)
+    return s
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_closed(model):
+    app = create_app(model, ServeSettings(body_timeout_s=0.5))
+    with serving(app) as url:
+        s = raw(url, b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"du")
+        s.settimeout(10)
+        t0 = time.monotonic()
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b"took over 0.5 s" in answer, answer
+        assert time.monotonic() - t0 < 5
+
+
+# ---------------------------------------------------------------- item 22: access and traceability
+KEY = "k" * 12 + "-secret"
+
+
+def test_api_key_cors_request_id_and_live_ready_health(model):
+    app = create_app(model, ServeSettings(api_key=KEY, cors_origins=("https://app.example",)))
+    with serving(app) as url:
+        r = httpx.post(url + "/v1/generate", json={"duration": 0.3})
+        assert "API key" in one_line_error(r, 401) and r.headers["www-authenticate"] == "Bearer"
+        r = httpx.post(url + "/v1/generate", json={"duration": 0.3}, headers={"Authorization": "Bearer wrong"})
+        one_line_error(r, 401)
+        one_line_error(httpx.get(url + "/metrics"), 401)
+        auth = {"Authorization": f"Bearer {KEY}"}
+        r = httpx.post(url + "/v1/generate", json={"duration": 0.3}, headers={**auth, "X-Request-ID": "trace-7"})
+        assert r.status_code == 200 and r.headers["x-request-id"] == "trace-7"
+        ids = {httpx.get(url + "/health").headers["x-request-id"] for _ in range(2)}
+        assert len(ids) == 2  # a fresh id when none is sent
+        assert httpx.get(url + "/nowhere", headers={"X-Request-ID": "bad id\x7f"}).headers["x-request-id"] != "bad id"
+        pre = httpx.options(url + "/v1/generate", headers={"Origin": "https://app.example",
+                                                           "Access-Control-Request-Method": "POST",
+                                                           "Access-Control-Request-Headers": "authorization"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.options(url + "/v1/generate", headers={"Origin": "https://evil.example",
+                                                             "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in other.headers
+        assert httpx.get(url + "/health/live").json()["status"] == "live"
+        assert httpx.get(url + "/health/ready").json()["status"] == "ready"
+        app.state.batcher.stop(timeout=10)  # what SIGTERM starts: the queue drains, new work is refused
+        ready = httpx.get(url + "/health/ready")
+        assert ready.status_code == 503 and ready.json()["status"] == "draining"
+        assert httpx.get(url + "/health").json() == {**httpx.get(url + "/health").json(), "status": "draining",
+                                                     "draining": True}
+        assert httpx.get(url + "/health/live").status_code == 200
+        assert "shutting down" in one_line_error(httpx.post(url + "/v1/generate", json={}, headers=auth), 503)
+
+
+@pytest.mark.parametrize("key", ["short", "has a space in it ok", "x" * 600])
+def test_a_bad_api_key_setting_is_one_line(key):
+    with pytest.raises(InvalidInputError, match="api-key"):
+        ServeSettings(api_key=key).check()
+
+
+# ---------------------------------------------------------------- items 4-5 and 22 on the command
+def test_the_command_under_slow_clients_and_sigterm_with_a_stalled_client(tmp_path):
+    """``serve`` under a 160-file limit: 200 connections that send nothing or a few body bytes get quick
+    503s or are closed by the deadlines, /health answers again, the log has one line per event (JSON,
+    the app's own info lines kept, no traceback); SIGTERM with a request queued and a half-sent body open
+    finishes the request, then exits after the grace."""
+    import resource
+    import signal
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import CLI
+    from musicgen_onnx.serve.health import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def low_fd_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (160, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*CLI, "serve", "--port", str(port), "--log-format", "json", "--header-timeout", "1",
+                                 "--body-timeout", "5", "--graceful-timeout", "1", "--max-wait-ms", "1500"],
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=low_fd_limit)
+    held = []
+    try:
+        assert wait_until_healthy(url, 30)
+        for i in range(200):  # half send nothing, half headers and 5 of 100 body bytes
+            try:
+                held.append(raw(url, b"" if i % 2 else b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                                       b"application/json\r\nContent-Length: 100\r\n\r\n{\"a\":"))
+            except OSError:
+                pass
+        t0 = time.monotonic()
+        r = httpx.get(url + "/health", timeout=5)  # answered at once: 200, or 503 while over the cap
+        assert r.status_code in (200, 503) and time.monotonic() - t0 < 2
+        assert wait_until_healthy(url, 15)  # the deadlines free what the slow clients held
+        for s in held:
+            s.close()
+        stalled = raw(url, b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 100\r\n\r\n{")
+        with ThreadPoolExecutor(1) as pool:
+            queued = pool.submit(httpx.post, url + "/v1/generate", json={"duration": 0.5}, timeout=30)
+            for _ in range(200):  # queued: waiting 1.5 s for batch mates
+                if httpx.get(url + "/health").json()["queue"] == 1:
+                    break
+                time.sleep(0.02)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert queued.result().status_code == 200
+        proc.wait(timeout=15)
+        took = time.monotonic() - t0
+        assert took < 6, took  # the drain, the 1 s grace, the close
+        stalled.close()
+    finally:
+        for s in held:
+            s.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = log.read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(records) == len([line for line in lines if line.strip()]) - 2  # the two banner lines, then JSON
+    messages = " | ".join(r["message"] for r in records)
+    assert "Traceback" not in log.read_text() and "Too many open files" not in messages.replace(
+        "cannot accept connections: Too many open files", "")
+    assert "batch of 1" in messages and "no complete request headers" in messages  # the app's info lines
+    assert "closing 1 connection(s) still open after the 1 s grace" in messages
+
+
+# ---------------------------------------------------------------- item 23: a spec generated clients can use
+def test_openapi_defaults_sit_in_their_enums_and_operations_are_named(server):
+    url, _ = server
+    spec = httpx.get(url + "/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                assert node["$ref"].rsplit("/", 1)[1] in schemas, node
+            if "enum" in node and "default" in node:
+                assert node["default"] in node["enum"], node
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(spec)
+    ops = [op for path in spec["paths"].values() for op in path.values()]
+    ids = [op["operationId"] for op in ops]
+    assert len(set(ids)) == len(ids) == len(ops)
+    for path in ("/v1/generate", "/v1/continue"):
+        assert {"400", "500", "503"} <= set(spec["paths"][path]["post"]["responses"])
+    for path, name in (("/v1/model", "ModelInfo"), ("/health", "Health"), ("/health/ready", "Health")):
+        content = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+        assert content["schema"] == {"$ref": f"#/components/schemas/{name}"}
+    facts = httpx.get(url + "/v1/model").json()
+    assert set(facts) == set(schemas["ModelInfo"]["properties"])
+    assert set(httpx.get(url + "/health").json()) == set(schemas["Health"]["properties"])
+    # what a generated client sends when the caller leaves every option at its default
+    defaults = {name: prop["default"] for name, prop in schemas["GenerateOptions"]["properties"].items()
+                if "default" in prop}
+    assert defaults and httpx.post(url + "/v1/generate", json={**defaults, "duration": 0.3}).status_code == 200
+
+
+# ---------------------------------------------------------------- the hostile-request fuzzer
+def _json_values():
+    scalars = (st.none() | st.booleans() | st.integers(-(10 ** 500), 10 ** 500) | st.floats(allow_nan=True)
+               | st.text(max_size=50) | st.sampled_from(["[" * 3000, "1e400", "-0", "wav", "none", "loudness"]))
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                           max_size=4), max_leaves=8)
+
+
+FIELD_NAMES = st.sampled_from(["prompt", "duration", "seed", "top_k", "top_p", "temperature", "guidance", "greedy",
+                               "stream", "format", "normalize", "melody", "audio"]) | st.text(max_size=12)
+PART_DATA = (st.binary(max_size=200) | st.sampled_from([b"0.3", b"[" * 3000, HUGE.encode(), "café".encode("latin-1"),
+                                                        b"true", b"RIFF\xff\xff\xff\xffWAVE"])
+             | st.builds(lambda v: json.dumps(v).encode(), _json_values()))
+
+
+@st.composite
+def hostile_requests(draw):
+    """(path, body bytes, content type): any JSON value, any multipart shape, any bytes."""
+    path = draw(st.sampled_from(["/v1/generate", "/v1/continue"]))
+    kind = draw(st.sampled_from(["json-object", "json-any", "multipart", "urlencoded", "bytes"]))
+    if kind == "json-object":
+        body = draw(st.dictionaries(FIELD_NAMES, _json_values(), max_size=5))
+        return path, json.dumps(body).encode(), "application/json"
+    if kind == "json-any":
+        return path, json.dumps(draw(_json_values())).encode(), "application/json"
+    if kind == "multipart":
+        parts = draw(st.lists(st.tuples(FIELD_NAMES, PART_DATA, st.none() | st.just("f.wav")), max_size=5))
+        if draw(st.booleans()):
+            parts.append(("melody" if path == "/v1/generate" else "audio", wav_bytes(0.5), "m.wav"))
+        body = b"".join(
+            f'--xx\r\nContent-Disposition: form-data; name="{name}"{f"; filename={fn!r}" if fn else ""}\r\n\r\n'.encode(
+                "utf-8", "surrogatepass") + data + b"\r\n" for name, data, fn in parts)
+        ending = draw(st.sampled_from([b"--xx--\r\n", b"--xx--", b"", b"--xx", b"garbage"]))
+        return path, body + ending, draw(st.sampled_from(["multipart/form-data; boundary=xx", "multipart/form-data",
+                                                          "multipart/form-data; boundary="]))
+    if kind == "urlencoded":
+        return path, draw(st.binary(max_size=200)), "application/x-www-form-urlencoded"
+    return path, draw(st.binary(max_size=300)), draw(st.sampled_from(["application/json", "text/plain", "",
+                                                                     "multipart/form-data; boundary=xx"]))
+
+
+@pytest.fixture(scope="module")
+def in_process(model):
+    from starlette.testclient import TestClient
+
+    app = create_app(model, ServeSettings(max_batch=4, max_wait_ms=0, max_duration=0.3, body_timeout_s=5))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(request=hostile_requests())
+def test_fuzz_hostile_requests_never_give_500(in_process, request):
+    path, body, ctype = request
+    t0 = time.monotonic()
+    r = in_process.post(path, content=body, headers={"content-type": ctype} if ctype else {})
+    assert time.monotonic() - t0 < 10  # within a deadline
+    assert r.status_code < 500, (r.status_code, r.text[:200])
+    if r.status_code >= 400:
+        one_line_error(r, r.status_code)
