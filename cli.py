@@ -353,6 +353,11 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
                              max_duration=max_duration, body_timeout_s=body_timeout,
                              stream_stall_s=stream_stall_timeout, api_key=api_key,
                              cors_origins=tuple(cors_origins)).check()
+    from .serve.server import ServerOptions, run
+
+    options = ServerOptions(max_connections=max_connections, header_timeout_s=header_timeout,
+                            graceful_timeout_s=graceful_timeout, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                            log_format=log_format).check()
     if model_dir is None:
         model_dir = BUNDLED_MODEL
         click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music", err=True)
@@ -370,11 +375,6 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
                    f"http://{host}:{port}/ (SIGTERM or Ctrl-C: stop)", err=True)
         run_ray(str(model_dir), host, port, replicas, settings, provider, threads, low_memory)
         return
-    from .serve.server import ServerOptions, run
-
-    options = ServerOptions(max_connections=max_connections, header_timeout_s=header_timeout,
-                            graceful_timeout_s=graceful_timeout, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                            log_format=log_format).check()
     model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
     app = create_app(model, settings)
     scheme = "https" if ssl_certfile else "http"

@@ -14,13 +14,14 @@ import asyncio
 import logging
 import os
 import resource
+import ssl
 import time
 from dataclasses import dataclass
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..runtime.errors import InvalidInputError, MusicGenError
+from ..runtime.errors import InvalidInputError
 from .logs import FORMATS, log_config
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ class ServerOptions:
                 bad(name.removesuffix("_s"), getattr(self, name), "in (0, 3600] seconds")
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise InvalidInputError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
+        if self.ssl_certfile is not None:  # loaded now, before the model: a wrong file is one line at once
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise InvalidInputError(f"--ssl-certfile/--ssl-keyfile: cannot load the certificate and key: "
+                                        f"{exc}") from None
         if self.log_format not in FORMATS:
             bad("log_format", self.log_format, f"one of {', '.join(FORMATS)}")
         return self
@@ -162,10 +169,6 @@ def run(app, host: str, port: int, options: ServerOptions) -> None:
         app, host=host, port=port, http=guarded_protocol(options.header_timeout_s), limit_concurrency=cap,
         timeout_keep_alive=options.keep_alive_s, timeout_graceful_shutdown=1.0, log_config=log_config(
             options.log_format), ssl_certfile=options.ssl_certfile, ssl_keyfile=options.ssl_keyfile)
-    try:
-        config.load()
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: a bad certificate or key file
-        raise MusicGenError(f"--ssl-certfile/--ssl-keyfile: cannot load the certificate: {exc}") from None
     if cap < options.max_connections:  # logged once the log configuration is in place
         logger.warning("--max-connections %d lowered to %d: the open-file limit is %d", options.max_connections,
                        cap, resource.getrlimit(resource.RLIMIT_NOFILE)[0])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 
@@ -405,3 +406,36 @@ def test_fuzz_hostile_requests_never_give_500(in_process, request):
     assert r.status_code < 500, (r.status_code, r.text[:200])
     if r.status_code >= 400:
         one_line_error(r, r.status_code)
+
+
+def test_tls_from_certificate_files_and_a_bad_key_is_one_line(tmp_path, cli):
+    import shutil
+    import subprocess
+
+    from conftest import CLI
+    from musicgen_onnx.serve.health import free_port
+
+    openssl = shutil.which("openssl")
+    assert openssl, "the TLS test makes its certificate with the openssl command"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    bad = cli("serve", "--ssl-certfile", cert, "--ssl-keyfile", cert)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") <= 1 and "certificate" in bad.stderr, bad.stderr
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "serve", "--port", str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trust = ssl.create_default_context(cafile=str(cert))
+    r = None
+    try:
+        for _ in range(300):
+            try:
+                r = httpx.get(f"https://127.0.0.1:{port}/health/live", verify=trust, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert r is not None and r.status_code == 200 and r.json()["status"] == "live"
+    finally:
+        proc.terminate()
+        proc.wait(30)
