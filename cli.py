@@ -318,12 +318,31 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment on a local Ray instance "
                                                     "(extra 'ray'); each replica batches its own requests.")
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 64), help="Ray Serve replicas.")
+@click.option("--api-key", envvar="MUSICGEN_API_KEY", default=None, show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics (16+ characters).")
+@click.option("--cors-origin", "cors_origins", multiple=True, help="Browser origin allowed to call the API "
+                                                                   "(repeatable; '*': any).")
+@click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (PEM).")
+@click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key (PEM).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object per line (time, level, logger, message, request_id).")
+@click.option("--graceful-timeout", default=10.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True),
+              help="On SIGTERM, after the queue is drained: seconds open connections get before they are closed.")
+@click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Open connections before new requests get a quick 503 (lowered to fit the open-file limit).")
+@click.option("--body-timeout", default=30.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True),
+              help="Seconds a request body may take to arrive (408 after); request headers get --header-timeout.")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True))
+@click.option("--stream-stall-timeout", default=30.0, show_default=True,
+              type=click.FloatRange(0, 3600, min_open=True),
+              help="A streaming client that accepts no bytes this long is dropped (its row freed).")
 @_LOW_MEMORY
 def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration, provider, use_ray, replicas,
-          low_memory):
+          api_key, cors_origins, ssl_certfile, ssl_keyfile, log_format, graceful_timeout, max_connections,
+          body_timeout, header_timeout, stream_stall_timeout, low_memory):
     """Serve the model over HTTP: POST /v1/generate, /v1/continue; GET /, /v1/model, /metrics, /openapi.json."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
 
         from .serve import create_app
         import starlette  # noqa: F401  (checked here so a missing extra is one line, before the model loads)
@@ -332,7 +351,14 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
     from .runtime.musicgen import MusicGen
 
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                             max_duration=max_duration).check()
+                             max_duration=max_duration, body_timeout_s=body_timeout,
+                             stream_stall_s=stream_stall_timeout, api_key=api_key,
+                             cors_origins=tuple(cors_origins)).check()
+    from .serve.server import ServerOptions, run
+
+    options = ServerOptions(max_connections=max_connections, header_timeout_s=header_timeout,
+                            graceful_timeout_s=graceful_timeout, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                            log_format=log_format).check()
     if model_dir is None:
         model_dir = BUNDLED_MODEL
         click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music", err=True)
@@ -352,9 +378,10 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
         return
     model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
     app = create_app(model, settings)
-    click.echo(f"serving {model_dir} on http://{host}:{port}/ (Ctrl-C or SIGTERM: finish queued requests, stop)",
-               err=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=None)
+    scheme = "https" if ssl_certfile else "http"
+    click.echo(f"serving {model_dir} on {scheme}://{host}:{port}/ (Ctrl-C or SIGTERM: finish queued requests, then "
+               f"{graceful_timeout:g} s for open connections, stop)", err=True)
+    run(app, host, port, options)
 
 
 @main.command(cls=_Command)

@@ -16,6 +16,23 @@ TEMPERATURE_RANGE = (1e-3, 100.0)
 MAX_BATCH = 64  # prompts per call, so seeds per call: memory and time grow with it; a server batches within it
 
 
+def finite_number(value) -> bool:
+    """A real number that a float can hold: a bool is not one, and an int too large for a float (a JSON field
+    of 400 digits) is not finite here, so that no later ``float()`` or ``math.isfinite`` overflows."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def shown(value, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error line names a hostile value without echoing it whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def duration_frames(duration: float, frame_rate: float) -> int:
     """Frames for ``duration`` seconds: audiocraft's ``int(duration * frame_rate)`` (truncation, as in
     ``MusicGen._generate_tokens``); the one place this rule lives."""
@@ -42,8 +59,8 @@ class GenerationOptions:
     def check(self, max_duration: float, frame_rate: float, codebook_size: int) -> "GenerationOptions":
         """``max_duration`` is the model's window (30 s); longer durations are generated in windows."""
         def number(name, value):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+            if not finite_number(value):
+                raise InvalidInputError(f"{name} must be a finite number, got {shown(value)}")
 
         number("duration", self.duration)
         min_duration = MIN_FRAMES / frame_rate
@@ -55,7 +72,7 @@ class GenerationOptions:
             raise InvalidInputError(f"extend_stride must be at least {MIN_FRAMES / frame_rate:g} s and below the "
                                     f"model's {max_duration:g} s window, got {self.extend_stride!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or not 1 <= self.top_k <= codebook_size:
-            raise InvalidInputError(f"top_k must be an integer in [1, {codebook_size}], got {self.top_k!r}")
+            raise InvalidInputError(f"top_k must be an integer in [1, {codebook_size}], got {shown(self.top_k)}")
         number("top_p", self.top_p)
         if not 0.0 <= self.top_p <= 1.0:
             raise InvalidInputError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p!r}")
@@ -70,11 +87,11 @@ class GenerationOptions:
         if isinstance(self.seed, (list, tuple)):
             if not 1 <= len(self.seed) <= MAX_BATCH or not all(s is None or _seed_ok(s) for s in self.seed):
                 raise InvalidInputError(f"seed: a list of seeds must hold 1 to {MAX_BATCH} entries, each a "
-                                        f"non-negative integer below 2**64 or None (one per prompt), got {self.seed!r}")
+                                        f"non-negative integer below 2**64 or None (one per prompt), got {shown(self.seed)}")
             return replace(self, seed=tuple(self.seed))
         if self.seed is not None and not _seed_ok(self.seed):
             raise InvalidInputError(f"seed must be a non-negative integer below 2**64 or a list of one per "
-                                    f"prompt, got {self.seed!r}")
+                                    f"prompt, got {shown(self.seed)}")
         return self
 
 

@@ -4,41 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import struct
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..runtime import audio as audio_io
 from ..runtime.errors import MusicGenError
 from ..runtime.layouts import describe
-from .batcher import END, Batcher, Draining, Job, QueueFull
+from .access import Access
+from .batcher import Batcher, Draining, Job, QueueFull
+from .bodies import HttpError, error, read_fields
 from .metrics import Metrics
 from .openapi import openapi_spec
 from .page import PAGE
-from .params import FIELDS, MEDIA_TYPES, RequestChecker, form_value
+from .params import MEDIA_TYPES, RequestChecker
 from .settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, ServeSettings
+from .streaming import AudioStream, StreamBuffer
 from .uploads import decode_audio
 
 logger = logging.getLogger(__name__)
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.headers = status, headers or {}
-
-
-def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
 
 
 def create_app(model, settings: ServeSettings) -> Starlette:
@@ -64,7 +55,7 @@ def create_app(model, settings: ServeSettings) -> Starlette:
         return await _audio_request(request, "continue", "audio")
 
     async def _audio_request(request: Request, kind: str, file_field: str) -> Response:
-        fields, upload = await _read_fields(request, file_field, required=kind == "continue")
+        fields, upload = await read_fields(request, file_field, kind == "continue", settings)
         decoded = None
         if upload is not None:
             max_s = checker.settings.max_duration + m.max_duration + 1  # what any window could read
@@ -73,6 +64,8 @@ def create_app(model, settings: ServeSettings) -> Starlette:
                                        decoded if kind == "generate" else None,
                                        decoded if kind == "continue" else None)
         job = Job(spec, asyncio.get_running_loop())
+        if spec.key.stream:
+            job.chunks = StreamBuffer(settings.stream_buffer_bytes, lambda: batcher.cancel(job))
         try:
             batcher.submit(job)
         except QueueFull as exc:
@@ -81,7 +74,8 @@ def create_app(model, settings: ServeSettings) -> Starlette:
             raise HttpError(503, str(exc), {"Retry-After": str(settings.retry_after_s)})
         headers = {"X-Seed": str(spec.seed)}
         if spec.key.stream:
-            return StreamingResponse(_stream(job), media_type="audio/wav", headers=headers)
+            return AudioStream(job, batcher.cancel, model.sample_rate, model.audio_channels, settings.stream_stall_s,
+                               headers)
         try:
             wav = await _wait(request, job)
         except ClientDisconnect:
@@ -100,26 +94,6 @@ def create_app(model, settings: ServeSettings) -> Starlette:
                 batcher.cancel(job)
                 raise ClientDisconnect()
 
-    async def _stream(job: Job):
-        """A WAV header with unknown length (0xFFFFFFFF, as live streams write it), then 16-bit PCM as
-        each chunk is generated. If the client leaves, the generator is closed: its row is cancelled."""
-        finished = False
-        try:
-            yield wav_stream_header(model.sample_rate, model.audio_channels)
-            while True:
-                item = await job.chunks.get()
-                if item is END:
-                    finished = True
-                    return
-                if isinstance(item, BaseException):  # too late for a status code: the stream ends short
-                    logger.warning("stream ended by an error: %s", item)
-                    finished = True
-                    return
-                yield pcm16(item)
-        finally:
-            if not finished:
-                batcher.cancel(job)
-
     async def model_info(request: Request) -> Response:
         return JSONResponse({
             **describe(model.adapter, model.options), "providers": model.providers,
@@ -128,9 +102,24 @@ def create_app(model, settings: ServeSettings) -> Starlette:
                        "max_json_bytes": MAX_JSON_BYTES, "max_upload_bytes": MAX_UPLOAD_BYTES},
         })
 
-    async def health(request: Request) -> Response:
+    def health_facts(status: str) -> dict:
         # the pid tells replicas apart behind a proxy (Ray Serve)
-        return JSONResponse({"status": "ok", "queue": batcher.queue_length(), "pid": os.getpid()})
+        return {"status": status, "draining": batcher.draining, "queue": batcher.queue_length(),
+                "pid": os.getpid()}
+
+    async def health(request: Request) -> Response:
+        """Up (200 while the process answers, draining or not): what supervisors and old probes poll."""
+        return JSONResponse(health_facts("draining" if batcher.draining else "ok"))
+
+    async def live(request: Request) -> Response:
+        return JSONResponse(health_facts("live"))
+
+    async def ready(request: Request) -> Response:
+        """Takes new work: 503 once SIGTERM started the drain, so a balancer sends requests elsewhere."""
+        if batcher.draining:
+            return JSONResponse(health_facts("draining"), status_code=503,
+                                headers={"Retry-After": str(settings.retry_after_s)})
+        return JSONResponse(health_facts("ready"))
 
     async def metrics_route(request: Request) -> Response:
         return PlainTextResponse(metrics.render(batcher.queue_length(), batcher.in_flight()),
@@ -157,91 +146,19 @@ def create_app(model, settings: ServeSettings) -> Starlette:
     routes = [
         Route("/", page), Route("/v1/generate", generate, methods=["POST"]),
         Route("/v1/continue", continue_, methods=["POST"]), Route("/v1/model", model_info),
-        Route("/health", health), Route("/metrics", metrics_route), Route("/openapi.json", openapi),
+        Route("/health", health), Route("/health/live", live), Route("/health/ready", ready),
+        Route("/metrics", metrics_route), Route("/openapi.json", openapi),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         Exception: on_http_error, HTTPException: on_http_error, HttpError: on_http_error,
         MusicGenError: on_http_error, ClientDisconnect: on_http_error})
     app.state.batcher, app.state.metrics = batcher, metrics
     known = {r.path for r in routes}
-    return CountRequests(app, metrics, known)
-
-
-async def _read_fields(request: Request, file_field: str, required: bool) -> tuple[dict, bytes | None]:
-    """JSON or multipart fields, and the uploaded file's bytes (or None). The body is read with a byte
-    limit before anything parses it; nothing from the request names a file."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "application/json":
-        body = await _body(request, MAX_JSON_BYTES)
-        try:
-            fields = json.loads(body)
-        except (ValueError, RecursionError):
-            raise HttpError(400, "the body is not valid JSON") from None
-        if not isinstance(fields, dict):
-            raise HttpError(400, f"the body must be a JSON object, got {type(fields).__name__}")
-        if required:
-            raise HttpError(400, f"this endpoint needs a multipart/form-data upload with a {file_field!r} file")
-        return fields, None
-    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        body = await _body(request, MAX_UPLOAD_BYTES)
-
-        async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form(max_files=1, max_fields=len(FIELDS) + 1,
-                                                             max_part_size=MAX_UPLOAD_BYTES)
-        except HTTPException as exc:
-            raise HttpError(400, f"malformed multipart body: {exc.detail}") from None
-        except Exception as exc:  # python-multipart parse errors
-            raise HttpError(400, f"malformed multipart body ({type(exc).__name__})") from None
-        fields, upload = {}, None
-        try:
-            for name, value in form.multi_items():
-                if name == file_field and not isinstance(value, str):
-                    upload = await value.read()
-                elif isinstance(value, str) and name != file_field:
-                    if name in fields:
-                        raise HttpError(400, f"field {name!r} given twice")
-                    fields[name] = form_value(name, value) if name in FIELDS else value
-                else:
-                    raise HttpError(400, f"unexpected part {name!r}: the file goes in {file_field!r}, the options "
-                                         f"in plain fields")
-        finally:
-            await form.close()
-        if required and upload is None:
-            raise HttpError(400, f"missing the {file_field!r} file")
-        return fields, upload
-    raise HttpError(415, "send application/json or multipart/form-data")
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise HttpError(413, f"request body over {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"request body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return CountRequests(Access(app, settings.api_key, settings.cors_origins), metrics, known)
 
 
 def _encode(wav: np.ndarray, sample_rate: int, strategy: str, fmt: str) -> bytes:
     return audio_io.encode_audio(audio_io.normalize(wav, sample_rate, strategy), sample_rate, fmt)
-
-
-def wav_stream_header(sample_rate: int, channels: int) -> bytes:
-    """44-byte PCM16 WAV header whose sizes are 0xFFFFFFFF: 'length unknown' for players and soundfile."""
-    block = 2 * channels
-    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, channels,
-            sample_rate, sample_rate * block, block, 16) + b"data" + struct.pack("<I", 0xFFFFFFFF))
-
-
-def pcm16(wav: np.ndarray) -> bytes:
-    """``[channels, samples]`` float -> interleaved little-endian 16-bit PCM (clipped, as the WAV writer)."""
-    return (np.clip(wav.T, -1.0, 1.0) * 32767).round().astype("<i2").tobytes()
 
 
 class CountRequests:

@@ -146,6 +146,15 @@ class Batcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    @property
+    def draining(self) -> bool:
+        """stop() was called: new work is refused (HTTP 503; /health/ready reports it)."""
+        return self._stopping
+
+    def drained(self) -> bool:
+        """Stopping, and every queued job has run (the worker has ended)."""
+        return self._stopping and not self._thread.is_alive()
+
     # ------------------------------------------------------------ the worker
     def _run(self) -> None:
         while True:

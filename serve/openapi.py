@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from ..runtime.audio import STRATEGIES
+from .access import OPEN_PATHS
 from .params import FORMATS
 from .settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, ServeSettings
 
 
 def openapi_spec(settings: ServeSettings) -> dict:
     number = {"type": "number"}
+    request_id = {"X-Request-ID": {"schema": {"type": "string"}, "description": "The request's id (the client's "
+                                                                              "if it sent one), as in the log."}}
     options = {
         "prompt": {"type": ["string", "null"], "maxLength": 4096, "description": "Text prompt; null: none."},
         "duration": {**number, "exclusiveMinimum": 0, "maximum": settings.max_duration,
@@ -21,51 +24,96 @@ def openapi_spec(settings: ServeSettings) -> dict:
         "guidance": {**number, "minimum": 0, "maximum": 100, "description": "Classifier-free guidance scale."},
         "greedy": {"type": "boolean"},
         "format": {"enum": list(FORMATS), "default": "wav"},
-        "normalize": {"enum": list(STRATEGIES), "default": "loudness (none when streaming)"},
+        "normalize": {"enum": list(STRATEGIES), "default": "loudness",
+                      "description": "Loudness normalisation of the finished clip; a stream must send none."},
         "stream": {"type": "boolean", "description": "16-bit WAV with unknown length, sent while it is generated "
                                                      "(format wav, normalize none)."},
     }
-    json_body = {"type": "object", "additionalProperties": False, "properties": options}
+    def multipart(file_field: str, what: str, required: bool) -> dict:
+        props = {**options, file_field: {"type": "string", "format": "binary", "description": what}}
+        return {"type": "object", "properties": props, "required": [file_field] if required else []}
+
+    schemas = {
+        "GenerateOptions": {"type": "object", "additionalProperties": False, "properties": options},
+        "GenerateUpload": multipart("melody", "Melody recording (wav, flac, ogg, mp3...)", False),
+        "ContinueUpload": multipart("audio", "Audio to continue (shorter than the model window)", True),
+        "Error": {"type": "object", "required": ["error"], "additionalProperties": False,
+                  "properties": {"error": {"type": "string", "description": "One line saying what to change."}}},
+        "ModelInfo": {"type": "object", "properties": {
+            "checkpoint": {"type": ["string", "null"]}, "family": {"type": "string"}, "melody": {"type": "boolean"},
+            "sample_rate": {"type": "integer"}, "channels": {"type": "integer"}, "frame_rate": number,
+            "window_s": number, "codebooks": {"type": "integer"}, "codebook_size": {"type": "integer"},
+            "precision": {"type": "string"}, "kv_cache": {"type": "string"},
+            "providers": {"type": "array", "items": {"type": "string"}}, "can_continue": {"type": "boolean"},
+            "defaults": {"type": "object", "additionalProperties": number},
+            "limits": {"type": "object", "additionalProperties": number}}},
+        "Health": {"type": "object", "required": ["status", "draining", "queue", "pid"], "properties": {
+            "status": {"enum": ["ok", "live", "ready", "draining"]},
+            "draining": {"type": "boolean", "description": "SIGTERM came: queued work finishes, new work gets 503."},
+            "queue": {"type": "integer"}, "pid": {"type": "integer"}}},
+    }
+
+    def ref(name: str) -> dict:
+        return {"$ref": f"#/components/schemas/{name}"}
+
     audio_out = {"content": {f"audio/{f}": {"schema": {"type": "string", "format": "binary"}} for f in FORMATS},
                  "headers": {"X-Seed": {"schema": {"type": "integer"}},
                              "X-Batch-Size": {"schema": {"type": "integer"},
-                                              "description": "Rows in the generate() call that made it."}}}
-    err = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
-    errors = {"400": {"description": "Bad JSON, unknown field, value out of range, corrupt upload.", **err},
+                                              "description": "Rows in the generate() call that made it."},
+                             **request_id}}
+    err = {"content": {"application/json": {"schema": ref("Error")}}, "headers": request_id}
+    errors = {"400": {"description": "Bad JSON or form, unknown field, value out of range, corrupt upload.", **err},
+              "401": {"description": "Missing or wrong API key (when the server has one).", **err},
+              "408": {"description": "The request body took too long to arrive.", **err},
               "413": {"description": f"Body over {MAX_JSON_BYTES} bytes (JSON) or {MAX_UPLOAD_BYTES} (multipart).",
                       **err},
               "415": {"description": "Neither JSON nor multipart.", **err},
-              "503": {"description": "Queue full or shutting down; see Retry-After.", **err}}
+              "500": {"description": "A server fault (logged); the request may be retried.", **err},
+              "503": {"description": "Queue full, too many connections or shutting down; see Retry-After.", **err}}
 
-    def multipart(file_field: str, what: str, required: bool) -> dict:
-        props = {**options, file_field: {"type": "string", "format": "binary", "description": what}}
-        return {"schema": {"type": "object", "properties": props, "required": [file_field] if required else []}}
+    def health(summary: str, op: str, not_ready: bool = False) -> dict:
+        responses = {"200": {"description": summary, "content": {"application/json": {"schema": ref("Health")}}}}
+        if not_ready:
+            responses["503"] = {"description": "Draining: send new work elsewhere.",
+                                "content": {"application/json": {"schema": ref("Health")}}}
+        return {"get": {"summary": summary, "operationId": op, "responses": responses}}
 
     def text(desc):
         return {"200": {"description": desc, "content": {"text/plain": {"schema": {"type": "string"}}}}}
 
-    return {
+    spec = {
         "openapi": "3.1.0",
         "info": {"title": "musicgen-onnx", "version": "1",
                  "description": "MusicGen without PyTorch: text (and melody) to music, batched per request."},
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/v1/generate": {"post": {
-                "summary": "Generate audio from a prompt (multipart: with a melody file).",
+                "summary": "Generate audio from a prompt (multipart: with a melody file).", "operationId": "generate",
                 "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": json_body},
-                    "multipart/form-data": multipart("melody", "Melody recording (wav, flac, ogg, mp3...)", False)}},
+                    "application/json": {"schema": ref("GenerateOptions")},
+                    "multipart/form-data": {"schema": ref("GenerateUpload")}}},
                 "responses": {"200": {"description": "The audio file.", **audio_out}, **errors}}},
             "/v1/continue": {"post": {
-                "summary": "Continue an audio prompt; the output includes it.",
-                "requestBody": {"required": True, "content": {
-                    "multipart/form-data": multipart("audio", "Audio to continue (shorter than the model window)",
-                                                     True)}},
+                "summary": "Continue an audio prompt; the output includes it.", "operationId": "continueAudio",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": ref("ContinueUpload")}}},
                 "responses": {"200": {"description": "The audio file.", **audio_out}, **errors}}},
-            "/v1/model": {"get": {"summary": "The model's facts and the server's limits.",
-                                  "responses": {"200": {"description": "JSON facts."}}}},
-            "/health": {"get": {"summary": "Liveness and queue length.", "responses": {"200": {"description": "ok"}}}},
+            "/v1/model": {"get": {"summary": "The model's facts and the server's limits.", "operationId": "modelInfo",
+                                  "responses": {"200": {"description": "JSON facts.", "content": {
+                                      "application/json": {"schema": ref("ModelInfo")}}},
+                                      "401": errors["401"]}}},
+            "/health": health("Up (200 while the process answers, draining included).", "health"),
+            "/health/live": health("Liveness: the process answers.", "healthLive"),
+            "/health/ready": health("Readiness: takes new work (503 while draining).", "healthReady", True),
             "/metrics": {"get": {"summary": "Prometheus text: requests, queue length, batch sizes, steps/s.",
-                                 "responses": text("Prometheus exposition format.")}},
-            "/": {"get": {"summary": "The web page.", "responses": {"200": {"description": "HTML."}}}},
+                                 "operationId": "metrics", "responses": {**text("Prometheus exposition format."),
+                                                                         "401": errors["401"]}}},
+            "/": {"get": {"summary": "The web page.", "operationId": "page",
+                          "responses": {"200": {"description": "HTML."}}}},
         },
     }
+    if settings.api_key is not None:  # the open paths (access.OPEN_PATHS) say so with an empty requirement
+        spec["security"] = [{"bearer": []}]
+        for path in OPEN_PATHS:
+            for operation in spec["paths"].get(path, {}).values():
+                operation["security"] = []
+    return spec

@@ -16,7 +16,7 @@ import numpy as np
 from ..runtime import audio as audio_io
 from ..runtime.errors import InvalidInputError
 from ..runtime.generation import GenerationInputs, check_prompt_length, prompt_audio as read_prompt_audio
-from ..runtime.options import GenerationOptions
+from ..runtime.options import GenerationOptions, finite_number, shown
 from .settings import ServeSettings
 
 FORMATS = ("wav", "flac", "ogg")
@@ -62,7 +62,7 @@ def form_value(name: str, text: str):
         return text
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested "[" (the JSON body path catches it too)
         kind = "boolean" if name in BOOL_FIELDS else "number"
         raise InvalidInputError(f"{name}: {text[:40]!r} is not a {kind}") from None
 
@@ -82,12 +82,11 @@ def check_fields(fields: dict) -> dict:
         if name in ("format", "normalize") and not isinstance(value, str):
             raise InvalidInputError(f"{name} must be a string, got {type(value).__name__}")
         if name in BOOL_FIELDS and not isinstance(value, bool):
-            raise InvalidInputError(f"{name} must be true or false, got {value!r}")
+            raise InvalidInputError(f"{name} must be true or false, got {shown(value)}")
         if name in INT_FIELDS and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidInputError(f"{name} must be an integer, got {value!r}")
-        if name in NUMBER_FIELDS and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value)):
-            raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+            raise InvalidInputError(f"{name} must be an integer, got {shown(value)}")
+        if name in NUMBER_FIELDS and not finite_number(value):
+            raise InvalidInputError(f"{name} must be a finite number, got {shown(value)}")
     return fields
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..runtime.errors import InvalidInputError
 from ..runtime.options import MAX_BATCH, MAX_DURATION_S
@@ -22,6 +22,15 @@ class ServeSettings:
     max_queue: int = 64
     max_duration: float = 30.0
     retry_after_s: int = 2
+    # what a slow or stalled client may hold (issue 24): a body that takes longer to arrive gets 408; a
+    # stream whose client accepts no bytes for stream_stall_s, or leaves stream_buffer_bytes of audio
+    # unread, is dropped and its row freed like a client that left
+    body_timeout_s: float = 30.0
+    stream_stall_s: float = 30.0
+    stream_buffer_bytes: int = 8 * 1024 * 1024
+    # access: a bearer key for /v1/* and /metrics (None: open), browser origins allowed by CORS
+    api_key: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()
 
     def check(self) -> "ServeSettings":
         """Bounds that keep the service sane: a batch is one ``generate`` call (at most MAX_BATCH prompts), a
@@ -37,4 +46,16 @@ class ServeSettings:
             bad("max_queue", self.max_queue, "an integer in [1, 10000]")
         if not 0 < self.max_duration <= MAX_DURATION_S:
             bad("max_duration", self.max_duration, f"in (0, {MAX_DURATION_S:g}] seconds")
+        if not 0 < self.body_timeout_s <= 3600:
+            bad("body_timeout", self.body_timeout_s, "in (0, 3600] seconds")
+        if not 0 < self.stream_stall_s <= 3600:
+            bad("stream_stall", self.stream_stall_s, "in (0, 3600] seconds")
+        if not isinstance(self.stream_buffer_bytes, int) or not 64 * 1024 <= self.stream_buffer_bytes <= 1 << 30:
+            bad("stream_buffer_bytes", self.stream_buffer_bytes, "an integer in [65536, 2**30]")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not 16 <= len(self.api_key) <= 512
+                                         or not self.api_key.isprintable() or " " in self.api_key):
+            raise InvalidInputError("--api-key must be 16 to 512 printable characters without spaces")
+        for origin in self.cors_origins:
+            if origin != "*" and not (origin.startswith(("http://", "https://")) and "/" not in origin.split("//", 1)[1]):
+                bad("cors_origin", origin, "'*' or an origin such as https://example.com (scheme and host, no path)")
         return self

@@ -137,6 +137,7 @@ def test_model_health_metrics_openapi(client):
     assert spec["openapi"].startswith("3.")
     assert {"/v1/generate", "/v1/continue", "/v1/model", "/health", "/metrics"} <= set(spec["paths"])
     schema = spec["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]  # a named schema
     assert schema["additionalProperties"] is False and "seed" in schema["properties"]
     page = client.get("/")
     assert page.status_code == 200 and "<audio" in page.text and 'id="melody"' in page.text

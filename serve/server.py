@@ -1,0 +1,176 @@
+"""Running the app under uvicorn so that slow, stalled or too many clients cannot take it down.
+
+What plain ``uvicorn.run`` left open (issue 24 items 4-5): a connection that never completes its request
+headers held a file descriptor for ever; past the process's open-file limit every accept logged a
+"Too many open files" traceback and /health went unanswered; SIGTERM waited for ever on one stalled client.
+Here: a cap on connections below the open-file limit (over it: a quick 503), a deadline for request
+headers (the app bounds the body), accept errors logged as one line, and a shutdown that drains the
+queue, gives open sockets ``graceful_timeout_s``, then closes what is left and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import ssl
+import time
+from dataclasses import dataclass
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ..runtime.errors import InvalidInputError
+from .logs import FORMATS, log_config
+
+logger = logging.getLogger(__name__)
+
+FD_RESERVE = 64
+"""Descriptors kept free beside the connections: model files, logs, the worker's pipes, a probe's accept."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    graceful_timeout_s: float = 10.0
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    log_format: str = "text"
+
+    def check(self) -> "ServerOptions":
+        def bad(name, value, rule):
+            raise InvalidInputError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
+
+        if not isinstance(self.max_connections, int) or not 1 <= self.max_connections <= 1_000_000:
+            bad("max_connections", self.max_connections, "an integer in [1, 1000000]")
+        for name in ("header_timeout_s", "keep_alive_s", "graceful_timeout_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                bad(name.removesuffix("_s"), getattr(self, name), "in (0, 3600] seconds")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise InvalidInputError("--ssl-certfile and --ssl-keyfile go together: give both or neither")
+        if self.ssl_certfile is not None:  # loaded now, before the model: a wrong file is one line at once
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise InvalidInputError(f"--ssl-certfile/--ssl-keyfile: cannot load the certificate and key: "
+                                        f"{exc}") from None
+        if self.log_format not in FORMATS:
+            bad("log_format", self.log_format, f"one of {', '.join(FORMATS)}")
+        return self
+
+
+def connection_cap(wanted: int) -> int:
+    """``wanted``, lowered to what the open-file limit leaves after the descriptors already open and a
+    reserve, so that the cap answers 503 before accept() starts failing."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        used = 32
+    return max(1, min(wanted, soft - used - FD_RESERVE))
+
+
+def guarded_protocol(header_timeout_s: float):
+    """uvicorn's h11 protocol with a deadline for each request's headers: a connection that opens (or
+    idles after a response) and does not complete its next request's headers in time is closed."""
+
+    class GuardedH11(H11Protocol):
+        _timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc):
+            if self._timer is not None:
+                self._timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_later(header_timeout_s, self._late)
+
+        def _late(self):
+            waiting = self.cycle is None or self.cycle.response_complete
+            if waiting and not self.transport.is_closing():
+                logger.info("closed a connection from %s: no complete request headers in %g s",
+                            _peer(self.client), header_timeout_s)
+                self.transport.close()
+
+    return GuardedH11
+
+
+def _peer(client) -> str:
+    return "%s:%d" % client if client else "?"
+
+
+class DrainingServer(uvicorn.Server):
+    """SIGTERM: refuse new work (503, /health/ready says draining), finish every queued job, then give the
+    connections still open ``grace_s`` to finish, close the rest and stop."""
+
+    def __init__(self, config: uvicorn.Config, batcher, grace_s: float):
+        super().__init__(config)
+        self.batcher, self.grace_s = batcher, grace_s
+
+    async def startup(self, sockets=None):
+        asyncio.get_running_loop().set_exception_handler(_one_line_loop_errors)
+        await super().startup(sockets)
+
+    async def shutdown(self, sockets=None):
+        t0 = time.monotonic()
+        logger.info("draining: %d queued, %d rows running", self.batcher.queue_length(), self.batcher.in_flight())
+        self.batcher.stop(timeout=0)  # no new work; the worker ends once the queue is empty
+        while not self.batcher.drained() and not self.force_exit:
+            await asyncio.sleep(0.05)
+        logger.info("queue drained in %.1f s; %d connection(s) open, %g s grace", time.monotonic() - t0,
+                    len(self.server_state.connections), self.grace_s)
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()  # idle keep-alive connections close now; busy ones after their response
+        end = time.monotonic() + self.grace_s
+        while self.server_state.connections and time.monotonic() < end and not self.force_exit:
+            await asyncio.sleep(0.05)
+        if self.server_state.connections:
+            logger.warning("closing %d connection(s) still open after the %g s grace",
+                           len(self.server_state.connections), self.grace_s)
+            for connection in list(self.server_state.connections):
+                connection.transport.close()
+            await asyncio.sleep(0.1)  # their handlers see the disconnect and end
+        await super().shutdown(sockets)
+
+
+def _one_line_loop_errors(loop, context):
+    """asyncio's handler for errors outside any task: out of descriptors at accept() is one line (accepting
+    pauses a second and retries), never a traceback per attempt; other errors as asyncio logs them."""
+    exc = context.get("exception")
+    if isinstance(exc, OSError) and "accept" in context.get("message", ""):
+        logger.warning("cannot accept connections: %s (open-file limit %d); retrying", exc.strerror or exc,
+                       resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        return
+    loop.default_exception_handler(context)
+
+
+def run(app, host: str, port: int, options: ServerOptions) -> None:
+    """Serve ``app`` (from ``create_app``) until SIGTERM or Ctrl-C."""
+    options = options.check()
+    cap = connection_cap(options.max_connections)
+    config = uvicorn.Config(
+        app, host=host, port=port, http=guarded_protocol(options.header_timeout_s), limit_concurrency=cap,
+        timeout_keep_alive=options.keep_alive_s, timeout_graceful_shutdown=1.0, log_config=log_config(
+            options.log_format), ssl_certfile=options.ssl_certfile, ssl_keyfile=options.ssl_keyfile)
+    if cap < options.max_connections:  # logged once the log configuration is in place
+        logger.warning("--max-connections %d lowered to %d: the open-file limit is %d", options.max_connections,
+                       cap, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    server = DrainingServer(config, app.state.batcher, options.graceful_timeout_s)
+    server.run()
