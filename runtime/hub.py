@@ -67,15 +67,21 @@ def checkpoint_of(name: str) -> str | None:
     return name if name in CHECKPOINTS.values() else None
 
 
-def resolve_model(model: str | os.PathLike, revision: str | None = None, precision: str | None = None,
-                  export: bool = False, providers=None, progress=None) -> Path:
-    """A local folder to load for ``model`` (see the module docstring); one-line errors otherwise."""
+def local_folder(model: str | os.PathLike) -> Path | None:
+    """``model`` as a folder here, else as a bundled model's name (a folder of that name wins), else None."""
     path = Path(model)
     if path.is_dir():
         return path
-    name = str(model)
-    if name in BUNDLED_MODELS:
-        return BUNDLED_MODELS[name]
+    return BUNDLED_MODELS.get(str(model))
+
+
+def resolve_model(model: str | os.PathLike, revision: str | None = None, precision: str | None = None,
+                  export: bool = False, providers=None, progress=None) -> Path:
+    """A local folder to load for ``model`` (see the module docstring); one-line errors otherwise."""
+    local = local_folder(model)
+    if local is not None:
+        return local
+    path, name = Path(model), str(model)
     if precision is not None and precision not in PRECISIONS:
         raise ModelFolderError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     checkpoint = checkpoint_of(name)

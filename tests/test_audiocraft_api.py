@@ -209,6 +209,19 @@ def test_progress_is_plain_lines_unless_stderr_is_a_terminal(monkeypatch, stream
     for done in range(1, 4):
         report(done, 3)
     text = err.getvalue()
-    assert ("\r" in text) is carriage and text.endswith("separating: 3/3 segments, ") is False
+    assert ("\r" in text) is carriage and text.count("\n") == (1 if carriage else 3)
     assert text.rstrip("\n").split("\r" if carriage else "\n")[-1].startswith("separating: 3/3 segments")
-    assert text.count("\n") == (1 if carriage else 3)
+
+
+def test_cli_progress_in_a_log_is_one_line_per_report(tmp_path):
+    """Where stderr is a file or pipe (CliRunner's is neither a terminal), no carriage returns."""
+    from click.testing import CliRunner
+
+    from musicgen_onnx.cli import main
+
+    sf.write(tmp_path / "song.wav", 0.1 * np.random.default_rng(0).standard_normal((44100, 2)), 44100)
+    for args in (["generate", "x", "--duration", "0.2", "-o", tmp_path / "a.wav"],
+                 ["stems", tmp_path / "song.wav", "--out-dir", tmp_path / "stems"]):
+        r = CliRunner().invoke(main, [str(a) for a in args])
+        assert r.exit_code == 0 and "\r" not in r.stderr, r.output
+        assert any(line.startswith(("generating: ", "separating: ")) for line in r.stderr.splitlines()), r.stderr
