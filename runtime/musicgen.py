@@ -173,8 +173,9 @@ class MusicGen:
             greedy=not use_sampling, extend_stride=extend_stride).check(m.max_duration, m.frame_rate, m.codebook_size)
 
     def set_custom_progress_callback(self, progress_callback: ProgressFn | None = None) -> None:
-        """audiocraft's: calls with ``progress=True`` report ``progress_callback(generated, to_generate)``
-        (decoder steps, all windows counted) instead of the stderr line; None restores the line."""
+        """audiocraft's: calls with a truthy ``progress`` report ``progress_callback(generated, to_generate)``
+        (decoder steps, all windows counted) instead of the stderr line or the callable given as
+        ``progress``; None restores those."""
         if progress_callback is not None and not callable(progress_callback):
             raise InvalidInputError(f"progress_callback must be callable or None, got {type(progress_callback).__name__}")
         self._progress_callback = progress_callback

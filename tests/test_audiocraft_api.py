@@ -18,8 +18,6 @@ import soundfile as sf
 from musicgen_onnx.runtime import InvalidInputError, MusicGen, audio_write
 from musicgen_onnx.runtime.generation import StderrProgress
 
-from conftest import HAVE_TORCH
-
 # docs/MUSICGEN.md (audiocraft 1.3.0), "API": the example as written there
 MUSICGEN_MD = textwrap.dedent("""
     import torchaudio
@@ -84,7 +82,6 @@ def test_musicgen_md_example_runs_with_numpy_arrays(tmp_path, monkeypatch):
 
 
 @pytest.mark.export  # needs torch: real tensors, as torchaudio.load returns them
-@pytest.mark.skipif(not HAVE_TORCH, reason="the runtime-only environment has no torch")
 def test_musicgen_md_example_runs_with_torch_tensors(tmp_path, monkeypatch):
     import torch
 
