@@ -24,7 +24,7 @@ from .codec import AudioCodec, StreamDecoder
 from .conditioning import Conditioner
 from .delay import DelayPattern
 from .errors import InvalidInputError
-from .hub import BUNDLED_MODELS, DEFAULT_NAME, resolve_model
+from .hub import DEFAULT_NAME, local_folder, resolve_model
 from .generation import GenerationInputs, GenerationTask, ProgressFn, StepLoop, check_descriptions
 from .manifest import Manifest, folder_file, load_manifest, verify_files
 from .options import GenerationOptions
@@ -91,20 +91,21 @@ class MusicGen:
         ("fp32", "fp16", "int8"/"quantized", "int4"/"q4"; default: fp32 when present)."""
         settings = SessionSettings.resolve(providers, threads)
         name = str(folder)
-        local = Path(folder).is_dir() or name in BUNDLED_MODELS
+        local = local_folder(folder) is not None
         folder = resolve_model(folder, revision, precision, export, settings.providers)
         if foreign.is_optimum_folder(folder):
             adapter = foreign.OptimumFolder.open(folder, precision)
-            model = cls(folder, adapter.manifest, settings, low_memory, adapter)
-        else:
-            if local and precision is not None:
-                raise InvalidInputError("precision= chooses among the variants of an optimum / transformers.js folder "
-                                        f"(or a hub repo's sub-folder); {folder} is a musicgen-onnx export of one precision")
-            manifest = load_manifest(folder)
-            verify_files(folder, manifest, hash_files=verify_hashes)
-            model = cls(folder, manifest, settings, low_memory)
-        model.name = name
-        return model
+            return cls(folder, adapter.manifest, settings, low_memory, adapter)._named(name)
+        if local and precision is not None:
+            raise InvalidInputError("precision= chooses among the variants of an optimum / transformers.js folder "
+                                    f"(or a hub repo's sub-folder); {folder} is a musicgen-onnx export of one precision")
+        manifest = load_manifest(folder)
+        verify_files(folder, manifest, hash_files=verify_hashes)
+        return cls(folder, manifest, settings, low_memory)._named(name)
+
+    def _named(self, name: str) -> "MusicGen":
+        self.name = name
+        return self
 
     @classmethod
     def get_pretrained(cls, name: str = DEFAULT_NAME, device: str | None = None, **kwargs) -> "MusicGen":
