@@ -116,7 +116,7 @@ def hub_offline() -> str | None:
         try:
             socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
             answered.append(True)
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):  # refused, unreachable, no such host, a malformed endpoint
             pass
 
     thread = threading.Thread(target=probe, daemon=True, name="hub-probe")
