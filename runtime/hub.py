@@ -161,15 +161,21 @@ def _hub_errors():
 
 def _from_hub(repo: str, revision: str | None, precision: str | None) -> Path:
     try:
-        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub import constants
     except ImportError:
         raise ModelFolderError(f"model {repo!r}: {_no_folder(repo)}reading it as a hub repo id needs the 'hub' "
                                f"extra: pip install 'musicgen-onnx[hub]'") from None
-    errors = _hub_errors()
     offline = hub_offline()
+    where = f"hub repo {repo!r}" + (f" @ {revision}" if revision else "")
+    not_cached = ModelFolderError(f"model {repo!r}: {_no_folder(repo)}{where} is not in the local Hugging Face "
+                                  f"cache ({offline or 'the hub cannot be reached'})")
+    if offline and not (Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}").is_dir():
+        raise not_cached  # before importing the download machinery: over a second on a loaded machine
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    errors = _hub_errors()
     local_only = {"local_files_only": True} if offline else {}
     sub = f"{precision}/" if precision else ""
-    where = f"hub repo {repo!r}" + (f" @ {revision}" if revision else "")
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry warnings would bury the one line this call ends with
@@ -182,9 +188,7 @@ def _from_hub(repo: str, revision: str | None, precision: str | None) -> Path:
         files += [f"{sub}{rel}" for info in manifest.graphs.values() for rel in info.files]
         snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=files, **local_only))
     except errors.LocalEntryNotFoundError:
-        reason = offline or "the hub cannot be reached"
-        raise ModelFolderError(f"model {repo!r}: {_no_folder(repo)}{where} is not in the local Hugging Face cache "
-                               f"({reason})") from None
+        raise not_cached from None
     except errors.RepositoryNotFoundError:
         raise ModelFolderError(f"model {repo!r}: {_no_folder(repo)}the hub has no repository {repo!r} (or it is "
                                f"private: log in with `hf auth login`)") from None
