@@ -185,7 +185,11 @@ def test_an_unreachable_hub_is_not_waited_for(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     for var in ("https_proxy", "HTTPS_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(hub.socket, "create_connection", lambda *a, **k: time.sleep(30))
+    def hang(*args, **kwargs):  # a SYN that nobody answers, until the socket's own timeout
+        time.sleep(3)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(hub.socket, "create_connection", hang)
     t0 = time.perf_counter()
     with pytest.raises(ModelFolderError, match=r"no folder 'org/absent' under the current directory .* not in the "
                                                r"local Hugging Face cache \(the hub cannot be reached: no answer from "
