@@ -16,12 +16,13 @@ import numpy as np
 
 from .runtime.audio import STRATEGIES
 from .runtime.errors import MusicGenError
+from .runtime.hub import BUNDLED_MODELS, BUNDLED_NAME, BUNDLED_STEMS_NAME
 from .runtime.manifest import KV_CACHES, KV_DTYPES
 from .runtime.options import MAX_BATCH, duration_frames
 from .serve.settings import ServeSettings  # the service's limits and defaults; needs no web stack
 
-BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "tiny-melody"
-BUNDLED_STEMS = Path(__file__).resolve().parent / "models" / "tiny-stems"
+BUNDLED_MODEL = BUNDLED_MODELS[BUNDLED_NAME]
+BUNDLED_STEMS = BUNDLED_MODELS[BUNDLED_STEMS_NAME]
 
 
 class _Command(click.Command):
@@ -66,6 +67,29 @@ def main(verbose: bool) -> None:
 _LOW_MEMORY = click.option(
     "--low-memory", is_flag=True,
     help="Load the text encoder per call instead of keeping it resident (saves its size, ~1 s a call).")
+_MODEL = click.option(
+    "--model", "model_dir", default=None,
+    help=f"Exported model folder, hub repo org/name, audiocraft name such as 'melody', or '{BUNDLED_NAME}' "
+         f"(the bundled tiny model, random weights: the default).")
+
+
+def _model_source(command):
+    """Where --model comes from, the same options for every command that loads a MusicGen by name."""
+    for option in reversed([
+        click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for --model org/name."),
+        click.option("--precision", default=None,
+                     help="fp32/fp16/int8/int4: a hub repo's sub-folder, the tier to export a name in, or the "
+                          "variant of an optimum / transformers.js folder (also quantized, q4)."),
+        click.option("--export", "export_missing", is_flag=True,
+                     help="Export an audiocraft name that is not in the cache yet (needs the export extra)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _bundled_notice() -> None:
+    click.echo(f"using the bundled tiny model '{BUNDLED_NAME}' ({BUNDLED_MODEL}): random weights, so expect noise, "
+               f"not music", err=True)
 
 
 @main.command(cls=_Command)
@@ -129,15 +153,8 @@ def export_stems(demucs, out_dir, opset, no_validate, force, allow_pickle):
 
 @main.command(cls=_Command)
 @click.argument("prompts", nargs=-1, required=True)
-@click.option("--model", "model_dir", default=None,
-              help="Exported model folder, hub repo org/name, or audiocraft name such as 'melody' "
-                   "(default: the bundled tiny model, random weights).")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) for --model org/name.")
-@click.option("--precision", default=None,
-              help="fp32/fp16/int8/int4: a hub repo's sub-folder, the tier to export a name in, or the variant "
-                   "of an optimum / transformers.js folder (also quantized, q4).")
-@click.option("--export", "export_missing", is_flag=True,
-              help="Export an audiocraft name that is not in the cache yet (needs the export extra).")
+@_MODEL
+@_model_source
 @click.option("--melody", multiple=True, type=click.Path(), help="Melody file: one for all prompts or one per prompt.")
 @click.option("--duration", type=float, default=None, help="Seconds of audio (model default: 15).")
 @click.option("--seed", type=int, default=None)
@@ -180,8 +197,7 @@ def generate(prompts, model_dir, revision, precision, export_missing, melody, du
             check_output_path(target)
         if model_dir is None:
             model_dir = BUNDLED_MODEL
-            click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music",
-                       err=True)
+            _bundled_notice()
         t0 = time.perf_counter()
         model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory, revision=revision,
                                          precision=precision, export=export_missing)
@@ -224,7 +240,8 @@ def _stream(model, prompts, melody, options, targets, normalize, quiet, t_gen) -
     try:
         for chunk in model.generate_stream(prompts, melody=melody, progress=not quiet, **options):
             if samples == 0 and chunk.shape[2] and not quiet:
-                click.echo(f"\nfirst audio after {time.perf_counter() - t_gen:.2f} s", err=True)
+                lead = "\n" if sys.stderr.isatty() else ""  # end the terminal's progress line
+                click.echo(f"{lead}first audio after {time.perf_counter() - t_gen:.2f} s", err=True)
             for writer, wav in zip(writers, chunk):
                 writer.write(wav)
             samples += chunk.shape[2]
@@ -263,8 +280,8 @@ def _targets(prompts, output, out_dir) -> list[Path]:
 @main.command(cls=_Command)
 @click.argument("file", type=click.Path())
 @click.option("--model", "model_dir", type=click.Path(), default=None,
-              help="A stems folder (export-stems) or a melody folder exported with --stems "
-                   "(default: the bundled tiny stems model, random weights).")
+              help=f"A stems folder (export-stems), a melody folder exported with --stems, or '{BUNDLED_STEMS_NAME}' "
+                   f"(the bundled tiny stems model, random weights: the default).")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Folder for SOURCE.wav per stem (default: FILE's name + '_stems' here).")
 @click.option("--seed", type=int, default=None, help="Seed of the random shift (apply_model's shifts=1).")
@@ -272,21 +289,19 @@ def _targets(prompts, output, out_dir) -> list[Path]:
 @click.option("--quiet", is_flag=True, help="No progress.")
 def stems(file, model_dir, out_dir, seed, provider, quiet):
     """Separate FILE into drums, bass, other and vocals (float WAV at 44.1 kHz stereo for htdemucs)."""
+    from .runtime.generation import StderrProgress
+    from .runtime.hub import local_folder
     from .runtime.stems import StemSeparator
 
     if model_dir is None:
         model_dir = BUNDLED_STEMS
-        click.echo(f"using the bundled tiny stems model ({model_dir}): random weights, so expect noise, not stems",
-                   err=True)
+        click.echo(f"using the bundled tiny stems model '{BUNDLED_STEMS_NAME}' ({model_dir}): random weights, so "
+                   f"expect noise, not stems", err=True)
+    else:
+        model_dir = local_folder(model_dir) or model_dir  # 'tiny-stems' names the bundled folder
     folder = Path(out_dir) if out_dir else Path(f"{Path(file).stem or 'audio'}_stems")
     separator = StemSeparator.from_folder(model_dir, providers=provider)
-    t0 = time.perf_counter()
-
-    def report(done: int, total: int) -> None:
-        rate = done / max(time.perf_counter() - t0, 1e-9)
-        click.echo(f"\rseparating: {done}/{total} segments, {rate:.2f} segments/s", err=True,
-                   nl=done == total)
-
+    report = StderrProgress("separating", "segments")
     created = _make_folder(folder)
     try:
         written = separator.separate_file(file, folder, seed=seed, progress=None if quiet else report)
@@ -302,8 +317,8 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
 
 
 @main.command(cls=_Command)
-@click.option("--model", "model_dir", type=click.Path(), default=None,
-              help="Exported model folder (default: the bundled tiny model, random weights).")
+@_MODEL
+@_model_source
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-batch", default=ServeSettings.max_batch, show_default=True, type=int,
@@ -337,9 +352,9 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
               type=click.FloatRange(0, 3600, min_open=True),
               help="A streaming client that accepts no bytes this long is dropped (its row freed).")
 @_LOW_MEMORY
-def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration, provider, use_ray, replicas,
-          api_key, cors_origins, ssl_certfile, ssl_keyfile, log_format, graceful_timeout, max_connections,
-          body_timeout, header_timeout, stream_stall_timeout, low_memory):
+def serve(model_dir, revision, precision, export_missing, host, port, max_batch, max_wait_ms, max_queue, max_duration,
+          provider, use_ray, replicas, api_key, cors_origins, ssl_certfile, ssl_keyfile, log_format, graceful_timeout,
+          max_connections, body_timeout, header_timeout, stream_stall_timeout, low_memory):
     """Serve the model over HTTP: POST /v1/generate, /v1/continue; GET /, /v1/model, /metrics, /openapi.json."""
     try:
         import uvicorn  # noqa: F401
@@ -361,7 +376,7 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
                             log_format=log_format).check()
     if model_dir is None:
         model_dir = BUNDLED_MODEL
-        click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music", err=True)
+        _bundled_notice()
     if use_ray:
         try:
             from ray import serve as _  # noqa: F401
@@ -369,14 +384,19 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
             raise MusicGenError(f"--ray needs the 'ray' extra (pip install 'musicgen-onnx[ray]'): {exc}") from None
         import os
 
+        from .runtime.hub import resolve_model
+        from .runtime.session import resolve_providers
         from .serve.ray_app import run as run_ray
 
+        # each replica loads a folder: resolve (and export) a name here, once
+        model_dir = resolve_model(model_dir, revision, precision, export_missing, resolve_providers(provider))
         threads = max(1, (os.cpu_count() or 1) // replicas)  # replicas share the machine's cores
         click.echo(f"serving {model_dir} with Ray Serve, {replicas} replicas x {threads} thread(s), on "
                    f"http://{host}:{port}/ (SIGTERM or Ctrl-C: stop)", err=True)
         run_ray(str(model_dir), host, port, replicas, settings, provider, threads, low_memory)
         return
-    model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
+    model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory, revision=revision,
+                                     precision=precision, export=export_missing)
     app = create_app(model, settings)
     scheme = "https" if ssl_certfile else "http"
     click.echo(f"serving {model_dir} on {scheme}://{host}:{port}/ (Ctrl-C or SIGTERM: finish queued requests, then "
@@ -441,14 +461,19 @@ def _peak_rss_mb() -> float:
 
 
 @main.command(cls=_Command)
-@click.argument("folder", type=click.Path())
+@click.argument("folder", required=False, default=None)
 @click.option("--no-hash", is_flag=True, help="Check that files exist with their sizes, skip sha256 (fast on big models).")
-@click.option("--precision", default=None, help="optimum / transformers.js folders: the variant to describe.")
+@click.option("--precision", default=None,
+              help="optimum / transformers.js folders: the variant to describe; names and hub repos: the tier.")
 def info(folder, no_hash, precision):
-    """Describe an exported model folder (or an optimum / transformers.js one) and verify its files."""
+    """Describe a model (FOLDER, a name such as 'tiny-melody' or 'melody', or a hub repo org/name; default:
+    the bundled tiny model, as generate and serve) and verify its files."""
     from .runtime.folder_kind import STEMS, folder_kind
+    from .runtime.hub import resolve_model
     from .runtime.layouts import describe, describe_stems, open_layout
     from .runtime.manifest import load_stems_manifest, verify_graph_files
+
+    folder = resolve_model(BUNDLED_NAME if folder is None else folder, precision=precision)
 
     if folder_kind(folder) == STEMS:
         s = load_stems_manifest(folder)

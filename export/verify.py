@@ -8,6 +8,7 @@ precision has bounds; a miss makes ``verify`` fail.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,24 @@ def check_pairing(manifest, ckpt, folder) -> None:
                               f"{ours} in the folder, {theirs} in the checkpoint")
 
 
+@contextmanager
+def _quiet_transformers():
+    """verify's output is its table: transformers' config warnings (random-weight checkpoints put
+    special ids past the vocabulary) and its loading bar would print before it on every run."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@_quiet_transformers()
 def verify(folder, checkpoint, frames: int = 50, providers="cpu") -> tuple[str, list[Check]]:
     """Run the three checks; returns the decoder's precision and the checks (each with its bound)."""
     from ..runtime import MusicGen

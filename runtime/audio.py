@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import re
@@ -16,6 +17,8 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .loudness import integrated_loudness
+
+log = logging.getLogger(__name__)
 
 WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
 STRATEGIES = ("loudness", "peak", "none")
@@ -284,6 +287,7 @@ def check_samples(wav, sr, what: str, max_seconds: float | None = None) -> np.nd
     in numpy or silently drop an imaginary part), finite, non-empty. Cut to ``max_seconds`` before
     the float32 copy and the finiteness scan, so neither costs memory for unused audio."""
     _check_rate(sr, what)
+    wav = as_array(wav, what)
     try:
         arr = np.asarray(wav)
     except (ValueError, TypeError):  # ragged nested lists
@@ -304,6 +308,20 @@ def check_samples(wav, sr, what: str, max_seconds: float | None = None) -> np.nd
     if not np.isfinite(arr).all():
         raise InvalidInputError(f"{what}: contains NaN or infinite samples")
     return arr
+
+
+def as_array(x, what: str):
+    """``x`` as an ndarray when numpy can read it through ``__array__`` (a CPU torch tensor, what
+    ``torchaudio.load`` returns), so audiocraft code passes its tensors without this package importing
+    torch; anything else is returned unchanged for the caller's own checks."""
+    if isinstance(x, np.ndarray) or not hasattr(x, "__array__"):
+        return x
+    try:
+        return np.asarray(x)
+    except (TypeError, RuntimeError, ValueError) as exc:  # a CUDA tensor, one that requires grad
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InvalidInputError(f"{what}: numpy cannot read this {type(x).__name__} ({reason}); pass "
+                                f"x.detach().cpu() or a numpy array") from None
 
 
 def _check_rate(sr, what: str) -> None:
@@ -373,22 +391,30 @@ def normalize(wav: np.ndarray, sample_rate: int, strategy: str = "loudness", pea
         if peak > 0:
             wav = wav * (10 ** (-peak_clip_headroom_db / 20) / peak)
     elif strategy == "loudness":
-        rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) if wav.size else 0.0
-        if rms >= 2e-3:  # audiocraft leaves near-silence untouched
-            loudness = integrated_loudness(wav, sample_rate)
-            if np.isfinite(loudness):
-                wav = wav * np.float32(10 ** ((-loudness_headroom_db - loudness) / 20))
-                if loudness_compressor:
-                    wav = np.tanh(wav)
+        wav = normalize_loudness(wav, sample_rate, loudness_headroom_db, loudness_compressor)
     return np.clip(wav, -1.0, 1.0).astype(np.float32)
 
 
-def check_output_path(path: str | os.PathLike) -> tuple[Path, str, Path]:
-    """``(path, soundfile format, folder)`` of a writable output, or a one-line error."""
+def normalize_loudness(wav: np.ndarray, sample_rate: int, loudness_headroom_db: float = 14.0,
+                       loudness_compressor: bool = False) -> np.ndarray:
+    """audiocraft's ``normalize_loudness``, before any clipping (its callers clip, and may log it)."""
+    rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))) if wav.size else 0.0
+    if rms >= 2e-3:  # audiocraft leaves near-silence untouched
+        loudness = integrated_loudness(wav, sample_rate)
+        if np.isfinite(loudness):
+            wav = wav * np.float32(10 ** ((-loudness_headroom_db - loudness) / 20))
+            if loudness_compressor:
+                wav = np.tanh(wav)
+    return wav
+
+
+def check_output_path(path: str | os.PathLike, fmt: str | None = None) -> tuple[Path, str, Path]:
+    """``(path, soundfile format, folder)`` of a writable output, or a one-line error. ``fmt``: the
+    soundfile format when the name carries none (``audio_write(add_suffix=False)``)."""
     p = Path(path)
     if p.is_dir():
         raise InvalidInputError(f"output file {str(p)!r} is a directory")
-    fmt = WRITE_FORMATS.get(p.suffix.lower())
+    fmt = fmt or WRITE_FORMATS.get(p.suffix.lower())
     if fmt is None:
         raise InvalidInputError(f"output file {str(p)!r}: unknown format {p.suffix!r}; "
                                 f"use one of {', '.join(WRITE_FORMATS)}")
@@ -457,10 +483,11 @@ def _pid_alive(pid: int) -> bool:
 _SUBTYPES = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}
 
 
-def _encode_into(handle, wav, sample_rate: int, fmt: str, what: str) -> None:
+def _encode_into(handle, wav, sample_rate: int, fmt: str, what: str, **encoder) -> None:
     """The one place that decides how each format is encoded (16-bit PCM for the lossless ones),
     for files and for bytes alike. Encoder refusals (a rate MP3 lacks, a bad shape) become one line;
-    OSError (disk full) is left to the caller, who knows the file."""
+    OSError (disk full) is left to the caller, who knows the file. ``encoder``: soundfile's
+    ``compression_level`` / ``bitrate_mode`` (``audio_write``'s ``mp3_rate``)."""
     import soundfile as sf
 
     _check_rate(sample_rate, what)
@@ -468,7 +495,7 @@ def _encode_into(handle, wav, sample_rate: int, fmt: str, what: str) -> None:
     if arr.ndim not in (1, 2):
         raise InvalidInputError(f"{what}: expected [channels, samples], got shape {arr.shape}")
     try:
-        sf.write(handle, arr.T, sample_rate, format=fmt, subtype=_SUBTYPES[fmt])
+        sf.write(handle, arr.T, sample_rate, format=fmt, subtype=_SUBTYPES[fmt], **encoder)
     except (RuntimeError, ValueError, TypeError) as exc:  # LibsndfileError is a RuntimeError
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInputError(f"{what}: audio cannot be encoded as {fmt} ({reason})") from None
@@ -487,14 +514,16 @@ def encode_audio(wav, sample_rate: int, format: str = "wav") -> bytes:
     return buffer.getvalue()
 
 
-def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int) -> Path:
-    """Write ``[channels, samples]`` to ``path`` (format from the suffix), whole or not at all. The
-    encoder writes straight into the hidden partial file (no second copy of the audio in memory)."""
-    p, fmt, parent = check_output_path(path)
+def write_audio(path: str | os.PathLike, wav: np.ndarray, sample_rate: int, fmt: str | None = None,
+                **encoder) -> Path:
+    """Write ``[channels, samples]`` to ``path`` (format from the suffix, or ``fmt``: a soundfile format
+    name, for ``audio_write(add_suffix=False)``), whole or not at all. The encoder writes straight into
+    the hidden partial file (no second copy of the audio in memory)."""
+    p, fmt, parent = check_output_path(path, fmt)
     fd, tmp = _temporary(p, parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            _encode_into(handle, wav, sample_rate, fmt, f"output file {str(p)!r}")
+            _encode_into(handle, wav, sample_rate, fmt, f"output file {str(p)!r}", **encoder)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -571,17 +600,85 @@ def _umask() -> int:
     return mask
 
 
-def audio_write(stem_name: str | os.PathLike, wav, sample_rate: int, format: str = "wav",
-                strategy: str = "peak", peak_clip_headroom_db: float = 1.0, loudness_headroom_db: float = 14.0,
-                loudness_compressor: bool = False, add_suffix: bool = True) -> Path:
-    """audiocraft's ``audio_write``, minus torch: normalise ``wav [channels, samples]`` and write
-    ``stem_name.format``. Returns the path written."""
-    arr = np.asarray(wav, dtype=np.float32)
+AUDIO_WRITE_FORMATS = ("wav", "mp3", "ogg", "flac")  # audiocraft's, all written by libsndfile here
+AUDIO_WRITE_STRATEGIES = ("peak", "clip", "rms", "loudness", "none", "")  # audiocraft's normalize_audio
+# libsndfile's CBR MP3 bitrate is  top - compression_level * (top - bottom) kbps, by sample rate band
+_MP3_KBPS = ((32000, 32, 320), (16000, 8, 160), (0, 8, 64))
+
+
+def audio_write(stem_name: str | os.PathLike, wav, sample_rate: int, format: str = "wav", mp3_rate: int = 320,
+                ogg_rate: int | None = None, normalize: bool = True, strategy: str = "peak",
+                peak_clip_headroom_db: float = 1, rms_headroom_db: float = 18, loudness_headroom_db: float = 14,
+                loudness_compressor: bool = False, log_clipping: bool = True, make_parent_dir: bool = True,
+                add_suffix: bool = True) -> Path:
+    """audiocraft's ``audio_write`` (audiocraft/data/audio.py), argument for argument, minus torch and
+    ffmpeg: ``wav [channels, samples]`` (or ``[samples]``; an array or a CPU tensor) normalised as its
+    ``normalize_audio`` does, written atomically to ``stem_name.format``. Returns the path written.
+
+    audiocraft pipes to ffmpeg; libsndfile writes the same four formats here, so ``ogg_rate`` (a Vorbis
+    bitrate, which libsndfile sets only as a quality) must stay None."""
+    name = f"audio_write({str(stem_name)!r})"
+    fmt = str(format).lower()
+    if fmt not in AUDIO_WRITE_FORMATS:
+        raise InvalidInputError(f"{name}: format {format!r} is not one of {', '.join(AUDIO_WRITE_FORMATS)}")
+    if strategy not in AUDIO_WRITE_STRATEGIES:
+        raise InvalidInputError(f"{name}: strategy {strategy!r} is not one of "
+                                f"{', '.join(repr(s) for s in AUDIO_WRITE_STRATEGIES)}")
+    if ogg_rate is not None:
+        raise InvalidInputError(f"{name}: ogg_rate needs audiocraft's ffmpeg encoder; libsndfile writes Vorbis at "
+                                f"its default quality here, so leave ogg_rate=None (or use format 'flac' or 'wav')")
+    arr = np.asarray(as_array(wav, name), dtype=np.float32)
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2:
-        raise InvalidInputError(f"audio_write: expected [channels, samples], got shape {arr.shape}")
-    suffix = "." + format.lower().lstrip(".")
-    path = Path(f"{stem_name}{suffix}") if add_suffix else Path(stem_name)
-    return save_audio(path, arr, sample_rate, strategy, peak_clip_headroom_db=peak_clip_headroom_db,
-                      loudness_headroom_db=loudness_headroom_db, loudness_compressor=loudness_compressor)
+        raise InvalidInputError(f"{name}: expected [channels, samples], got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InvalidInputError(f"{name}: contains NaN or infinite samples")
+    encoder = _mp3_encoder(mp3_rate, sample_rate, name) if fmt == "mp3" else {}
+    arr = _normalize_audio(arr, sample_rate, normalize, strategy, peak_clip_headroom_db, rms_headroom_db,
+                           loudness_headroom_db, loudness_compressor, log_clipping, str(stem_name))
+    path = Path(f"{stem_name}.{fmt}") if add_suffix else Path(stem_name)
+    if make_parent_dir:
+        _make_parents(path.parent)
+    return write_audio(path, arr, sample_rate, WRITE_FORMATS["." + fmt], **encoder)
+
+
+def _mp3_encoder(kbps, sample_rate: int, name: str) -> dict:
+    bottom, top = next((lo, hi) for floor, lo, hi in _MP3_KBPS if sample_rate >= floor)
+    if isinstance(kbps, bool) or not isinstance(kbps, (int, float)) or not bottom < kbps <= top:
+        raise InvalidInputError(f"{name}: mp3_rate must be a bitrate in ({bottom}, {top}] kbps at {sample_rate} Hz, "
+                                f"got {kbps!r}")
+    return {"compression_level": (top - kbps) / (top - bottom), "bitrate_mode": "CONSTANT"}
+
+
+def _make_parents(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(f"audio_write: folder {str(folder)!r} cannot be created ({exc.strerror or exc})") from None
+
+
+def _normalize_audio(wav: np.ndarray, sample_rate: int, normalize: bool, strategy: str, peak_clip_headroom_db: float,
+                     rms_headroom_db: float, loudness_headroom_db: float, loudness_compressor: bool,
+                     log_clipping: bool, stem_name: str) -> np.ndarray:
+    """audiocraft's ``normalize_audio``: with ``normalize=False``, 'peak' and 'rms' only scale down
+    audio that would clip. 'loudness' and 'none' are :func:`normalize`'s (one home for the loudness
+    rule); 'rms' and 'loudness' report clipping that remains, as audiocraft's ``_clip_wav`` does."""
+    scale_peak = 10 ** (-peak_clip_headroom_db / 20)
+    if strategy == "peak":
+        peak = float(np.max(np.abs(wav))) if wav.size else 0.0
+        rescaling = scale_peak / peak if peak > 0 else 1.0
+        return wav * np.float32(rescaling) if normalize or rescaling < 1 else wav
+    if strategy == "clip":
+        return np.clip(wav, -scale_peak, scale_peak)
+    if strategy == "rms":
+        rms = float(np.sqrt(np.mean(wav.mean(axis=0).astype(np.float64) ** 2))) if wav.size else 0.0
+        rescaling = 10 ** (-rms_headroom_db / 20) / rms if rms > 0 else 1.0
+        if normalize or rescaling < 1:
+            wav = wav * np.float32(rescaling)
+    elif strategy == "loudness":
+        wav = normalize_loudness(wav, sample_rate, loudness_headroom_db, loudness_compressor)
+    if log_clipping and strategy in ("rms", "loudness") and wav.size and float(np.max(np.abs(wav))) > 1:
+        log.warning("CLIPPING %s happening with proba (a bit of clipping is okay): %.4g maximum scale: %.4g",
+                    stem_name, float(np.mean(np.abs(wav) > 1)), float(np.max(np.abs(wav))))
+    return np.clip(wav, -1.0, 1.0).astype(np.float32)

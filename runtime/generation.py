@@ -49,12 +49,18 @@ class ModelParts:
 
 
 class StderrProgress:
-    """``steps done/total, steps/s`` on one refreshed stderr line."""
+    """``label: done/total unit, unit/s`` on one refreshed stderr line on a terminal; where stderr is a
+    file or a pipe (a log), where ``\\r`` would make one endless line, a plain line every ``log_interval``
+    seconds and at the end."""
 
-    def __init__(self, interval: float = 0.2):
+    def __init__(self, label: str = "generating", unit: str = "steps", interval: float = 0.2,
+                 log_interval: float = 5.0):
+        self.label, self.unit = label, unit
         self.start = time.perf_counter()
-        self.interval = interval
-        self.last = -interval
+        isatty = getattr(sys.stderr, "isatty", None)
+        self.terminal = bool(isatty and isatty())
+        self.interval = interval if self.terminal else log_interval
+        self.last = time.perf_counter() if not self.terminal else -interval
 
     def __call__(self, done: int, total: int) -> None:
         now = time.perf_counter()
@@ -62,8 +68,11 @@ class StderrProgress:
             return
         self.last = now
         rate = done / max(now - self.start, 1e-9)
-        end = "\n" if done == total else ""
-        sys.stderr.write(f"\rgenerating: {done}/{total} steps, {rate:.1f} steps/s{end}")
+        line = f"{self.label}: {done}/{total} {self.unit}, {rate:.1f} {self.unit}/s"
+        if self.terminal:
+            sys.stderr.write(f"\r{line}" + ("\n" if done == total else ""))
+        else:
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
 

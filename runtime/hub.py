@@ -4,6 +4,8 @@
 ``get_pretrained('melody')`` and optimum's ``from_pretrained(..., export=True)`` meet users:
 
 * an existing folder is used as it is;
+* a bundled model's name ('tiny-melody', 'tiny-stems': random weights, shipped in the package) is its
+  folder, offline;
 * an audiocraft name ('melody', 'small', 'stereo-large', 'facebook/musicgen-melody', ...) is an
   exported folder in this project's cache (``MUSICGEN_ONNX_HOME``, default ``~/.cache/musicgen-onnx``),
   made on demand by the exporter when asked to (``export=True``), otherwise named in the error with the
@@ -11,7 +13,10 @@
 * any other ``org/name`` is a hub repo holding an exported folder (at its root, or one sub-folder per
   precision), fetched with ``huggingface_hub`` into its normal cache (``HF_HOME``, ``HF_HUB_OFFLINE``,
   tokens and revisions as the hub library handles them): the manifest first, then exactly the files it
-  lists. The runtime then checks every file's size and sha256 as for any folder.
+  lists. The runtime then checks every file's size and sha256 as for any folder. A name that could be a
+  missing local folder too ("models/x" from another directory) is answered naming both readings, and
+  an offline machine (``HF_HUB_OFFLINE``, or no answer from the hub within a second) reads the hub
+  cache only instead of waiting on retries.
 """
 
 from __future__ import annotations
@@ -19,7 +24,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import getproxies
 
 from .errors import ModelFolderError
 from .manifest import MANIFEST_NAME, PRECISIONS
@@ -31,6 +40,11 @@ CHECKPOINTS = {name: f"facebook/musicgen-{name}" for name in (
     "small", "medium", "large", "melody", "melody-large", "stereo-small", "stereo-medium", "stereo-large",
     "stereo-melody", "stereo-melody-large")}
 DEFAULT_NAME = "facebook/musicgen-melody"  # audiocraft's get_pretrained default
+_MODELS = Path(__file__).resolve().parent.parent / "models"
+BUNDLED_NAME = "tiny-melody"  # what generate, serve and info use when no model is named
+BUNDLED_STEMS_NAME = "tiny-stems"  # the stems command's default
+BUNDLED_MODELS = {name: _MODELS / name for name in (BUNDLED_NAME, BUNDLED_STEMS_NAME)}
+PROBE_SECONDS = 0.8  # how long the hub may take to accept a connection before it counts as unreachable
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -53,22 +67,62 @@ def checkpoint_of(name: str) -> str | None:
     return name if name in CHECKPOINTS.values() else None
 
 
-def resolve_model(model: str | os.PathLike, revision: str | None = None, precision: str | None = None,
-                  export: bool = False, providers=None, progress=None) -> Path:
-    """A local folder to load for ``model`` (see the module docstring); one-line errors otherwise."""
+def local_folder(model: str | os.PathLike) -> Path | None:
+    """``model`` as a folder here, else as a bundled model's name (a folder of that name wins), else None."""
     path = Path(model)
     if path.is_dir():
         return path
-    name = str(model)
+    return BUNDLED_MODELS.get(str(model))
+
+
+def resolve_model(model: str | os.PathLike, revision: str | None = None, precision: str | None = None,
+                  export: bool = False, providers=None, progress=None) -> Path:
+    """A local folder to load for ``model`` (see the module docstring); one-line errors otherwise."""
+    local = local_folder(model)
+    if local is not None:
+        return local
+    path, name = Path(model), str(model)
     if precision is not None and precision not in PRECISIONS:
         raise ModelFolderError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     checkpoint = checkpoint_of(name)
     if checkpoint is not None:
         return _exported(checkpoint, precision or default_precision(providers), export, progress)
     if not _REPO_ID.match(name) or ".." in name or path.parent.is_dir():  # models/x: a folder that is missing
-        raise ModelFolderError(f"model folder {name!r} does not exist or is not a directory (nor is it an "
-                               f"audiocraft name such as 'melody', or a hub repo id 'org/name')")
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise ModelFolderError(f"model folder {name!r} {what} ({path.absolute()}); nor is it a bundled model "
+                               f"({', '.join(BUNDLED_MODELS)}), an audiocraft name such as 'melody', or a hub "
+                               f"repo id 'org/name'")
     return _from_hub(name, revision, precision)
+
+
+def _no_folder(name: str) -> str:
+    """The local reading of a name that also reads as a hub repo id, for errors that give both."""
+    return f"no folder {name!r} under the current directory ({Path.cwd()}), and "
+
+
+def hub_offline() -> str | None:
+    """Why the hub cannot be asked (``HF_HUB_OFFLINE``, or no connection within :data:`PROBE_SECONDS`
+    to the endpoint or the HTTPS proxy), or None. The probe runs on a daemon thread so that a DNS
+    lookup that hangs costs no more than the probe's time either."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return "offline: HF_HUB_OFFLINE is set"
+    target = urlparse(getproxies().get("https") or constants.ENDPOINT)
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    answered: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+            answered.append(True)
+        except (OSError, ValueError, TypeError):  # refused, unreachable, no such host, a malformed endpoint
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True, name="hub-probe")
+    thread.start()
+    thread.join(PROBE_SECONDS)
+    return None if answered else f"the hub cannot be reached: no answer from {host}:{port} within {PROBE_SECONDS:g} s"
 
 
 def _exported(checkpoint: str, precision: str, export: bool, progress) -> Path:
@@ -107,29 +161,37 @@ def _hub_errors():
 
 def _from_hub(repo: str, revision: str | None, precision: str | None) -> Path:
     try:
-        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub import constants
     except ImportError:
-        raise ModelFolderError(f"model {repo!r} looks like a hub repo id; reading it needs the 'hub' extra: "
-                               f"pip install 'musicgen-onnx[hub]'") from None
-    errors = _hub_errors()
-    sub = f"{precision}/" if precision else ""
+        raise ModelFolderError(f"model {repo!r}: {_no_folder(repo)}reading it as a hub repo id needs the 'hub' "
+                               f"extra: pip install 'musicgen-onnx[hub]'") from None
+    offline = hub_offline()
     where = f"hub repo {repo!r}" + (f" @ {revision}" if revision else "")
+    not_cached = ModelFolderError(f"model {repo!r}: {_no_folder(repo)}{where} is not in the local Hugging Face "
+                                  f"cache ({offline or 'the hub cannot be reached'})")
+    if offline and not (Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}").is_dir():
+        raise not_cached  # before importing the download machinery: over a second on a loaded machine
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    errors = _hub_errors()
+    local_only = {"local_files_only": True} if offline else {}
+    sub = f"{precision}/" if precision else ""
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry warnings would bury the one line this call ends with
     try:
-        manifest_path = Path(hf_hub_download(repo, f"{sub}{MANIFEST_NAME}", revision=revision))
+        manifest_path = Path(hf_hub_download(repo, f"{sub}{MANIFEST_NAME}", revision=revision, **local_only))
         from .manifest import load_manifest
 
         manifest = load_manifest(manifest_path.parent)
         files = [f"{sub}{manifest.tokenizer}", f"{sub}{MANIFEST_NAME}"]
         files += [f"{sub}{rel}" for info in manifest.graphs.values() for rel in info.files]
-        snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=files))
+        snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=files, **local_only))
     except errors.LocalEntryNotFoundError:
-        raise ModelFolderError(f"{where}: not in the local Hugging Face cache and the hub cannot be reached "
-                               f"(offline: HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')})") from None
+        raise not_cached from None
     except errors.RepositoryNotFoundError:
-        raise ModelFolderError(f"{where}: no such repository (or it is private: log in with `hf auth login`)") from None
+        raise ModelFolderError(f"model {repo!r}: {_no_folder(repo)}the hub has no repository {repo!r} (or it is "
+                               f"private: log in with `hf auth login`)") from None
     except errors.RevisionNotFoundError:
         raise ModelFolderError(f"{where}: no such revision") from None
     except errors.EntryNotFoundError:

@@ -49,6 +49,7 @@ def prepare_melodies(melody, melody_sample_rate, batch: int, params: ChromaParam
 
 
 def _melody_items(melody, batch: int) -> list:
+    melody = audio_io.as_array(melody, "melody")  # a torch tensor [B, C, T] or [C, T], as audiocraft takes
     if isinstance(melody, (str, os.PathLike)) or (isinstance(melody, np.ndarray) and melody.ndim <= 2):
         items = [melody]
     elif isinstance(melody, np.ndarray) and melody.ndim == 3:

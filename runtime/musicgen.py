@@ -18,10 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
+from . import audio as audio_io
 from .codec import StreamDecoder
 from .delay import DelayPattern
 from .errors import InvalidInputError
-from .hub import DEFAULT_NAME, resolve_model
+from .hub import DEFAULT_NAME, local_folder, resolve_model
 from .generation import (
     GenerationInputs, GenerationTask, ModelParts, ProgressFn, StepLoop, check_descriptions, prompt_audio,
 )
@@ -31,6 +32,7 @@ from .rows import LiveRows
 from .session import GraphSessions, SessionSettings, release_freed_memory
 from .stepper import Conditioning
 from .prompt_ids import TextTokenizer
+from .torchlike import TorchLikeArray
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class MusicGen:
         """``adapter``: the opened folder (``layouts.open_layout``), which supplies the manifest and the
         conditioner, codec and stepper its graphs need."""
         self.folder = adapter.folder
+        self.name = str(adapter.folder)  # audiocraft's ``model.name``: what from_pretrained was given
+        self._progress_callback: ProgressFn | None = None
         self.manifest = m = adapter.manifest
         self.settings = settings
         self.adapter = adapter
@@ -76,18 +80,24 @@ class MusicGen:
         apart); ``precision`` picks among its variants ("fp32", "fp16", "int8"/"quantized", "int4"/"q4";
         default: fp32 when present)."""
         settings = SessionSettings.resolve(providers, threads)
-        local = Path(folder).is_dir()
+        name = str(folder)
+        local = local_folder(folder) is not None
         folder = resolve_model(folder, revision, precision, export, settings.providers)
         layout = layout_class(folder)
         if local and precision is not None and not layout.has_variants:
             raise InvalidInputError("precision= chooses among the variants of an optimum / transformers.js folder "
                                     f"(or a hub repo's sub-folder); {folder} is a musicgen-onnx export of one precision")
-        return cls(layout.open(folder, precision, verify_hashes), settings, low_memory)
+        return cls(layout.open(folder, precision, verify_hashes), settings, low_memory)._named(name)
+
+    def _named(self, name: str) -> "MusicGen":
+        self.name = name
+        return self
 
     @classmethod
     def get_pretrained(cls, name: str = DEFAULT_NAME, device: str | None = None, **kwargs) -> "MusicGen":
         """audiocraft's ``MusicGen.get_pretrained(name, device)``: ``device`` "cpu" or "cuda" picks the
-        provider; the other keywords are ``from_pretrained``'s (``export=True`` exports on demand)."""
+        provider; the other keywords are ``from_pretrained``'s (``export=True`` exports on demand).
+        ``get_pretrained("tiny-melody")`` is the bundled tiny model (random weights), offline."""
         return cls.from_pretrained(name, providers=kwargs.pop("providers", device), **kwargs)
 
     # ------------------------------------------------------------------ facts
@@ -111,17 +121,63 @@ class MusicGen:
     def providers(self) -> list[str]:
         return list(self.settings.providers)
 
+    @property
+    def device(self) -> str:
+        """audiocraft's ``model.device``, as the string its code compares: "cuda" when onnxruntime's
+        CUDA provider runs the graphs, else "cpu" (``providers`` has the full list)."""
+        return self.settings.device
+
+    @property
+    def duration(self) -> float:
+        """audiocraft's ``model.duration``: seconds a call generates (``set_generation_params``)."""
+        return self.options.duration
+
+    @property
+    def extend_stride(self) -> float:
+        return self.options.extend_stride
+
+    @property
+    def generation_params(self) -> dict:
+        """audiocraft's ``generation_params`` dict (what its ``lm.generate`` receives), read-only."""
+        o = self.options
+        return {"use_sampling": not o.greedy, "temp": o.temperature, "top_k": o.top_k, "top_p": o.top_p,
+                "cfg_coef": o.guidance_scale, "two_step_cfg": False}
+
     # ------------------------------------------------------------------ audiocraft API
     def set_generation_params(self, use_sampling: bool = True, top_k: int = 250, top_p: float = 0.0,
                               temperature: float = 1.0, duration: float = 30.0, cfg_coef: float = 3.0,
-                              two_step_cfg: bool = False, extend_stride: float = 18) -> None:
-        """audiocraft's ``set_generation_params``; its defaults are audiocraft's too."""
+                              two_step_cfg: bool = False, extend_stride: float = 18, *,
+                              cfg_coef_beta: float | None = None) -> None:
+        """audiocraft's ``set_generation_params``; its defaults are audiocraft's too. ``cfg_coef_beta``
+        (later audiocraft, MusicGen-Style's double CFG) is accepted as None only."""
+        if cfg_coef_beta is not None:
+            raise InvalidInputError("cfg_coef_beta is MusicGen-Style's double CFG; these models take cfg_coef only")
         if two_step_cfg:
             raise InvalidInputError("two_step_cfg=True is not supported (only batched CFG, audiocraft's default)")
         m = self.manifest
         self.options = GenerationOptions(
             duration=duration, top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=cfg_coef,
             greedy=not use_sampling, extend_stride=extend_stride).check(m.max_duration, m.frame_rate, m.codebook_size)
+
+    def set_custom_progress_callback(self, progress_callback: ProgressFn | None = None) -> None:
+        """audiocraft's: calls with a truthy ``progress`` report ``progress_callback(generated, to_generate)``
+        (decoder steps, all windows counted) instead of the stderr line or the callable given as
+        ``progress``; None restores those."""
+        if progress_callback is not None and not callable(progress_callback):
+            raise InvalidInputError(f"progress_callback must be callable or None, got {type(progress_callback).__name__}")
+        self._progress_callback = progress_callback
+
+    def generate_audio(self, gen_tokens) -> np.ndarray:
+        """audiocraft's ``generate_audio``: tokens ``[B, K, T]`` (from ``return_tokens=True``) -> audio."""
+        tokens = audio_io.as_array(gen_tokens, "gen_tokens")
+        m = self.manifest
+        if not isinstance(tokens, np.ndarray) or tokens.ndim != 3 or tokens.shape[1] != m.num_codebooks \
+                or not np.issubdtype(tokens.dtype, np.integer):
+            got = list(tokens.shape) if isinstance(tokens, np.ndarray) else type(tokens).__name__
+            raise InvalidInputError(f"gen_tokens: expected integer codes [B, {m.num_codebooks}, T], got {got}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= m.codebook_size):
+            raise InvalidInputError(f"gen_tokens: codes must lie in [0, {m.codebook_size - 1}]")
+        return TorchLikeArray.of(self.decode(tokens))
 
     def generate_with_chroma(self, descriptions, melody_wavs, melody_sample_rate, progress: bool = False,
                              return_tokens: bool = False):
@@ -153,6 +209,7 @@ class MusicGen:
         """Audio -> EnCodec codes ``[B, K, ceil(samples / hop)]`` through ``audio_encoder.onnx``."""
         if not self.codec.can_encode:
             raise InvalidInputError(f"{self.folder}: this export has no audio_encoder.onnx, needed for continuation")
+        prompt = audio_io.as_array(prompt, "prompt")  # a torch tensor, as audiocraft takes
         items = list(prompt) if isinstance(prompt, np.ndarray) and prompt.ndim == 3 else [prompt]
         return self.codec.encode(np.stack([prompt_audio(item, prompt_sample_rate, self.manifest) for item in items]))
 
@@ -163,7 +220,7 @@ class MusicGen:
                  guidance_scale: float | None = None, greedy: bool | None = None,
                  extend_stride: float | None = None, prompt_codes: np.ndarray | None = None,
                  stems: bool | None = None, progress: bool | ProgressFn = False, return_codes: bool = False,
-                 rows: LiveRows | None = None, options: GenerationOptions | None = None):
+                 rows: LiveRows | None = None, options: GenerationOptions | None = None, return_tokens: bool = False):
         """Text prompts (and optionally melodies) -> float32 audio ``[B, channels, samples]``.
 
         ``melody``: one melody for all prompts or one per prompt, each a file path or an array
@@ -172,7 +229,10 @@ class MusicGen:
         ``prompt_codes [B, K, T]`` continues from known codes (see ``generate_continuation``).
         Unset options take the values of ``options`` (a :class:`GenerationOptions`, as a caller that
         already holds one passes it), else of ``set_generation_params`` (audiocraft's defaults).
-        With ``return_codes`` the EnCodec codes ``[B, K, T]`` are returned too.
+        With ``return_codes`` (or audiocraft's ``return_tokens``) the EnCodec codes ``[B, K, T]`` are
+        returned too: ``(audio, codes)``. audiocraft's positional ``generate(descriptions, progress,
+        return_tokens)`` works as well (booleans where the melody would be). The audio answers
+        ``.cpu()``, ``.numpy()`` like a tensor (:class:`TorchLikeArray`).
         ``stems``: separate each melody with Demucs first and take the chroma of its vocals + other, as
         audiocraft does (the default when the folder was exported with ``--stems``); False takes the
         full mix (transformers' behaviour). The shift Demucs draws comes from ``seed``.
@@ -184,11 +244,16 @@ class MusicGen:
         thread); the result then holds the rows still in ``rows.live``, which keep the codes they would
         have had without the drop.
         """
+        if isinstance(melody, bool):  # audiocraft's generate(descriptions, progress, return_tokens)
+            melody, progress = None, melody
+            if isinstance(melody_sample_rate, bool):
+                melody_sample_rate, return_tokens = None, melody_sample_rate
+        return_codes = return_codes or return_tokens
         inputs = self._inputs(descriptions, melody, melody_sample_rate, dict(
             duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
             guidance_scale=guidance_scale, greedy=greedy, extend_stride=extend_stride, stems=stems), prompt_codes,
             options)
-        task = GenerationTask(self.parts(), inputs, progress, rows)
+        task = GenerationTask(self.parts(), inputs, self._reporter(progress), rows)
         parts, seen = [], task.rows.live
 
         def cut(keep):
@@ -203,7 +268,7 @@ class MusicGen:
             audio = np.zeros((0, self.audio_channels, 0), dtype=np.float32)
             return (audio, codes) if return_codes else audio
         codes = np.concatenate(parts, axis=2)
-        audio = self.codec.decode(codes)
+        audio = TorchLikeArray.of(self.codec.decode(codes))
         return (audio, codes) if return_codes else audio
 
     def generate_stream(self, descriptions, melody=None, melody_sample_rate: int | None = None, *,
@@ -220,7 +285,7 @@ class MusicGen:
         inputs = self._inputs(descriptions, melody, melody_sample_rate, changes, prompt_codes, options)
         decoder = StreamDecoder(self.codec)
         pending = 0
-        task = GenerationTask(self.parts(), inputs, progress, rows)
+        task = GenerationTask(self.parts(), inputs, self._reporter(progress), rows)
         seen = task.rows.live
         for new in task.codes():
             seen = task.rows.follow(seen, decoder.keep_rows)
@@ -234,6 +299,10 @@ class MusicGen:
         task.rows.follow(seen, decoder.keep_rows)
         if task.rows.live:  # else every row was cancelled: nothing more to send
             yield decoder.flush()
+
+    def _reporter(self, progress: bool | ProgressFn) -> bool | ProgressFn:
+        """audiocraft's rule: a truthy ``progress`` reports to the custom callback when one is set."""
+        return self._progress_callback if progress and self._progress_callback is not None else progress
 
     def _inputs(self, descriptions, melody, melody_sample_rate, changes: dict, prompt_codes,
                 options: GenerationOptions | None = None) -> GenerationInputs:

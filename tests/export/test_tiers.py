@@ -72,6 +72,7 @@ def test_verify_passes_fp32_and_fails_a_broken_folder(exported, checkpoint_dir, 
     r = cli("verify", str(exported("tiny-melody")), str(checkpoint_dir("tiny-melody")), "--frames", "10")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "greedy tokens identical" in r.stdout and "FAIL" not in r.stdout
+    assert r.stderr == "", r.stderr  # the table alone: no transformers warnings, no loading bar
     # the same folder checked against another checkpoint of the same architecture must fail
     from musicgen_onnx.export.random_checkpoints import build_checkpoint
 

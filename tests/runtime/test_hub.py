@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,86 @@ def test_a_hub_manifest_linking_out_of_its_blobs_is_refused(tmp_path):
     (snapshot / MANIFEST_NAME).symlink_to(outside)
     with pytest.raises(ModelFolderError, match=f"{MANIFEST_NAME}.*outside the model folder"):
         load_manifest(snapshot)
+
+
+def _invoke(*args, **env):
+    """The CLI in-process (click's CliRunner): exit code, stdout and stderr apart."""
+    from click.testing import CliRunner
+
+    from musicgen_onnx.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], env=env)
+
+
+def test_a_missing_folder_that_reads_as_a_hub_id_names_both_readings_fast_offline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # models/tiny-melody exists in the repo, not here
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    r = _invoke("generate", "x", "--model", "models/tiny-melody", "--quiet")
+    assert time.perf_counter() - t0 < 1.0
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert (f"error: model 'models/tiny-melody': no folder 'models/tiny-melody' under the current directory "
+            f"({tmp_path}), and hub repo 'models/tiny-melody' is not in the local Hugging Face cache "
+            f"(offline: HF_HUB_OFFLINE is set)") in r.stderr
+
+
+def test_an_unreachable_hub_is_not_waited_for(tmp_path, monkeypatch):
+    """No HF_HUB_OFFLINE, and a hub that never answers: the probe gives up within PROBE_SECONDS and the
+    cache is read alone (a cached repo still loads)."""
+    from musicgen_onnx.runtime import hub
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    for var in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    def hang(*args, **kwargs):  # a SYN that nobody answers, until the socket's own timeout
+        time.sleep(3)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(hub.socket, "create_connection", hang)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelFolderError, match=r"no folder 'org/absent' under the current directory .* not in the "
+                                               r"local Hugging Face cache \(the hub cannot be reached: no answer from "
+                                               r"huggingface.co:443 within 0.8 s\)"):
+        resolve_model("org/absent")
+    assert time.perf_counter() - t0 < 1.5
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    lay_out_hub_cache(tmp_path / "hf", "org/tiny", _bundled_files())
+    assert (resolve_model("org/tiny") / "musicgen_onnx.json").is_file()
+
+
+def test_the_bundled_models_have_names(tmp_path, monkeypatch):
+    from musicgen_onnx.runtime import MusicGen
+    from musicgen_onnx.runtime.hub import BUNDLED_MODELS, BUNDLED_NAME
+
+    monkeypatch.chdir(tmp_path)
+    assert BUNDLED_NAME == "tiny-melody" and resolve_model("tiny-melody") == BUNDLED_MODELS["tiny-melody"]
+    assert resolve_model("tiny-melody").resolve() == BUNDLED.resolve()
+    assert MusicGen.get_pretrained("tiny-melody").name == "tiny-melody"
+    (tmp_path / "tiny-melody").mkdir()  # a folder of that name here wins, as any folder does
+    assert resolve_model("tiny-melody") == Path("tiny-melody")
+    monkeypatch.chdir(tmp_path.parent)
+    info = _invoke("info", "--no-hash")  # no argument: the bundled model, like generate and serve
+    assert info.exit_code == 0 and f"model folder   {BUNDLED_MODELS['tiny-melody']}" in info.stdout, info.output
+    named = _invoke("info", "tiny-melody", "--no-hash")
+    assert named.exit_code == 0 and named.stdout == info.stdout
+    stems = _invoke("info", "tiny-stems", "--no-hash")
+    assert stems.exit_code == 0 and "stems folder" in stems.stdout, stems.output
+    out = tmp_path / "a.wav"
+    r = _invoke("generate", "x", "--model", "tiny-melody", "--duration", "0.2", "-o", out, "--quiet")
+    assert r.exit_code == 0 and sf.info(str(out)).frames == 6400, r.output
+    sf.write(tmp_path / "song.wav", [[0.1, -0.1]] * 44100, 44100)
+    r = _invoke("stems", tmp_path / "song.wav", "--model", "tiny-stems", "--out-dir", tmp_path / "s", "--quiet")
+    assert r.exit_code == 0 and len(list((tmp_path / "s").glob("*.wav"))) == 4, r.output
+
+
+def test_serve_offers_the_export_it_asks_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUSICGEN_ONNX_HOME", str(tmp_path / "home"))
+    r = _invoke("serve", "--model", "melody")
+    assert r.exit_code == 2 and "is not exported yet; pass export=True (CLI: --export" in r.stderr, r.output
+    help_text = _invoke("serve", "--help").stdout
+    assert "--export" in help_text and "audiocraft name" in help_text and "tiny-melody" in help_text
+    assert "--model PATH" not in help_text
