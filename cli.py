@@ -362,6 +362,9 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
         model_dir = BUNDLED_MODEL
         click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music", err=True)
     if use_ray:
+        if ssl_certfile:  # Ray Serve's proxy owns the socket: TLS there is Ray's own configuration
+            raise MusicGenError("--ssl-certfile/--ssl-keyfile work without --ray only (Ray Serve's proxy serves "
+                                "the port; terminate TLS in front of it)")
         try:
             from ray import serve as _  # noqa: F401
         except ImportError as exc:
