@@ -378,6 +378,9 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
         model_dir = BUNDLED_MODEL
         _bundled_notice()
     if use_ray:
+        if ssl_certfile:  # Ray Serve's proxy owns the socket: TLS there is Ray's own configuration
+            raise MusicGenError("--ssl-certfile/--ssl-keyfile work without --ray only (Ray Serve's proxy serves "
+                                "the port; terminate TLS in front of it)")
         try:
             from ray import serve as _  # noqa: F401
         except ImportError as exc:

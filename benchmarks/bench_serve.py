@@ -58,13 +58,15 @@ def same_length_prompts(model: str | None) -> list[str]:
 class Server:
     """``musicgen-onnx serve`` in a subprocess, with an RSS sampler."""
 
-    def __init__(self, model: str | None, max_batch: int, max_wait_ms: float):
+    def __init__(self, model: str | None, max_batch: int, max_wait_ms: float, extra: tuple[str, ...] = (),
+                 log=subprocess.DEVNULL):
         self.port = free_port()
         cmd = [sys.executable, "-m", "musicgen_onnx.cli", "serve", "--port", str(self.port),
-               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "256"]
+               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "256", *extra]
         if model:
             cmd += ["--model", model]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT if log is not subprocess.DEVNULL
+                                     else subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
         self.rss: list[float] = []
         self._stop = threading.Event()

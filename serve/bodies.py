@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from .params import FIELDS, form_value
+from .settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
 
 
 def error(status: int, message: str, headers: dict | None = None):
@@ -33,10 +34,8 @@ class HttpError(Exception):
 
 
 async def read_fields(request, file_field: str, required: bool, limits) -> tuple[dict, bytes | None]:
-    """JSON or form fields, and the uploaded file's bytes (or None). ``limits``: the ServeSettings
-    (byte limits and the body-read deadline). Nothing from the request names a file."""
-    from .settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
-
+    """JSON or form fields, and the uploaded file's bytes (or None). ``limits``: the ServeSettings (its
+    body-read deadline). Nothing from the request names a file."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         body = await read_body(request, MAX_JSON_BYTES, limits.body_timeout_s)

@@ -41,12 +41,23 @@ class TextFormatter(logging.Formatter):
         return line if rid is None else f"{line} [request {rid}]"
 
 
+class DroppedStreamFilter(logging.Filter):
+    """uvicorn's "returned without completing response" line is what a dropped stream looks like from
+    uvicorn's side; serve/streaming.py already logged why, so the event stays one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("uvicorn") and record.msg == "ASGI callable returned without completing "
+                                                                         "response.")
+
+
 def log_config(fmt: str, level: str = "info") -> dict:
     """A ``logging.config.dictConfig`` for uvicorn's ``log_config``: every logger the server writes to."""
     formatter = {"()": JsonFormatter} if fmt == "json" else {"()": TextFormatter}
-    handler = {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
+    handler = {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr",
+               "filters": ["dropped_stream"]}
     loggers = {name: {"handlers": ["default"], "level": level.upper(), "propagate": False}
                for name in ("uvicorn", "uvicorn.access", "musicgen_onnx", "asyncio", "python_multipart")}
     loggers["uvicorn.error"] = {"level": level.upper()}  # propagates to "uvicorn"
     return {"version": 1, "disable_existing_loggers": False, "formatters": {"default": formatter},
+            "filters": {"dropped_stream": {"()": DroppedStreamFilter}},
             "handlers": {"default": handler}, "loggers": loggers}

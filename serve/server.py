@@ -150,13 +150,22 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+_accept_errors = {"last": 0.0, "since": 0}
+
+
 def _one_line_loop_errors(loop, context):
-    """asyncio's handler for errors outside any task: out of descriptors at accept() is one line (accepting
-    pauses a second and retries), never a traceback per attempt; other errors as asyncio logs them."""
+    """asyncio's handler for errors outside any task: out of descriptors at accept() is at most one line a
+    second with the count of failed accepts (asyncio reports each of the backlog's attempts, and pauses
+    accepting a second), never a traceback per attempt; other errors as asyncio logs them."""
     exc = context.get("exception")
     if isinstance(exc, OSError) and "accept" in context.get("message", ""):
-        logger.warning("cannot accept connections: %s (open-file limit %d); retrying", exc.strerror or exc,
-                       resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        _accept_errors["since"] += 1
+        now = time.monotonic()
+        if now - _accept_errors["last"] >= 1.0:
+            logger.warning("cannot accept connections: %s (open-file limit %d; %d failed accepts); retrying",
+                           exc.strerror or exc, resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                           _accept_errors["since"])
+            _accept_errors["last"], _accept_errors["since"] = now, 0
         return
     loop.default_exception_handler(context)
 

@@ -173,6 +173,30 @@ def test_a_stream_its_client_stops_reading_is_dropped_and_its_row_freed(model, l
         assert httpx.post(url + "/v1/generate", json={"duration": 0.3}).status_code == 200
 
 
+def test_an_unread_stream_holds_at_most_its_buffer_bytes():
+    """The memory bound itself: 250 s of stereo chunks offered to a stream nobody reads keep at most the
+    limit's worth of audio (before: all of it, ~64 MB per stream), then only the drop marker."""
+    import asyncio
+
+    import numpy as np
+
+    from musicgen_onnx.serve.streaming import DROPPED, StreamBuffer
+
+    async def offer():
+        dropped = []
+        buf = StreamBuffer(1 << 20, lambda: dropped.append(True))
+        peak = 0
+        for _ in range(250):
+            buf.put_nowait(np.zeros((2, SR), np.float32))
+            held = sum(item.size * item.itemsize for item in list(buf._queue) if isinstance(item, np.ndarray))
+            peak = max(peak, held)
+        return peak, list(buf._queue), dropped
+
+    peak, left, dropped = asyncio.run(offer())
+    assert peak <= 2 * (1 << 20)  # float32 chunks are counted as the 16-bit bytes they become: 2x in memory
+    assert left == [DROPPED] and dropped == [True]
+
+
 # ---------------------------------------------------------------- item 4: slow bodies
 def raw(url: str, data: bytes) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
@@ -305,6 +329,8 @@ def test_the_command_under_slow_clients_and_sigterm_with_a_stalled_client(tmp_pa
     messages = " | ".join(r["message"] for r in records)
     assert "Traceback" not in log.read_text() and "Too many open files" not in messages.replace(
         "cannot accept connections: Too many open files", "")
+    accept_lines = sum("cannot accept connections" in r["message"] for r in records)
+    assert accept_lines <= 40  # at most one a second, whatever the backlog of failed accepts
     assert "batch of 1" in messages and "no complete request headers" in messages  # the app's info lines
     assert "closing 1 connection(s) still open after the 1 s grace" in messages
 
