@@ -122,20 +122,20 @@ class StepLoop:
     frames, and the special token wherever the delay pattern has no frame) are never overwritten, as
     in audiocraft's ``LMModel.generate``. Between steps, ``keep_rows`` may shrink the batch."""
 
-    def __init__(self, model: ModelParts, descriptions: list[str | None], chroma: np.ndarray | None, frames: int,
+    def __init__(self, parts: ModelParts, descriptions: list[str | None], chroma: np.ndarray | None, frames: int,
                  guidance_scale: float, choose: ChooseFn, prompt: np.ndarray | None = None):
-        codes = np.full((len(descriptions), model.manifest.num_codebooks, frames), -1, dtype=np.int64)  # -1: to generate
+        codes = np.full((len(descriptions), parts.manifest.num_codebooks, frames), -1, dtype=np.int64)  # -1: to generate
         self.start = 1
         if prompt is not None:
             codes[:, :, : prompt.shape[2]] = prompt
             self.start = prompt.shape[2] + 1
-        self.seq = model.pattern.delay(codes)
+        self.seq = parts.pattern.delay(codes)
         self.guidance_scale = guidance_scale
         self.use_cfg = guidance_scale != 1.0  # at 1 the null rows cannot change the result
         self.choose = choose
-        self.conditioning = model.conditioner(descriptions, chroma, self.use_cfg)
+        self.conditioning = parts.conditioner(descriptions, chroma, self.use_cfg)
         rows = 2 * len(descriptions) if self.use_cfg else len(descriptions)
-        self.stepper = model.new_stepper(rows, self.conditioning, self.seq.shape[2])
+        self.stepper = parts.new_stepper(rows, self.conditioning, self.seq.shape[2])
 
     def __iter__(self) -> Iterator[int]:
         for s in range(self.start, self.seq.shape[2]):
@@ -177,9 +177,9 @@ class GenerationInputs:
     stems: bool = False
 
     @classmethod
-    def check(cls, model: ModelParts, descriptions, melody, melody_sample_rate, options: GenerationOptions,
+    def check(cls, parts: ModelParts, descriptions, melody, melody_sample_rate, options: GenerationOptions,
               prompt_codes=None, stems: bool | None = None) -> "GenerationInputs":
-        m = model.manifest
+        m = parts.manifest
         descriptions = check_descriptions(descriptions)
         options = options.check(m.max_duration, m.frame_rate, m.codebook_size)
         if isinstance(options.seed, tuple) and len(options.seed) != len(descriptions):
@@ -192,7 +192,7 @@ class GenerationInputs:
             raise InvalidInputError(f"stems must be True, False or None (separate when the folder can), got {stems!r}")
         has_stems = m.stems is not None
         if stems and not has_stems:
-            raise InvalidInputError(f"stems=True: {model.folder} has no stems graph; export it with --stems DEMUCS, "
+            raise InvalidInputError(f"stems=True: {parts.folder} has no stems graph; export it with --stems DEMUCS, "
                                     "or pass stems=False for the full mix")
         stems = has_stems if stems is None else stems
         # long-form windows read the melody up to one window past the duration; never more
@@ -221,12 +221,12 @@ class GenerationTask:
     melodies of later windows) goes on without them: yielded codes hold the rows in ``rows.live``, and
     the call ends early when none is left."""
 
-    def __init__(self, model: ModelParts, inputs: GenerationInputs, progress: bool | ProgressFn = False,
+    def __init__(self, parts: ModelParts, inputs: GenerationInputs, progress: bool | ProgressFn = False,
                  rows: LiveRows | None = None):
-        self.model = model
+        self.parts = parts
         self.inputs = inputs
         o = inputs.options
-        m = model.manifest
+        m = parts.manifest
         self.rows = rows if rows is not None else LiveRows(len(inputs.descriptions))
         if len(self.rows.live) != len(inputs.descriptions):
             raise InvalidInputError(f"rows: {len(self.rows.live)} live rows for {len(inputs.descriptions)} prompts")
@@ -242,12 +242,12 @@ class GenerationTask:
         self.stem_rngs = [np.random.default_rng(s) for s in seeds] if inputs.stems else []
 
     def codes(self) -> Iterator[np.ndarray]:
-        pattern, max_delay = self.model.pattern, self.model.manifest.max_delay
+        pattern, max_delay = self.parts.pattern, self.parts.manifest.max_delay
         carried = self.inputs.prompt_codes  # the user's prompt, then each window's tail
         if carried is not None:
             yield carried
         for i, window in enumerate(self.windows):
-            loop = StepLoop(self.model, self.descriptions, self.window_chroma(window), window.frames,
+            loop = StepLoop(self.parts, self.descriptions, self.window_chroma(window), window.frames,
                             self.inputs.options.guidance_scale, lambda s, logits: self.sampler(logits), carried)
             emitted = window.prompt_frames
             for s in loop:
@@ -286,11 +286,11 @@ class GenerationTask:
         melodies = self.melodies
         if melodies is None:
             return None
-        params = self.model.manifest.chroma
+        params = self.parts.manifest.chroma
         if len(self.windows) > 1:
-            melodies = window_cut(melodies, window.start_s, self.model.manifest.max_duration, params)
+            melodies = window_cut(melodies, window.start_s, self.parts.manifest.max_duration, params)
         elif self.inputs.stems:
-            melodies = single_window_cut(melodies, params, self.model.manifest.stems)
+            melodies = single_window_cut(melodies, params, self.parts.manifest.stems)
         if self.inputs.stems:
-            melodies = self.model.separate_melodies(melodies, self.stem_rngs)
+            melodies = self.parts.separate_melodies(melodies, self.stem_rngs)
         return batch_chroma(melodies, params)

@@ -9,13 +9,36 @@ the stems manifest). :func:`describe` is what ``info`` prints and ``GET /v1/mode
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Protocol
 
+from .codec import AudioCodec
 from .folder_kind import OPTIMUM, folder_kind
+from .manifest import Manifest
 from .native_layout import NativeFolder
 from .optimum_layout import OptimumFolder
 from .options import GenerationOptions
+from .stepper import Conditioning
 
-FolderLayout = NativeFolder | OptimumFolder
+
+class FolderLayout(Protocol):
+    """The seam between a folder's format and everything that runs it: what both adapters provide."""
+
+    folder: Path
+    manifest: Manifest
+    has_variants: bool  # whether ``precision=`` chooses among variants inside the folder
+    graph_dir: Path
+    tokenizer_path: Path
+    layout: str  # one line for ``info``
+    variant: str | None  # the chosen variant and those available, where there are several
+    source_format: str | None
+    lacks: list[str]  # what this runtime does with its own exports but not with this folder
+
+    def files_checked(self, hashed: bool) -> str: ...
+    def conditioner(self, tokenizer, graphs): ...
+    def codec(self, graphs) -> AudioCodec: ...
+    def new_stepper(self, graphs, rows: int, conditioning: Conditioning, steps: int): ...
+    def stems(self, graphs): ...
 
 
 def layout_class(folder: str | os.PathLike) -> type[NativeFolder] | type[OptimumFolder]:

@@ -330,7 +330,7 @@ def _manifest(folder: Path, graph_dir: Path, config: dict, gen: dict, files: dic
     special = dec.get("pad_token_id")
     if special is None:
         special = config.get("decoder_start_token_id", gen.get("decoder_start_token_id"))
-    guidance = gen.get("guidance_scale", 3.0)
+    guidance = gen.get("guidance_scale", GenerationOptions.guidance_scale)
     defaults = GenerationOptions(guidance_scale=float(r.number(guidance, "generation_config.guidance_scale")))
     stereo = channels == 2
     merged = "merged" in files
