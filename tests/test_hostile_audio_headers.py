@@ -203,3 +203,42 @@ def test_fuzz_stems(tmp_path_factory, separator, data):
         assert list(out.iterdir()) == []  # a refusal leaves nothing
     else:
         assert sorted(p.name for p in result) == sorted(f"{s}.wav" for s in separator.sources)
+
+
+_SERVER_RSS = r"""
+import io, json, resource, sys
+import numpy as np, soundfile as sf
+from starlette.testclient import TestClient
+from musicgen_onnx.runtime import MusicGen
+from musicgen_onnx.serve import ServeSettings, create_app
+
+data = open(sys.argv[2], "rb").read()
+app = create_app(MusicGen.from_pretrained(sys.argv[1], providers="cpu"), ServeSettings(max_duration=30))
+with TestClient(app) as client:
+    client.post("/v1/generate", json={"prompt": "x", "duration": 0.1})  # warm: what any request costs
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = client.post("/v1/generate", data={"duration": "30"}, files={"melody": ("m.flac", data, "audio/flac")})
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"status": r.status_code, "error": r.json().get("error"), "grew_kib": after - before}))
+"""
+
+
+@pytest.mark.parametrize("seconds, rate, words", [(10, 655350, "sample rate must be an integer in [1000, 384000]"),
+                                                  (6, 384000, "over the 64 MiB allowed")])
+def test_a_hostile_upload_costs_the_server_no_memory(tmp_path, seconds, rate, words):
+    """Issue 24 item 2, end to end in a fresh process: a FLAC of DC declaring minutes of 8-channel audio
+    is a 400 before it is decoded; the server's peak RSS does not move (it grew 2.4 GB for 61 s)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import BUNDLED
+
+    upload = tmp_path / "dc.flac"
+    upload.write_bytes(_flac_of_dc(seconds, rate, 8))
+    r = subprocess.run([sys.executable, "-c", _SERVER_RSS, str(BUNDLED), str(upload)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["status"] == 400 and words in result["error"], result
+    assert result["grew_kib"] < 32 * 1024, result
