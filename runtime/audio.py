@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -63,12 +64,16 @@ def decode_audio_bytes(data: bytes, what: str, max_seconds: float | None,
     if not data:
         raise InvalidInputError(f"{what}: the uploaded file is empty")
     return _decode(io.BytesIO(data), lambda: io.BytesIO(data), len(data), f"{what}: the upload", max_seconds,
-                   max_bytes, lambda reason: f"{what}: the upload cannot be decoded as audio ({reason})")
+                   max_bytes, lambda reason: f"{what}: the upload cannot be decoded as audio ({reason})",
+                   quiet=False)
 
 
-def _decode(source, reopen, size: int, name: str, max_seconds, max_bytes: int, unreadable) -> tuple[np.ndarray, int]:
+def _decode(source, reopen, size: int, name: str, max_seconds, max_bytes: int, unreadable,
+            quiet: bool = True) -> tuple[np.ndarray, int]:
+    """``quiet``: silence fd 2 while decoding (libmpg123 prints its parser's notes there before soundfile
+    raises); not for a server's uploads, where it would drop other threads' log lines meanwhile."""
     check_seconds(max_seconds, "max_seconds")
-    with _QuietStderr():  # libmpg123 prints its parser's notes on fd 2 before soundfile raises
+    with _QuietStderr() if quiet else contextlib.nullcontext():
         try:
             data, sr = _read_prefix(source, reopen, size, name, max_seconds, max_bytes)
         except InvalidInputError:

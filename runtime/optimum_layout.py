@@ -122,6 +122,7 @@ class OptimumFolder:
 
     def codec(self, graphs) -> AudioCodec:
         codec = AudioCodec(graphs, self.manifest)
+        _check_codec_io(self.folder, codec.decoder, self.manifest)
         codec.decoder = _ChunkAxis(codec.decoder, self.manifest.graphs["audio_decoder"].name(roles.AUDIO_CODES))
         return codec
 
@@ -239,6 +240,26 @@ class _ChunkAxis:
 
     def run(self, outputs, feeds):
         return self._graph.run(outputs, {**feeds, self._codes: feeds[self._codes][None]})
+
+
+def _check_codec_io(folder: Path, graph, m: Manifest) -> None:
+    """``config.json``'s codebooks and channels against what the codec graph declares (``audio_codes
+    [1, batch, K per channel, T]``, ``audio_values [batch, 1, samples]``), at load: the generic check
+    expects codes without optimum's chunk axis, and a disagreement would otherwise surface mid-generation
+    as onnxruntime's own error log."""
+    info = m.graphs["audio_decoder"]
+    per_side = m.num_codebooks // m.audio_channels
+    shapes = {t.name: t.shape for t in [*graph.get_inputs(), *graph.get_outputs()]}
+    codes = shapes.get(info.name(roles.AUDIO_CODES), [])
+    values = shapes.get(info.name(roles.AUDIO_VALUES), [])
+    got = codes[2] if len(codes) == 4 else None
+    if isinstance(got, int) and got != per_side:
+        raise ModelFolderError(f"{folder}/{CONFIG}: decoder.num_codebooks {m.num_codebooks} over audio_channels "
+                               f"{m.audio_channels} is {per_side} codebooks per channel, but {info.file} decodes {got}")
+    got = values[1] if len(values) == 3 else None
+    if isinstance(got, int) and got != 1:
+        raise ModelFolderError(f"{folder}/{CONFIG}: {info.file} returns {got} channels per decode, expected 1 "
+                               f"(each channel's codebooks are decoded alone)")
 
 
 def _float_type(graph, name: str):

@@ -197,6 +197,9 @@ def _edit_config(folder: Path, **decoder):
     ("corrupt-graph", "not a readable ONNX graph"),
     ("wrong-graph", "not those the manifest lists"),
     ("layers-mismatch", "not those the manifest lists"),
+    ("codebooks-vs-graphs", "decoder.num_codebooks 8 over audio_channels 1 is 8 codebooks per channel, but "
+                            "encodec_decode.onnx decodes 4"),
+    ("channels-vs-graphs", "decoder.num_codebooks 4 over audio_channels 2 is 2 codebooks per channel"),
 ])
 def test_bad_folders_are_one_line_errors(case, needle, copy):
     folder = copy()
@@ -225,6 +228,10 @@ def test_bad_folders_are_one_line_errors(case, needle, copy):
         shutil.copy2(folder / "encodec_decode.onnx", folder / "text_encoder.onnx")
     elif case == "layers-mismatch":
         _edit_config(folder, num_hidden_layers=3)
+    elif case == "codebooks-vs-graphs":
+        _edit_config(folder, num_codebooks=8)
+    elif case == "channels-vs-graphs":
+        _edit_config(folder, audio_channels=2)
     with pytest.raises(ModelFolderError) as exc:
         MusicGen.from_pretrained(folder, providers="cpu").generate(["x"], duration=0.1)
     assert needle in _one_line(exc)
@@ -292,3 +299,13 @@ def test_the_graph_pre_scan_is_bounded(tmp_path, monkeypatch):
         onnx_files.external_data_locations(graph)
     monkeypatch.undo()
     assert onnx_files.external_data_locations(FIXTURES["tiny-text"] / "encodec_decode.onnx") == set()
+
+
+@pytest.mark.parametrize("edit", [{"num_codebooks": 8}, {"audio_channels": 2}])
+def test_a_config_disagreeing_with_its_graphs_is_one_line_at_load(edit, copy, cli, tmp_path):
+    """Issue 24 item 15: the disagreement surfaced mid-generation, with onnxruntime's own error log."""
+    folder = copy()
+    _edit_config(folder, **edit)
+    r = cli("generate", "x", "--model", folder, "--duration", "0.2", "--quiet", "-o", tmp_path / "o.wav")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    assert "codebooks per channel" in r.stderr and not (tmp_path / "o.wav").exists()
