@@ -314,12 +314,15 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
 @click.option("--max-duration", default=30.0, show_default=True, type=click.FloatRange(0, 3600, min_open=True),
               help="Longest clip a request may ask for, in seconds.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--stems", "stems_dir", type=click.Path(), default=None,
+              help="Stems folder for POST /v1/stems and the page's stems panel (default: the model's own if it "
+                   "was exported with --stems; with the bundled model, the bundled tiny stems model).")
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment on a local Ray instance "
                                                     "(extra 'ray'); each replica batches its own requests.")
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 64), help="Ray Serve replicas.")
 @_LOW_MEMORY
-def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration, provider, use_ray, replicas,
-          low_memory):
+def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration, provider, stems_dir, use_ray,
+          replicas, low_memory):
     """Serve the model over HTTP: POST /v1/generate, /v1/continue; GET /, /v1/model, /metrics, /openapi.json."""
     try:
         import uvicorn
@@ -335,6 +338,7 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
     if model_dir is None:
         model_dir = BUNDLED_MODEL
         click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music", err=True)
+        stems_dir = BUNDLED_STEMS if stems_dir is None else stems_dir
     if use_ray:
         try:
             from ray import serve as _  # noqa: F401
@@ -350,7 +354,12 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
         run_ray(str(model_dir), host, port, replicas, settings, provider, threads, low_memory)
         return
     model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory)
-    app = create_app(model, settings)
+    separator = None
+    if stems_dir is not None:
+        from .runtime.stems import StemSeparator
+
+        separator = StemSeparator.from_folder(stems_dir, providers=provider)
+    app = create_app(model, settings, separator)
     click.echo(f"serving {model_dir} on http://{host}:{port}/ (Ctrl-C or SIGTERM: finish queued requests, stop)",
                err=True)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=None)

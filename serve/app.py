@@ -23,8 +23,10 @@ from .batcher import END, Batcher, Draining, Job, QueueFull
 from .metrics import Metrics
 from .openapi import openapi_spec
 from .page import PAGE
-from .params import FIELDS, MEDIA_TYPES, RequestChecker, form_value
+from .params import DEFAULT_NORMALIZE, FIELDS, MEDIA_TYPES, RequestChecker, form_value
+from .results import KeptStream, ResultStore
 from .settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, ServeSettings
+from .stems import StemsService
 from .uploads import decode_audio
 
 logger = logging.getLogger(__name__)
@@ -40,12 +42,17 @@ def error(status: int, message: str, headers: dict | None = None) -> JSONRespons
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
 
 
-def create_app(model, settings: ServeSettings) -> Starlette:
+def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
+    """``stems``: a :class:`~..runtime.stems.StemSeparator` for ``POST /v1/stems`` (default: the model
+    folder's own, if it was exported with ``--stems``; none: no stems endpoint)."""
     settings = settings.check()
     metrics = Metrics()
     batcher = Batcher(model, settings, metrics)
     checker = RequestChecker(model, settings)
     m = model.manifest
+    results = ResultStore()
+    stems = stems if stems is not None else model.stems
+    stems_service = StemsService(stems, settings.max_duration) if stems is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -55,6 +62,10 @@ def create_app(model, settings: ServeSettings) -> Starlette:
             yield
         finally:  # uvicorn has finished every open request (SIGTERM: graceful); drain what is left
             await run_in_threadpool(batcher.stop)
+
+    def keep_encoding(wav):
+        """What a non-streamed request with the same fields gets (normalised WAV)."""
+        return _encode(wav, model.sample_rate, DEFAULT_NORMALIZE, "wav"), MEDIA_TYPES["wav"]
 
     async def generate(request: Request) -> Response:
         return await _audio_request(request, "generate", "melody")
@@ -72,6 +83,9 @@ def create_app(model, settings: ServeSettings) -> Starlette:
                                        decoded if kind == "generate" else None,
                                        decoded if kind == "continue" else None)
         job = Job(spec, asyncio.get_running_loop())
+        if spec.key.stream:  # the normalised file, kept for GET /v1/results/{id} when the stream ends
+            result_id = results.new_id()
+            job.chunks = KeptStream(results, result_id, END, keep_encoding)
         try:
             batcher.submit(job)
         except QueueFull as exc:
@@ -80,6 +94,7 @@ def create_app(model, settings: ServeSettings) -> Starlette:
             raise HttpError(503, str(exc), {"Retry-After": str(settings.retry_after_s)})
         headers = {"X-Seed": str(spec.seed)}
         if spec.key.stream:
+            headers["X-Result-Id"] = result_id
             return StreamingResponse(_stream(job), media_type="audio/wav", headers=headers)
         try:
             wav = await _wait(request, job)
@@ -135,6 +150,33 @@ def create_app(model, settings: ServeSettings) -> Starlette:
                        "max_json_bytes": MAX_JSON_BYTES, "max_upload_bytes": MAX_UPLOAD_BYTES},
         })
 
+    async def kept_result(request: Request) -> Response:
+        found = results.get(request.path_params["result_id"])
+        if found is None:
+            raise HttpError(404, f"no result {request.path_params['result_id'][:40]!r}: results of streamed requests "
+                                 f"are kept for {results.ttl_s // 60:g} min, the newest {results.max_count}")
+        return Response(found[0], media_type=found[1])
+
+    def need_stems() -> StemsService:
+        if stems_service is None:
+            raise HttpError(404, "this server has no stems model (serve --stems FOLDER, or a model exported "
+                                 "with --stems)")
+        return stems_service
+
+    async def stems_info(request: Request) -> Response:
+        return JSONResponse(need_stems().facts())
+
+    async def stems_separate(request: Request) -> Response:
+        service = need_stems()
+        fields, upload = await _read_fields(request, "audio", required=True)
+        unknown = sorted(set(fields) - {"seed"})
+        if unknown:
+            raise HttpError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; known: 'seed' and the 'audio' file")
+        seed = fields.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise HttpError(400, f"seed must be a non-negative integer, got {seed!r}")
+        return JSONResponse(await run_in_threadpool(service.separate, upload, seed))
+
     async def health(request: Request) -> Response:
         # the pid tells replicas apart behind a proxy (Ray Serve)
         return JSONResponse({"status": "ok", "queue": batcher.queue_length(), "pid": os.getpid()})
@@ -165,6 +207,8 @@ def create_app(model, settings: ServeSettings) -> Starlette:
         Route("/", page), Route("/v1/generate", generate, methods=["POST"]),
         Route("/v1/continue", continue_, methods=["POST"]), Route("/v1/model", model_info),
         Route("/health", health), Route("/metrics", metrics_route), Route("/openapi.json", openapi),
+        Route("/v1/results/{result_id}", kept_result), Route("/v1/stems", stems_info),
+        Route("/v1/stems", stems_separate, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         Exception: on_http_error, HTTPException: on_http_error, HttpError: on_http_error,
