@@ -20,6 +20,7 @@ from starlette.routing import Route
 from ..runtime import audio as audio_io
 from ..runtime.errors import MusicGenError
 from .batcher import END, Batcher, Draining, Job, QueueFull
+from .melody_view import melody_chroma
 from .metrics import Metrics
 from .openapi import openapi_spec
 from .page import PAGE
@@ -177,6 +178,16 @@ def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
             raise HttpError(400, f"seed must be a non-negative integer, got {seed!r}")
         return JSONResponse(await run_in_threadpool(service.separate, upload, seed))
 
+    async def chroma(request: Request) -> Response:
+        if not m.is_melody:
+            raise HttpError(404, "this model is text-only: it has no melody chroma")
+        fields, upload = await _read_fields(request, "melody", required=True)
+        if fields:
+            raise HttpError(400, f"unexpected field(s) {', '.join(map(repr, sorted(fields)))}: send only the "
+                                 f"'melody' file")
+        decoded = await run_in_threadpool(decode_audio, upload, "melody", m.max_duration + 1)
+        return JSONResponse(await run_in_threadpool(melody_chroma, decoded, m))
+
     async def health(request: Request) -> Response:
         # the pid tells replicas apart behind a proxy (Ray Serve)
         return JSONResponse({"status": "ok", "queue": batcher.queue_length(), "pid": os.getpid()})
@@ -208,7 +219,7 @@ def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
         Route("/v1/continue", continue_, methods=["POST"]), Route("/v1/model", model_info),
         Route("/health", health), Route("/metrics", metrics_route), Route("/openapi.json", openapi),
         Route("/v1/results/{result_id}", kept_result), Route("/v1/stems", stems_info),
-        Route("/v1/stems", stems_separate, methods=["POST"]),
+        Route("/v1/stems", stems_separate, methods=["POST"]), Route("/v1/chroma", chroma, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         Exception: on_http_error, HTTPException: on_http_error, HttpError: on_http_error,

@@ -28,7 +28,7 @@ PAGE = """<!doctype html>
  legend{color:var(--muted);font-size:.9rem;padding:0 .3rem} .hint{color:var(--muted);font-size:.8rem}
  progress{width:100%;margin-top:.8rem} #status,#stems-status{margin-top:.4rem;min-height:1.3rem}
  canvas{width:100%;height:90px;display:block;background:#f0f2f7;border-radius:.35rem;margin-top:.5rem}
- canvas.small{height:48px} audio{width:100%;margin-top:.5rem}
+ canvas.small{height:48px} canvas.chroma{height:110px} audio{width:100%;margin-top:.5rem}
  dl#facts{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.3rem 0 0;font-size:.9rem}
  dl#facts dt{color:var(--muted)} dl#facts dd{margin:0}
  ol#results{padding-left:1.3rem;margin:0} ol#results li{margin-bottom:1rem}
@@ -48,6 +48,7 @@ PAGE = """<!doctype html>
  <label for="melody">Melody (optional audio file: its chroma guides the music)</label>
  <input id="melody" type="file" accept="audio/*" aria-describedby="melody-note">
  <canvas id="melody-wave" class="small" role="img" aria-label="melody waveform: no melody chosen" hidden></canvas>
+ <canvas id="melody-chroma" class="chroma" role="img" aria-label="melody chroma: no melody chosen" hidden></canvas>
  <div id="melody-note" class="hint"></div>
  <fieldset><legend>Sampling</legend><div class="grid">
   <div><label for="guidance">Guidance (CFG)</label><input id="guidance" type="number" min="0" step="0.5"></div>
@@ -146,17 +147,45 @@ function drawWave(canvas, mono, label) {
   canvas.setAttribute('aria-label', label);
 }
 
+// The model's own chroma of the melody (POST /v1/chroma): one cell per frame on the winning pitch class.
+function drawChroma(canvas, c) {
+  const w = canvas.width = Math.max(1, Math.round(canvas.clientWidth * devicePixelRatio));
+  const h = canvas.height = Math.max(1, Math.round(canvas.clientHeight * devicePixelRatio));
+  const g = canvas.getContext('2d'), n = c.notes.length, left = 28 * devicePixelRatio, rowH = h / n;
+  g.fillStyle = '#f0f2f7'; g.fillRect(0, 0, w, h);
+  g.fillStyle = '#5b6475'; g.font = `${Math.round(rowH * 0.8)}px system-ui, sans-serif`; g.textBaseline = 'middle';
+  c.notes.forEach((name, i) => g.fillText(name, 3, h - (i + 0.5) * rowH));
+  const colW = (w - left) / Math.max(1, c.bins.length);
+  g.fillStyle = '#cc5533';
+  c.bins.forEach((b, t) => g.fillRect(left + t * colW, h - (b + 1) * rowH, Math.max(1, colW), rowH));
+  const counts = c.notes.map((_, i) => c.bins.filter(b => b === i).length);
+  const top = c.notes.map((name, i) => [name, counts[i]]).filter(x => x[1]).sort((a, b) => b[1] - a[1]).slice(0, 3);
+  canvas.setAttribute('aria-label', `melody chroma over its first ${c.seconds.toFixed(1)} s: mostly ` +
+    top.map(([name, k]) => `${name} (${Math.round(100 * k / c.bins.length)}%)`).join(', '));
+}
+
 $('melody').addEventListener('change', async () => {
-  const file = $('melody').files[0], canvas = $('melody-wave');
-  if (!file) { canvas.hidden = true; $('melody-note').textContent = ''; return; }
+  const file = $('melody').files[0], canvas = $('melody-wave'), chroma = $('melody-chroma');
+  if (!file) { canvas.hidden = chroma.hidden = true; $('melody-note').textContent = ''; return; }
   canvas.hidden = false;
+  let note;
   try {
     const {mono, seconds} = await decode(file);
     drawWave(canvas, mono, `melody waveform: ${file.name}, ${seconds.toFixed(2)} s`);
-    $('melody-note').textContent = `${file.name}: ${seconds.toFixed(2)} s`;
+    note = `${file.name}: ${seconds.toFixed(2)} s`;
   } catch (e) {
-    $('melody-note').textContent = `${file.name}: the browser cannot decode it (the server may: try)`;
+    canvas.hidden = true;
+    note = `${file.name}: the browser cannot decode it (the server may)`;
   }
+  $('melody-note').textContent = note;
+  const form = new FormData(); form.append('melody', file);
+  const resp = await fetch('/v1/chroma', {method: 'POST', body: form});
+  const c = await resp.json();
+  if (!resp.ok) { chroma.hidden = true; $('melody-note').textContent = `${note}; ${c.error}`; return; }
+  chroma.hidden = false;
+  drawChroma(chroma, c);
+  $('melody-note').textContent = `${note}; its chroma (the pitch class the model follows, frame by frame` +
+    (c.from_stems ? ', here from the full mix: generation takes it from the vocals and other stems' : '') + ')';
 });
 
 function fieldsOf() {

@@ -241,6 +241,8 @@ def test_the_page_generates_a_playable_wav_of_the_right_length(browser, page_ser
 
         ink = canvas_ink(browser, browser.find_element(By.ID, "melody-wave"))
         assert ink["ink"] > 0.05 * ink["pixels"] and "melody.wav" in ink["label"], ink
+        chroma = canvas_ink(browser, browser.find_element(By.ID, "melody-chroma"))  # 330 Hz: E
+        assert chroma["ink"] > 0.02 * chroma["pixels"] and "mostly E (" in chroma["label"], chroma
 
 
 def test_settings_seed_reuse_results_list_pictures_and_facts(browser, page_server, tmp_path):

@@ -116,3 +116,16 @@ def test_stems_endpoint_refusals(server, model):
     with serving(create_app(model)) as url:  # the bundled melody folder has no stems graph of its own
         r = httpx.get(url + "/v1/stems", timeout=10)
         assert r.status_code == 404 and "no stems model" in r.json()["error"]
+
+
+def test_chroma_endpoint_gives_the_models_chroma_of_a_melody(server):
+    t = np.arange(3 * 44100) / 44100
+    tone = io.BytesIO()
+    sf.write(tone, 0.5 * np.sin(2 * np.pi * 440 * t), 44100, format="WAV")  # A4
+    r = httpx.post(server + "/v1/chroma", files={"melody": ("a.wav", tone.getvalue())}, timeout=30)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["notes"][9] == "A" and got["frame_rate"] == 32000 / 4096 and abs(got["seconds"] - 3) < 1e-6
+    assert len(got["bins"]) == 1 + 3 * 32000 // 4096 and sum(b == 9 for b in got["bins"]) >= 20  # centred frames
+    r = httpx.post(server + "/v1/chroma", data={"x": "1"}, files={"melody": ("a.wav", tone.getvalue())}, timeout=30)
+    assert r.status_code == 400 and "unexpected field(s) 'x'" in r.json()["error"]
