@@ -226,6 +226,7 @@ $('form').addEventListener('submit', async ev => {
   ev.preventDefault();
   const fields = fieldsOf(), status = $('status'), button = $('generate');
   if (!facts) { status.textContent = 'the model facts have not loaded yet'; return; }
+  if (!(fields.duration > 0)) { status.textContent = 'duration: enter a number of seconds'; $('duration').focus(); return; }
   button.disabled = true; $('progress').value = 0; status.textContent = 'queued...';
   const hop = facts.sample_rate / facts.frame_rate;
   const expected = 44 + Math.floor(fields.duration * facts.frame_rate) * hop * facts.channels * 2;
