@@ -172,7 +172,8 @@ def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
         fields, upload = await _read_fields(request, "audio", required=True)
         unknown = sorted(set(fields) - {"seed"})
         if unknown:
-            raise HttpError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; known: 'seed' and the 'audio' file")
+            raise HttpError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; known: 'seed' and the "
+                                 f"'audio' file")
         seed = fields.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise HttpError(400, f"seed must be a non-negative integer, got {seed!r}")

@@ -40,6 +40,7 @@ class StemsService:
         with self._lock:
             blocks = list(self.separator.track_blocks(wav, sr, "audio", seed))
         stems = np.concatenate(blocks, axis=-1) if blocks else np.zeros((len(p.sources), p.audio_channels, 0))
+        wavs = {name: audio_io.encode_audio(np.clip(stem, -1, 1), p.sample_rate, "wav")
+                for name, stem in zip(p.sources, stems)}
         return {**self.facts(), "seconds": stems.shape[-1] / p.sample_rate,
-                "stems": {name: base64.b64encode(audio_io.encode_audio(np.clip(stem, -1, 1), p.sample_rate, "wav")).decode("ascii")
-                          for name, stem in zip(p.sources, stems)}}
+                "stems": {name: base64.b64encode(wav).decode("ascii") for name, wav in wavs.items()}}

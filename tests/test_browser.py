@@ -140,7 +140,8 @@ def generate_in_page(driver, url: str, prompt: str, melody=None) -> dict:
 INK = """
 const c = arguments[0], g = c.getContext('2d'), d = g.getImageData(0, 0, c.width, c.height).data;
 let ink = 0;
-for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - d[0]) + Math.abs(d[i + 1] - d[1]) + Math.abs(d[i + 2] - d[2]) > 60) ink++;
+for (let i = 0; i < d.length; i += 4)
+  if (Math.abs(d[i] - d[0]) + Math.abs(d[i + 1] - d[1]) + Math.abs(d[i + 2] - d[2]) > 60) ink++;
 return {ink: ink, pixels: c.width * c.height, label: c.getAttribute('aria-label')};
 """
 
