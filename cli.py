@@ -330,6 +330,9 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
 @click.option("--max-duration", default=ServeSettings.max_duration, show_default=True, type=float,
               help="Longest clip a request may ask for, in seconds.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--stems", "stems_dir", type=click.Path(), default=None,
+              help="Stems folder for POST /v1/stems and the page's stems panel (default: the model's own if it "
+                   "was exported with --stems; with the bundled model, the bundled tiny stems model).")
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment on a local Ray instance "
                                                     "(extra 'ray'); each replica batches its own requests.")
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 64), help="Ray Serve replicas.")
@@ -353,8 +356,8 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
               help="A streaming client that accepts no bytes this long is dropped (its row freed).")
 @_LOW_MEMORY
 def serve(model_dir, revision, precision, export_missing, host, port, max_batch, max_wait_ms, max_queue, max_duration,
-          provider, use_ray, replicas, api_key, cors_origins, ssl_certfile, ssl_keyfile, log_format, graceful_timeout,
-          max_connections, body_timeout, header_timeout, stream_stall_timeout, low_memory):
+          provider, stems_dir, use_ray, replicas, api_key, cors_origins, ssl_certfile, ssl_keyfile, log_format,
+          graceful_timeout, max_connections, body_timeout, header_timeout, stream_stall_timeout, low_memory):
     """Serve the model over HTTP: POST /v1/generate, /v1/continue; GET /, /v1/model, /metrics, /openapi.json."""
     try:
         import uvicorn  # noqa: F401
@@ -377,6 +380,7 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
     if model_dir is None:
         model_dir = BUNDLED_MODEL
         _bundled_notice()
+        stems_dir = BUNDLED_STEMS if stems_dir is None else stems_dir
     if use_ray:
         if ssl_certfile:  # Ray Serve's proxy owns the socket: TLS there is Ray's own configuration
             raise MusicGenError("--ssl-certfile/--ssl-keyfile work without --ray only (Ray Serve's proxy serves "
@@ -400,7 +404,12 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
         return
     model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory, revision=revision,
                                      precision=precision, export=export_missing)
-    app = create_app(model, settings)
+    separator = None
+    if stems_dir is not None:
+        from .runtime.stems import StemSeparator
+
+        separator = StemSeparator.from_folder(stems_dir, providers=provider)
+    app = create_app(model, settings, separator)
     scheme = "https" if ssl_certfile else "http"
     click.echo(f"serving {model_dir} on {scheme}://{host}:{port}/ (Ctrl-C or SIGTERM: finish queued requests, then "
                f"{graceful_timeout:g} s for open connections, stop)", err=True)

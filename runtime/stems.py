@@ -305,6 +305,17 @@ class StemSeparator:
             wav = np.repeat(wav, p.audio_channels, axis=0)
         return resample_frac(wav, sample_rate, p.sample_rate)
 
+    def track_blocks(self, wav: np.ndarray, sample_rate: int, what: str, seed: int | None = None,
+                     progress: ProgressFn | None = None) -> Iterator[np.ndarray]:
+        """demucs's ``separate`` on a decoded track ``wav [channels, samples]``: consecutive final blocks
+        ``[sources, channels, n]`` at the model's rate (the track normalised by its mono mix's mean/std
+        around the model). Shared by :meth:`separate_file` and the service's ``POST /v1/stems``. The
+        input is checked before the first block is asked for."""
+        mix = self.prepare_mix(wav, sample_rate, what)
+        mean, std = _mono_stats(mix)
+        shift = self.draw_shift(np.random.default_rng(seed))
+        return (block[0] * std + mean for block in self.blocks(mix[None], shift, progress, center=mean, scale=std))
+
     def separate_file(self, path: str | os.PathLike, out_dir: str | os.PathLike, seed: int | None = None,
                       progress: ProgressFn | None = None) -> list[Path]:
         """Separate an audio file into ``out_dir/SOURCE.wav`` (float WAV at the model's rate), as demucs's
@@ -316,18 +327,16 @@ class StemSeparator:
         targets = [Path(out_dir) / f"{name}.wav" for name in self.sources]
         audio_io.check_outputs_spare_input(targets, path, "input")
         wav, sr = audio_io.load_audio(path, "input")
-        mix = self.prepare_mix(wav, sr, f"input file {str(path)!r}")
+        track = self.track_blocks(wav, sr, f"input file {str(path)!r}", seed, progress)
         del wav  # an hour of audio: hold the model-rate copy only
-        mean, std = _mono_stats(mix)
-        shift = self.draw_shift(np.random.default_rng(seed))
         writers: list[StreamingWriter] = []
         written: list[Path] = []
         try:
             for target in targets:  # one by one, so a refusal aborts the writers already made
                 writers.append(StreamingWriter(target, self.params.sample_rate, self.params.audio_channels))
-            for block in self.blocks(mix[None], shift, progress, center=mean, scale=std):
-                for writer, stem in zip(writers, block[0]):
-                    writer.write(stem * std + mean)
+            for block in track:
+                for writer, stem in zip(writers, block):
+                    writer.write(stem)
             for writer in writers:
                 written.append(writer.commit_as_written())
         except BaseException:

@@ -10,9 +10,9 @@ from .settings import ServeSettings
 __all__ = ["ServeSettings", "create_app"]
 
 
-def create_app(model, settings: ServeSettings | None = None):
+def create_app(model, settings: ServeSettings | None = None, stems=None):
     """The ASGI app for ``model`` (a loaded :class:`~musicgen_onnx.runtime.MusicGen`); imported lazily so
     that ``ServeSettings`` and the request rules can be used without Starlette installed."""
     from .app import create_app as create
 
-    return create(model, settings or ServeSettings())
+    return create(model, settings or ServeSettings(), stems)

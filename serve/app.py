@@ -19,25 +19,33 @@ from ..runtime import audio as audio_io
 from ..runtime.errors import MusicGenError
 from ..runtime.layouts import describe
 from .access import Access
-from .batcher import Batcher, Draining, Job, QueueFull
+from .batcher import END, Batcher, Draining, Job, QueueFull
 from .bodies import HttpError, error, read_fields
+from .melody_view import melody_chroma
 from .metrics import Metrics
 from .openapi import openapi_spec
 from .page import PAGE
-from .params import MEDIA_TYPES, RequestChecker
+from .params import DEFAULT_NORMALIZE, MEDIA_TYPES, RequestChecker
+from .results import KeptStream, ResultStore
 from .settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, ServeSettings
-from .streaming import AudioStream, StreamBuffer
+from .stems import StemsService
+from .streaming import AudioStream
 from .uploads import decode_audio
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(model, settings: ServeSettings) -> Starlette:
+def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
+    """``stems``: a :class:`~..runtime.stems.StemSeparator` for ``POST /v1/stems`` (default: the model
+    folder's own, if it was exported with ``--stems``; none: no stems endpoint)."""
     settings = settings.check()
     metrics = Metrics()
     batcher = Batcher(model, settings, metrics)
     checker = RequestChecker(model, settings)
     m = model.manifest
+    results = ResultStore()
+    stems = stems if stems is not None else model.stems
+    stems_service = StemsService(stems, settings.max_duration) if stems is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -47,6 +55,10 @@ def create_app(model, settings: ServeSettings) -> Starlette:
             yield
         finally:  # uvicorn has finished every open request (SIGTERM: graceful); drain what is left
             await run_in_threadpool(batcher.stop)
+
+    def keep_encoding(wav):
+        """What a non-streamed request with the same fields gets (normalised WAV)."""
+        return _encode(wav, model.sample_rate, DEFAULT_NORMALIZE, "wav"), MEDIA_TYPES["wav"]
 
     async def generate(request: Request) -> Response:
         return await _audio_request(request, "generate", "melody")
@@ -64,8 +76,10 @@ def create_app(model, settings: ServeSettings) -> Starlette:
                                        decoded if kind == "generate" else None,
                                        decoded if kind == "continue" else None)
         job = Job(spec, asyncio.get_running_loop())
-        if spec.key.stream:
-            job.chunks = StreamBuffer(settings.stream_buffer_bytes, lambda: batcher.cancel(job))
+        if spec.key.stream:  # bounded while unread; the normalised file kept for GET /v1/results/{id} at the end
+            result_id = results.new_id()
+            job.chunks = KeptStream(settings.stream_buffer_bytes, lambda: batcher.cancel(job), results, result_id,
+                                    END, keep_encoding)
         try:
             batcher.submit(job)
         except QueueFull as exc:
@@ -74,6 +88,7 @@ def create_app(model, settings: ServeSettings) -> Starlette:
             raise HttpError(503, str(exc), {"Retry-After": str(settings.retry_after_s)})
         headers = {"X-Seed": str(spec.seed)}
         if spec.key.stream:
+            headers["X-Result-Id"] = result_id
             return AudioStream(job, batcher.cancel, model.sample_rate, model.audio_channels, settings.stream_stall_s,
                                headers)
         try:
@@ -101,6 +116,44 @@ def create_app(model, settings: ServeSettings) -> Starlette:
                        "max_wait_ms": settings.max_wait_ms, "max_queue": settings.max_queue,
                        "max_json_bytes": MAX_JSON_BYTES, "max_upload_bytes": MAX_UPLOAD_BYTES},
         })
+
+    async def kept_result(request: Request) -> Response:
+        found = results.get(request.path_params["result_id"])
+        if found is None:
+            raise HttpError(404, f"no result {request.path_params['result_id'][:40]!r}: results of streamed requests "
+                                 f"are kept for {results.ttl_s // 60:g} min, the newest {results.max_count}")
+        return Response(found[0], media_type=found[1])
+
+    def need_stems() -> StemsService:
+        if stems_service is None:
+            raise HttpError(404, "this server has no stems model (serve --stems FOLDER, or a model exported "
+                                 "with --stems)")
+        return stems_service
+
+    async def stems_info(request: Request) -> Response:
+        return JSONResponse(need_stems().facts())
+
+    async def stems_separate(request: Request) -> Response:
+        service = need_stems()
+        fields, upload = await read_fields(request, "audio", True, settings)
+        unknown = sorted(set(fields) - {"seed"})
+        if unknown:
+            raise HttpError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; known: 'seed' and the "
+                                 f"'audio' file")
+        seed = fields.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise HttpError(400, f"seed must be a non-negative integer, got {seed!r}")
+        return JSONResponse(await run_in_threadpool(service.separate, upload, seed))
+
+    async def chroma(request: Request) -> Response:
+        if not m.is_melody:
+            raise HttpError(404, "this model is text-only: it has no melody chroma")
+        fields, upload = await read_fields(request, "melody", True, settings)
+        if fields:
+            raise HttpError(400, f"unexpected field(s) {', '.join(map(repr, sorted(fields)))}: send only the "
+                                 f"'melody' file")
+        decoded = await run_in_threadpool(decode_audio, upload, "melody", m.max_duration + 1)
+        return JSONResponse(await run_in_threadpool(melody_chroma, decoded, m))
 
     def health_facts(status: str) -> dict:
         # the pid tells replicas apart behind a proxy (Ray Serve)
@@ -148,6 +201,8 @@ def create_app(model, settings: ServeSettings) -> Starlette:
         Route("/v1/continue", continue_, methods=["POST"]), Route("/v1/model", model_info),
         Route("/health", health), Route("/health/live", live), Route("/health/ready", ready),
         Route("/metrics", metrics_route), Route("/openapi.json", openapi),
+        Route("/v1/results/{result_id}", kept_result), Route("/v1/stems", stems_info),
+        Route("/v1/stems", stems_separate, methods=["POST"]), Route("/v1/chroma", chroma, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         Exception: on_http_error, HTTPException: on_http_error, HttpError: on_http_error,

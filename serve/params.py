@@ -24,6 +24,9 @@ MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
 NUMBER_FIELDS = ("duration", "top_p", "temperature", "guidance")
 INT_FIELDS = ("seed", "top_k")
 BOOL_FIELDS = ("greedy", "stream")
+DEFAULT_NORMALIZE = "loudness"
+"""A complete clip's normalisation when the request names none: the CLI's default (and the file the page
+offers for a streamed request: serve/results.py)."""
 FIELDS = ("prompt", "format", "normalize", *NUMBER_FIELDS, *INT_FIELDS, *BOOL_FIELDS)
 
 
@@ -109,7 +112,7 @@ class RequestChecker:
         fmt = f.get("format") or "wav"
         if fmt not in FORMATS:
             raise InvalidInputError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-        normalize = f.get("normalize") or ("none" if stream else "loudness")
+        normalize = f.get("normalize") or ("none" if stream else DEFAULT_NORMALIZE)
         if normalize not in audio_io.STRATEGIES:
             raise InvalidInputError(f"normalize must be one of {', '.join(audio_io.STRATEGIES)}, got {normalize!r}")
         if stream and (fmt != "wav" or normalize != "none"):
