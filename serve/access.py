@@ -37,7 +37,8 @@ class Access:
 
             inner = CORSMiddleware(inner, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                                    allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-                                   expose_headers=["X-Seed", "X-Batch-Size", "X-Request-ID", "Retry-After"],
+                                   expose_headers=["X-Seed", "X-Batch-Size", "X-Request-ID", "X-Result-Id",
+                                                   "Retry-After"],
                                    allow_credentials=False, max_age=600)
         self.inner = inner
 
