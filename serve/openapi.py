@@ -115,6 +115,39 @@ def openapi_spec(settings: ServeSettings) -> dict:
             "/metrics": {"get": {"summary": "Prometheus text: requests, queue length, batch sizes, steps/s.",
                                  "operationId": "metrics", "responses": {**text("Prometheus exposition format."),
                                                                          "401": errors["401"]}}},
+            "/v1/results/{result_id}": {"get": {
+                "summary": "A streamed request's finished file, normalised as a non-streamed response.",
+                "operationId": "keptResult",
+                "parameters": [{"name": "result_id", "in": "path", "required": True, "schema": {"type": "string"},
+                                "description": "The stream's X-Result-Id header."}],
+                "responses": {"200": {"description": "The audio file.",
+                                      "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}},
+                              "401": errors["401"], "404": {"description": "Unknown or expired id.", **err}}}},
+            "/v1/stems": {
+                "get": {"summary": "The stems model's sources and limits.", "operationId": "stemsInfo",
+                        "responses": {"200": {"description": "Sources and limits.",
+                                              "content": {"application/json": {"schema": {"type": "object"}}}},
+                                      "401": errors["401"], "404": {"description": "No stems model.", **err}}},
+                "post": {"summary": "Separate an uploaded song into its stems (the stems command's separation).",
+                         "operationId": "stems",
+                         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                             "type": "object", "required": ["audio"], "properties": {
+                                 "audio": {"type": "string", "format": "binary"}, "seed": {"type": "integer"}}}}}},
+                         "responses": {"200": {"description": "{sources, sample_rate, seconds, stems: {name: base64 "
+                                                              "16-bit WAV}}",
+                                               "content": {"application/json": {"schema": {"type": "object"}}}},
+                                       **{k: errors[k] for k in ("400", "401", "413", "500")},
+                                       "404": {"description": "No stems model.", **err}}}},
+            "/v1/chroma": {"post": {
+                "summary": "The melody's chroma as the model sees it (winning pitch class per frame).",
+                "operationId": "chroma",
+                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                    "type": "object", "required": ["melody"],
+                    "properties": {"melody": {"type": "string", "format": "binary"}}}}}},
+                "responses": {"200": {"description": "{notes, frame_rate, bins}",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}},
+                              **{k: errors[k] for k in ("400", "401", "413", "500")},
+                              "404": {"description": "A text-only model.", **err}}}},
             "/": {"get": {"summary": "The web page.", "operationId": "page",
                           "responses": {"200": {"description": "HTML."}}}},
         },
