@@ -8,7 +8,6 @@ written, and that it appears whole or not at all). This module orders them and f
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
