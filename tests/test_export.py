@@ -105,6 +105,26 @@ def _copy_ckpt(src, dst):
     return dst
 
 
+def test_export_options_are_one_checked_object(tmp_path):
+    """export() takes an ExportOptions (frozen, checked when made) or its fields as keywords, which are
+    applied over it; a bad value fails before any checkpoint is looked at."""
+    import dataclasses
+
+    from musicgen_onnx.export.options import ExportOptions
+
+    options = ExportOptions(precision="int8", atol=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.precision = "fp32"
+    with pytest.raises(ExportError, match=r"opset 13 is not supported; choose an opset in \[14, 21\]"):
+        ExportOptions(opset=13)
+    with pytest.raises(ExportError, match="rtol must be a finite number >= 0, got nan"):
+        export(str(tmp_path / "not-looked-at"), tmp_path / "a", options, rtol=float("nan"))
+    with pytest.raises(ExportError, match="kv_dtype 'fp16' needs precision int8 or int4 with the static KV cache"):
+        export(str(tmp_path / "not-looked-at"), tmp_path / "a", ExportOptions(kv_dtype="fp16"))
+    with pytest.raises(ExportError, match="no such folder"):  # options pass: the checkpoint is looked at next
+        export(str(tmp_path / "missing"), tmp_path / "a", options, kv_dtype="fp16")
+
+
 def test_export_errors(checkpoint_dir, tmp_path):
     src = checkpoint_dir("tiny-text")
     with pytest.raises(ExportError, match="precision 'int3'"):
