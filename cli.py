@@ -109,8 +109,9 @@ def _bundled_notice() -> None:
 @click.option("--reference", type=click.Choice(["audiocraft", "transformers"]), default=None,
               help="Whose behaviour to reproduce where they differ (batched text-only prompts of unequal length); "
                    "default: the checkpoint's format.")
-@click.option("--kv-cache", type=click.Choice(KV_CACHES), default="static", show_default=True,
-              help="static: in-place cache buffers (GroupQueryAttention; CPU fp32, CUDA fp16); concat: portable graph.")
+@click.option("--kv-cache", type=click.Choice(KV_CACHES), default=None,
+              help="static: in-place cache buffers (GroupQueryAttention; CPU fp32, CUDA fp16; head sizes that are multiples "
+                   "of 8); concat: portable graph. Default: static where the head size allows it, else concat.")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None,
               help="KV cache precision for int8/int4 (default fp32): fp16 halves the cache, ~10% slower on CPU.")
 @click.option("--atol", type=float, default=None,

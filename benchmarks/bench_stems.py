@@ -3,7 +3,7 @@
     python -m benchmarks.bench_stems [--seconds 30] [--threads 2] [--segments-per-run 1,4] [--json out.json]
 
 Builds (and caches under benchmarks/cache/) HTDemucs with the released htdemucs architecture
-(``export/stems.py`` HTDEMUCS_KWARGS, random weights: the released ones cannot be downloaded here),
+(``export/random_demucs.py`` HTDEMUCS_KWARGS, random weights: the released ones cannot be downloaded here),
 saved in the Hugging Face hub layout, and its ``export-stems`` folder. Then each side separates the
 same ``--seconds`` of 44.1 kHz stereo in its own subprocess (peak RSS is that side's alone), with the
 same shift: load time, separation wall time, real-time factor, peak RSS. Parity, untimed, in this
@@ -32,12 +32,12 @@ SHIFT = 12345
 
 
 def ensure_demucs() -> Path:
-    from musicgen_onnx.export import stems
+    from musicgen_onnx.export import random_demucs
 
     folder = CACHE / "htdemucs-random"
     if not (folder / "htdemucs.yaml").exists():
         print(f"building random-weight htdemucs in {folder} ...", file=sys.stderr)
-        stems.save_hub_folder(stems.random_htdemucs("htdemucs", seed=0), folder)
+        random_demucs.save_hub_folder(random_demucs.random_htdemucs("htdemucs", seed=0), folder)
     return folder
 
 

@@ -44,6 +44,38 @@ MAX_FRAME_RATE = 200
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few kB
 
 
+def codebook_delays(num_codebooks: int, audio_channels: int) -> tuple[int, ...]:
+    """audiocraft's delay pattern per codebook: a stereo checkpoint interleaves its two channels' codebooks
+    (left, right, left, right...), each pair sharing one delay. Written here once for every folder kind
+    (the exporter and the optimum layout both derive a manifest's ``delays`` from it)."""
+    if audio_channels == 2:
+        return tuple(k // 2 for k in range(num_codebooks))
+    return tuple(range(num_codebooks))
+
+
+def hop_length(upsampling_ratios) -> int:
+    """EnCodec's samples per code frame: the product of its upsampling ratios."""
+    return math.prod(upsampling_ratios)
+
+
+def checkpoint_defaults(codebook_size: int, guidance_scale: float | None = None) -> GenerationOptions:
+    """A folder's default options: audiocraft's, with the checkpoint's own guidance when it names one and
+    ``top_k`` within the codebook (see :func:`top_k_within`)."""
+    base = GenerationOptions()
+    if guidance_scale is not None:
+        base = dataclasses.replace(base, guidance_scale=guidance_scale)
+    return top_k_within(base, codebook_size)
+
+
+def top_k_within(options: GenerationOptions, codebook_size: int) -> GenerationOptions:
+    """Top-k over fewer codes than k takes them all, which is what audiocraft's 250 means for a model with
+    64 or 128 codes; clamped so that such a model's default is a valid option (and folders exported with
+    250 before this rule still load)."""
+    if codebook_size >= 1 and options.top_k > codebook_size:
+        return dataclasses.replace(options, top_k=codebook_size)
+    return options
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -274,7 +306,8 @@ class Manifest:
             max_duration=r.number(data.get("max_duration", 30.0), "max_duration"),
             max_positions=r.optional_integer(data.get("max_positions"), "max_positions"),
             text_vocab_size=r.optional_integer(data.get("text_vocab_size"), "text_vocab_size"),
-            chroma=chroma, stems=stems, defaults=defaults,
+            chroma=chroma, stems=stems,
+            defaults=top_k_within(defaults, ints.get("codebook_size", cls.codebook_size)),
             tokenizer=r.file(data.get("tokenizer", "tokenizer.json"), "tokenizer"),
             tokenizer_sha256=None if data.get("tokenizer_sha256") is None else r.sha256(data["tokenizer_sha256"], "tokenizer_sha256"),
             source=source, source_format=r.text(data.get("source_format", "transformers"), "source_format"),

@@ -70,10 +70,21 @@ def test_manifest_round_trip_and_version_check(exported, tmp_path):
 
 
 @pytest.mark.parametrize("stage", ["text_encoder", "decoder", "audio_encoder"])
-def test_failure_mid_export_leaves_nothing(stage, checkpoint_dir, tmp_path):
+def test_failure_mid_export_leaves_nothing(stage, checkpoint_dir, tmp_path, monkeypatch):
+    from musicgen_onnx.export import folder_manifest
+
+    real = folder_manifest.graph_info
+
+    def fail_after(folder, name, *args):
+        info = real(folder, name, *args)
+        if name == stage:
+            raise ExportError(f"injected failure after {name}")
+        return info
+
+    monkeypatch.setattr(folder_manifest, "graph_info", fail_after)
     out = tmp_path / "model"
     with pytest.raises(ExportError, match="injected"):
-        export(str(checkpoint_dir("tiny-text")), out, _fail_after=stage)
+        export(str(checkpoint_dir("tiny-text")), out)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # the temporary sibling is gone too
 
@@ -92,6 +103,26 @@ def test_force_replaces_and_existing_folder_is_refused(checkpoint_dir, tmp_path)
 def _copy_ckpt(src, dst):
     shutil.copytree(src, dst)
     return dst
+
+
+def test_export_options_are_one_checked_object(tmp_path):
+    """export() takes an ExportOptions (frozen, checked when made) or its fields as keywords, which are
+    applied over it; a bad value fails before any checkpoint is looked at."""
+    import dataclasses
+
+    from musicgen_onnx.export.options import ExportOptions
+
+    options = ExportOptions(precision="int8", atol=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.precision = "fp32"
+    with pytest.raises(ExportError, match=r"opset 13 is not supported; choose an opset in \[14, 21\]"):
+        ExportOptions(opset=13)
+    with pytest.raises(ExportError, match="rtol must be a finite number >= 0, got nan"):
+        export(str(tmp_path / "not-looked-at"), tmp_path / "a", options, rtol=float("nan"))
+    with pytest.raises(ExportError, match="kv_dtype 'fp16' needs precision int8 or int4 with the static KV cache"):
+        export(str(tmp_path / "not-looked-at"), tmp_path / "a", ExportOptions(kv_dtype="fp16"))
+    with pytest.raises(ExportError, match="no such folder"):  # options pass: the checkpoint is looked at next
+        export(str(tmp_path / "missing"), tmp_path / "a", options, kv_dtype="fp16")
 
 
 def test_export_errors(checkpoint_dir, tmp_path):
@@ -225,7 +256,7 @@ def test_fp16_export_validates_and_is_recorded(checkpoint_dir, tmp_path):
 
 def test_hub_id_resolves_through_the_local_cache(checkpoint_dir, tmp_path, monkeypatch):
     """An 'owner/name' id is looked up in the Hugging Face cache (offline here), exactly as on a user's machine."""
-    from musicgen_onnx.export.checkpoint import resolve
+    from musicgen_onnx.export.sources import resolve
 
     cache = tmp_path / "hub"
     snap = cache / "models--facebook--musicgen-tiny" / "snapshots" / "0123abc"
@@ -246,9 +277,9 @@ def test_hub_id_resolves_through_the_local_cache(checkpoint_dir, tmp_path, monke
 def test_external_weight_files_load_like_inline_graphs(checkpoint_dir, exported, tmp_path, monkeypatch):
     """Above EXTERNAL_DATA_THRESHOLD (64 MB: every full-size graph) weights live in NAME.onnx.data; the
     tiny model is forced over it here so the layout the real exports use is tested in CI."""
-    from musicgen_onnx.export import exporter
+    from musicgen_onnx.export import tracing
 
-    monkeypatch.setattr(exporter, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr(tracing, "EXTERNAL_DATA_THRESHOLD", 0)
     out = export(str(checkpoint_dir("tiny-text")), tmp_path / "ext")
     m = load_manifest(out)
     for name, graph in m.graphs.items():
@@ -304,5 +335,5 @@ def test_a_transformers_known_to_be_a_wrong_reference_is_refused(checkpoint_dir,
         ckpt_mod.check_transformers("cross", "4.57.6")
     monkeypatch.setattr(ckpt_mod, "_installed_transformers", lambda: "5.17.0")
     with pytest.raises(ExportError, match="install transformers>=5.18.0"):
-        ckpt_mod.resolve(str(checkpoint_dir("tiny-melody")))
-    ckpt_mod.resolve(str(checkpoint_dir("tiny-text")))  # text-only is fine on 5.17
+        ckpt_mod.transformers_folder(str(checkpoint_dir("tiny-melody")))
+    ckpt_mod.transformers_folder(str(checkpoint_dir("tiny-text")))  # text-only is fine on 5.17

@@ -1,7 +1,7 @@
 """Melody stems on ONNX against the references: ``demucs.apply.apply_model`` for the stems, audiocraft's
 ``ChromaStemConditioner`` recipe (torch + demucs) for the chroma, transformers for greedy tokens.
 
-One tiny random HTDemucs (``export/stems.py`` TINY_KWARGS: the released architecture's structure, small)
+One tiny random HTDemucs (``export/random_demucs.py`` TINY_KWARGS: the released architecture's structure, small)
 is saved in the Hugging Face hub layout and exported with the tiny melody checkpoint
 (``export --stems``); the same weights, loaded by demucs from the same folder, are the reference.
 The random shift of ``apply_model(shifts=1)`` is the one the runtime draws from the seed, fed to demucs
@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from musicgen_onnx.export import reference
+from musicgen_onnx.export import random_demucs
 from musicgen_onnx.export import stems as export_stems
 from musicgen_onnx.runtime import MusicGen
 from musicgen_onnx.runtime.chroma import batch_chroma
@@ -45,7 +46,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def demucs_folder(tmp_path_factory):
-    return export_stems.save_hub_folder(export_stems.random_htdemucs("tiny", seed=1),
+    return random_demucs.save_hub_folder(random_demucs.random_htdemucs("tiny", seed=1),
                                         tmp_path_factory.mktemp("demucs") / "tiny-htdemucs")
 
 

@@ -138,9 +138,13 @@ def test_names_resolve_to_the_cache_and_never_to_the_bundled_model(tmp_path, mon
 def test_export_on_demand_then_reuse_and_a_failed_export_leaves_nothing(checkpoint_dir, tmp_path, hub_env, cli):
     ckpt = checkpoint_dir("tiny-text")
     lay_out_hub_cache(tmp_path / "hf", "facebook/musicgen-small", {p.name: p for p in ckpt.iterdir() if p.is_file()})
-    fail = ("import sys; from musicgen_onnx.export import exporter; real = exporter.export; "
-            "exporter.export = lambda *a, **k: real(*a, _fail_after='decoder', **k); "
-            "from musicgen_onnx.cli import main; main(sys.argv[1:])")
+    fail = ("import sys\nfrom musicgen_onnx.export import folder_manifest\nfrom musicgen_onnx.runtime.errors import ExportError\n"
+            "real = folder_manifest.graph_info\n"
+            "def graph_info(folder, name, *a):\n"
+            "    if name == 'decoder':\n        raise ExportError('injected failure after decoder')\n"
+            "    return real(folder, name, *a)\n"
+            "folder_manifest.graph_info = graph_info\n"
+            "from musicgen_onnx.cli import main\nmain(sys.argv[1:])")
     args = ["generate", "x", "--model", "small", "--precision", "fp32", "--duration", "0.2", "--quiet"]
     r = subprocess.run([sys.executable, "-c", fail, *args, "--export", "-o", str(tmp_path / "f.wav")],
                        capture_output=True, text=True, env=hub_env)
