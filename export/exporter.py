@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..runtime.errors import ExportError
+from ..runtime.roles import STEP_INPUTS
 from ..runtime.options import GenerationOptions
 from ..runtime.manifest import (
     KV_CACHES, KV_DTYPES, MANIFEST_NAME, PRECISIONS, REFERENCES, ChromaParams, GraphInfo, Manifest, sha256_file,
@@ -30,7 +31,7 @@ from ..runtime.manifest import (
 from ..runtime.session import SessionSettings, open_session, release_freed_memory
 from . import checkpoint as ckpt_mod
 from . import external_data, mapped_weights, placeholders, validate
-from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder
+from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder, static_step_inputs
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def graph_specs(model, conditioning: str, kv_cache: str = "static") -> list[Grap
         if static:  # a buffer with room to spare; only the first past_len positions are "filled"
             room = past_len + prefix_len + new_len + 3
             past = [torch.randn(batch, H, room, hd, generator=gen) for _ in range(2 * L)]
-            return (ids, *cond, torch.tensor(past_len), *past)
+            return (ids, *cond, *static_step_inputs(batch, past_len, prefix_len + new_len), *past)
         past = [torch.randn(batch, H, past_len, hd, generator=gen) for _ in range(2 * L)]
         return (ids, *cond, *past)
 
@@ -137,7 +138,8 @@ def graph_specs(model, conditioning: str, kv_cache: str = "static") -> list[Grap
         de_cases = [decoder_inputs(2, 1, 13, text_len=3), decoder_inputs(6, 3, 0, text_len=9),
                     decoder_inputs(1, 1, 40, text_len=1)]
     if static:
-        de_names.append("past_length")
+        de_names += STEP_INPUTS
+        de_axes.update({"position_ids": {0: "batch_x_cfg", 1: "new_length"}, "seqlens_k": batch_axes})
     de_names += past_in
     cache_axis = "max_length" if static else "past_length"
     de_axes.update({n: {0: "batch_x_cfg", 2: cache_axis} for n in past_in})
@@ -447,9 +449,8 @@ def _validate_graph(spec: GraphSpec, path: Path, precision: str, cases: list[Pat
         feeds = {name: a.astype(np.float16) if input_types[name] == "tensor(float16)" else a
                  for name, a in zip(spec.input_names, case)}
         got = session.run(spec.output_names, feeds)
-        if "past_length" in feeds:  # static cache: only the filled part of each buffer is defined
-            total = int(feeds["past_length"]) + (case[1].shape[1] if spec.input_names[1] == "prefix_embeds" else 0) \
-                + case[0].shape[2]
+        if "total_sequence_length" in feeds:  # static cache: only the filled part of each buffer is defined
+            total = int(feeds["total_sequence_length"])
             got = [got[0], *[g[:, :, :total] for g in got[1:]]]
             want = [want[0], *[w[:, :, :total] for w in want[1:]]]
         shape = ", ".join(f"{k}={tuple(v.shape)}" for k, v in list(feeds.items())[:2])
@@ -678,6 +679,7 @@ def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, sou
         conditioning=ckpt.conditioning,
         kv_cache=kv_cache,
         kv_dtype=kv_dtype,
+        step_inputs="positions" if kv_cache == "static" else "past_length",
         hidden_size=dec.hidden_size,
         num_layers=dec.num_hidden_layers,
         num_heads=dec.num_attention_heads,

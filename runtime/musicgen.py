@@ -30,7 +30,8 @@ from .manifest import Manifest, folder_file, load_manifest, verify_files
 from .options import GenerationOptions
 from .rows import LiveRows
 from .session import GraphSessions, SessionSettings, check_memory, release_freed_memory
-from .stepper import ConcatStepper, Conditioning, DecoderIO, StaticStepper
+from .capture import GraphIds
+from .stepper import BufferPool, CapturableStepper, ConcatStepper, Conditioning, DecoderIO, StaticStepper
 from .text import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,14 @@ class MusicGen:
             return
         self.conditioner = Conditioner(tokenizer, self.graphs, m)
         self.codec = AudioCodec(self.graphs, m)
-        self._decoder_io = DecoderIO.of(m.graphs["decoder"], m.num_layers, m.kv_cache)
+        self._decoder_io = DecoderIO.of(m.graphs["decoder"], m.num_layers, m.kv_cache, m.step_inputs)
+        self._graph_ids = self._step_pool = None  # CUDA graphs: capture.py, stepper.BufferPool
+        if settings.cuda_graph and m.step_inputs == "positions":
+            import onnxruntime as ort
+
+            self._graph_ids = GraphIds()
+            max_steps = int(np.ceil(m.max_duration * m.frame_rate)) + m.max_delay + 1
+            self._step_pool = BufferPool(ort, settings.device, max_steps, self._graph_ids)
         past_type = next(i.type for i in decoder.get_inputs() if i.name == self._decoder_io.past[0])
         self._cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
         release_freed_memory()
@@ -325,10 +333,13 @@ class MusicGen:
                                  m.head_dim, self._cache_dtype)
         check_memory("the static KV cache", 2 * m.num_layers * rows * m.num_heads * m.head_dim
                      * (conditioning.prefix_length + steps) * np.dtype(self._cache_dtype).itemsize)
-        return StaticStepper(self.graphs["decoder"], self._decoder_io, conditioning, rows, m.num_heads, m.head_dim,
-                             max_length=conditioning.prefix_length + steps,
-                             logits_shape=(rows, m.num_codebooks, m.codebook_size), device=self.settings.device,
-                             dtype=self._cache_dtype)
+        args = (self.graphs["decoder"], self._decoder_io, conditioning, rows, m.num_heads, m.head_dim)
+        kw = dict(max_length=conditioning.prefix_length + steps, logits_shape=(rows, m.num_codebooks, m.codebook_size),
+                  device=self.settings.device, dtype=self._cache_dtype)
+        if m.step_inputs == "past_length":
+            return StaticStepper(*args, **kw)
+        pool = self._step_pool if self._step_pool is not None and steps <= self._step_pool.max_steps else None
+        return CapturableStepper(*args, **kw, pool=pool, graph_ids=self._graph_ids)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """EnCodec codes ``[B, K, T]`` -> float32 audio ``[B, channels, T * hop]``."""
