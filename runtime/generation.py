@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
+from . import device_sampler
 from .chroma import batch_chroma
 from .errors import InvalidInputError, ModelFolderError
 from .longform import Window, plan_windows
@@ -73,7 +74,9 @@ class StepLoop:
     in audiocraft's ``LMModel.generate``. Between steps, ``keep_rows`` may shrink the batch."""
 
     def __init__(self, model: "MusicGen", descriptions: list[str | None], chroma: np.ndarray | None, frames: int,
-                 guidance_scale: float, choose: ChooseFn, prompt: np.ndarray | None = None):
+                 guidance_scale: float, choose: ChooseFn, prompt: np.ndarray | None = None, pick=None):
+        """``pick``: with CFG, raw logits -> (tokens, non-finite flags [decoder, guided]) in place of the
+        host's CFG, ``isfinite`` checks and ``choose`` (device_sampler.GraphSampler)."""
         codes = np.full((len(descriptions), model.manifest.num_codebooks, frames), -1, dtype=np.int64)  # -1: to generate
         self.start = 1
         if prompt is not None:
@@ -83,6 +86,7 @@ class StepLoop:
         self.guidance_scale = guidance_scale
         self.use_cfg = guidance_scale != 1.0  # at 1 the null rows cannot change the result
         self.choose = choose
+        self.pick = pick if self.use_cfg else None
         self.conditioning = model.conditioner(descriptions, chroma, self.use_cfg)
         rows = 2 * len(descriptions) if self.use_cfg else len(descriptions)
         self.stepper = model.new_stepper(rows, self.conditioning, self.seq.shape[2])
@@ -96,16 +100,25 @@ class StepLoop:
                 columns, new_positions = seq[:, :, s - 1:s], 1
             ids = np.concatenate([columns, columns]) if self.use_cfg else columns
             logits = self.stepper.run(ids, new_positions)
-            if not np.isfinite(logits).all():
-                raise ModelFolderError(f"the decoder produced non-finite logits at step {s}: the graph's weights "
-                                       f"are broken")
-            if self.use_cfg:
-                logits = classifier_free_guidance(logits, self.guidance_scale)
-                if not np.isfinite(logits).all():
-                    raise InvalidInputError(f"guidance_scale {self.guidance_scale:g} made the logits overflow at step "
-                                            f"{s}; use a smaller guidance_scale")
-            seq[:, :, s] = np.where(seq[:, :, s] == -1, self.choose(s, logits), seq[:, :, s])
+            if self.pick is not None:
+                tokens, nonfinite = self.pick(logits)
+                self._check(s, nonfinite[0], nonfinite[1])
+            else:
+                self._check(s, not np.isfinite(logits).all(), False)
+                if self.use_cfg:
+                    logits = classifier_free_guidance(logits, self.guidance_scale)
+                    self._check(s, False, not np.isfinite(logits).all())
+                tokens = self.choose(s, logits)
+            seq[:, :, s] = np.where(seq[:, :, s] == -1, tokens, seq[:, :, s])
             yield s
+
+    def _check(self, s: int, decoder_nonfinite, guided_nonfinite) -> None:
+        if decoder_nonfinite:
+            raise ModelFolderError(f"the decoder produced non-finite logits at step {s}: the graph's weights "
+                                   f"are broken")
+        if guided_nonfinite:
+            raise InvalidInputError(f"guidance_scale {self.guidance_scale:g} made the logits overflow at step "
+                                    f"{s}; use a smaller guidance_scale")
 
     def keep_rows(self, index: np.ndarray) -> None:
         """Go on with rows ``index`` only: their sequences, and their conditional and CFG null rows in
@@ -187,6 +200,9 @@ class GenerationTask:
             raise InvalidInputError(f"rows: {len(self.rows.live)} live rows for {len(inputs.descriptions)} prompts")
         self.descriptions, self.melodies = inputs.descriptions, inputs.melodies  # the live rows' (see _drop)
         self.sampler = Sampler(o.greedy, o.temperature, o.top_k, o.top_p, o.seed, rows=len(inputs.descriptions))
+        self.pick = None  # the sampling graphs on the decoder's device, when the settings ask for them
+        if model.settings.device_sampler and device_sampler.available(m.codebook_size, o.guidance_scale != 1.0):
+            self.pick = device_sampler.GraphSampler(self.sampler, o.guidance_scale, model.settings)
         prompt_frames = 0 if inputs.prompt_codes is None else inputs.prompt_codes.shape[2]
         self.windows = plan_windows(o.duration, m.frame_rate, m.max_duration, o.extend_stride, prompt_frames)
         self.total_steps = sum(w.new_frames + m.max_delay for w in self.windows)
@@ -203,7 +219,8 @@ class GenerationTask:
             yield carried
         for i, window in enumerate(self.windows):
             loop = StepLoop(self.model, self.descriptions, self.window_chroma(window), window.frames,
-                            self.inputs.options.guidance_scale, lambda s, logits: self.sampler(logits), carried)
+                            self.inputs.options.guidance_scale, lambda s, logits: self.sampler(logits), carried,
+                            self.pick)
             emitted = window.prompt_frames
             for s in loop:
                 self._advance()
