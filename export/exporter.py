@@ -139,7 +139,9 @@ def graph_specs(model, conditioning: str, kv_cache: str = "static") -> list[Grap
                     decoder_inputs(1, 1, 40, text_len=1)]
     if static:
         de_names += STEP_INPUTS
-        de_axes.update({"position_ids": {0: "batch_x_cfg", 1: "new_length"}, "seqlens_k": batch_axes})
+        # prefix models: the prefix plus the new columns, so not input_ids' new_length (a shared name would let
+        # onnxruntime plan one buffer for both sizes)
+        de_axes.update({"position_ids": {0: "batch_x_cfg", 1: "new_positions"}, "seqlens_k": batch_axes})
     de_names += past_in
     cache_axis = "max_length" if static else "past_length"
     de_axes.update({n: {0: "batch_x_cfg", 2: cache_axis} for n in past_in})

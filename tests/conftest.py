@@ -28,7 +28,7 @@ BUNDLED = ROOT / "models" / "tiny-melody"
 CLI = [sys.executable, "-m", "musicgen_onnx.cli"]
 EXPORT_FIXTURES = {"checkpoint_dir", "exported", "reference_model"}
 EXPORT_MODULES = ["test_export.py", "test_export_streaming.py", "test_parity.py", "test_sensitivity.py",
-                  "test_stems_parity.py", "test_tiers.py", "test_tokenizer.py"]
+                  "test_stems_parity.py", "test_tiers.py", "test_tokenizer.py", "test_capture.py"]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 collect_ignore = [] if HAVE_TORCH else EXPORT_MODULES
 

@@ -227,3 +227,14 @@ def test_only_the_decoder_and_the_sampler_get_cuda_graphs():
         assert capture.provider_options(settings, graph)[0] == ("CUDAExecutionProvider", {"use_tf32": "0"})
     plain = dataclasses.replace(settings, cuda_graph=False)
     assert capture.provider_options(plain, "decoder")[0] == ("CUDAExecutionProvider", {"use_tf32": "0"})
+
+
+def test_fp16_melody_folder_runs_captured_and_plain_alike(checkpoint_dir, tmp_path):
+    """fp16 (the GPU tier): the prefix makes position_ids longer than input_ids' columns on the first
+    call; the graph must not tie their sizes (it did: onnxruntime reused one buffer for both)."""
+    from musicgen_onnx.export.exporter import export
+
+    folder = export(str(checkpoint_dir("tiny-melody")), tmp_path / "fp16", precision="fp16")
+    kw = dict(duration=0.5, top_k=50, seed=[1, 2], return_codes=True)
+    plain = MusicGen.from_pretrained(folder, providers="cpu").generate(PROMPTS[:2], **kw)[1]
+    np.testing.assert_array_equal(plain, _captured(folder).generate(PROMPTS[:2], **kw)[1])

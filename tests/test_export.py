@@ -34,7 +34,7 @@ def test_each_family_exports_and_validates(arch, exported):
     assert dims["past.0.key"] == ["batch_x_cfg", m.num_heads, "max_length", m.head_dim]
     # the step's values come in as inputs (issue 26), so nothing in the step is computed on the host
     assert m.step_inputs == "positions" and "past_length" not in dims
-    assert dims["position_ids"] == ["batch_x_cfg", "new_length"] and dims["seqlens_k"] == ["batch_x_cfg"]
+    assert dims["position_ids"] == ["batch_x_cfg", "new_positions"] and dims["seqlens_k"] == ["batch_x_cfg"]
     assert dims["total_sequence_length"] == []
     assert any(n.op_type == "GroupQueryAttention" for n in dec.graph.node)
     if m.is_melody:
