@@ -29,7 +29,7 @@ def available(codebook_size: int, use_cfg: bool) -> bool:
 
 class GraphSampler:
     def __init__(self, sampler: Sampler, guidance_scale: float, settings=None):
-        """``settings``: how the graph is opened (capture.py decides whether it may be captured)."""
+        """``settings``: how the graph is opened (its providers; it is not captured, see below)."""
         from .session import SessionSettings, open_session
 
         self.sampler = sampler
@@ -38,7 +38,10 @@ class GraphSampler:
         with _LOCK:  # one session per graph and settings, shared by every call (run() is thread-safe)
             key = (name, repr(settings))
             if key not in _SESSIONS:
-                _SESSIONS[key] = open_session(HERE / f"{name}.onnx", settings, "sampler")
+                # opened as a graph that is never captured: run() copies its feeds to new memory on every
+                # call, which a replay would not see; capturing it needs it bound to the decoder's logits
+                # buffer and fixed input buffers (IOBinding), not done yet
+                _SESSIONS[key] = open_session(HERE / f"{name}.onnx", settings, None)
             self.session = _SESSIONS[key]
         self.feeds = {"guidance_scale": np.array(guidance_scale, dtype=np.float32)}
         if not sampler.greedy:
