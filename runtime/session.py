@@ -192,7 +192,9 @@ class GraphSessions:
         return folder_file(self.folder, self.manifest.graphs[name].file)
 
     def _open_checked(self, name: str):
-        session = open_session(self._path(name), self.settings, name)
+        # a decoder that computes its step's values from past_length (older folders) cannot be captured
+        capturable = name != "decoder" or self.manifest.step_inputs == "positions"
+        session = open_session(self._path(name), self.settings, name if capturable else None)
         check_graph_io(self.folder, name, session, self.manifest)
         return Graph(session, f"{self.folder}: graph {name}")
 

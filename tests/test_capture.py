@@ -238,3 +238,16 @@ def test_fp16_melody_folder_runs_captured_and_plain_alike(checkpoint_dir, tmp_pa
     kw = dict(duration=0.5, top_k=50, seed=[1, 2], return_codes=True)
     plain = MusicGen.from_pretrained(folder, providers="cpu").generate(PROMPTS[:2], **kw)[1]
     np.testing.assert_array_equal(plain, _captured(folder).generate(PROMPTS[:2], **kw)[1])
+
+
+def test_an_older_folder_opens_its_decoder_without_capture(fresh, monkeypatch):
+    from musicgen_onnx.runtime import session as session_mod
+
+    seen = {}
+    real = session_mod.open_session
+    monkeypatch.setattr(session_mod, "open_session", lambda path, settings, graph=None: (
+        seen.__setitem__((path.parent.name, path.stem), graph), real(path, settings, graph))[1])
+    for folder in (BUNDLED, fresh):
+        _captured(folder).graphs["decoder"]
+    assert seen[(BUNDLED.name, "decoder")] is None  # past_length: enable_cuda_graph would be refused
+    assert seen[(fresh.name, "decoder")] == "decoder"
