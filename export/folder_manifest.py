@@ -49,6 +49,7 @@ def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, sou
         conditioning=ckpt.conditioning,
         kv_cache=kv_cache,
         kv_dtype=kv_dtype,
+        step_inputs="positions" if kv_cache == "static" else "past_length",
         hidden_size=dec.hidden_size,
         num_layers=dec.num_hidden_layers,
         num_heads=dec.num_attention_heads,

@@ -13,7 +13,7 @@ from ..runtime import roles
 from ..runtime.manifest import hop_length
 from . import validate
 from .tracing import GraphSpec
-from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder
+from .wrappers import AudioDecoder, AudioEncoder, Decoder, TextEncoder, static_step_inputs
 
 BATCH = "batch_x_cfg"
 # The graphs traced with placeholder weights (the big ones); the codec keeps its real weights (its
@@ -77,12 +77,17 @@ def _decoder_spec(model, conditioning: str, kv_cache: str, gen: torch.Generator)
         if static:  # a buffer with room to spare; only the first past_len positions are "filled"
             room = past_len + prefix_len + new_len + 3
             past = [torch.randn(batch, H, room, hd, generator=gen) for _ in range(2 * L)]
-            return (ids, *cond, torch.tensor(past_len), *past)
+            return (ids, *cond, *static_step_inputs(batch, past_len, prefix_len + new_len), *past)
         past = [torch.randn(batch, H, past_len, hd, generator=gen) for _ in range(2 * L)]
         return (ids, *cond, *past)
 
-    inputs, outputs = _names("decoder", model, conditioning, kv_cache)
+    # static: the step's positions, seqlens_k and total length come from the runtime (manifest step_inputs
+    # "positions"), so no host computation sits inside a step (a CUDA graph can capture it)
+    inputs, outputs = roles.required("decoder", conditioning, kv_cache, L, step_inputs="positions")
     axes = {roles.TOKEN_IDS: {0: BATCH, 2: "new_length"}}
+    if static:  # prefix models: the prefix plus the new columns, so not input_ids' new_length (a shared name
+        # would let onnxruntime plan one buffer for both sizes)
+        axes.update({roles.POSITION_IDS: {0: BATCH, 1: "new_positions"}, roles.SEQLENS_K: {0: BATCH}})
     if prefix:
         axes[roles.PREFIX_EMBEDS] = {0: BATCH, 1: "prefix_length"}
         example = decoder_inputs(2, 1, 0, prefix_len=12)

@@ -59,9 +59,8 @@ def validate_graph(spec: GraphSpec, path: Path, precision: str, cases: list[Path
         feeds = {name: a.astype(np.float16) if input_types[name] == "tensor(float16)" else a
                  for name, a in zip(spec.input_names, case)}
         got = session.run(spec.output_names, feeds)
-        if roles.PAST_LENGTH in feeds:  # static cache: only the filled part of each buffer is defined
-            prefix = case[1].shape[1] if spec.input_names[1] == roles.PREFIX_EMBEDS else 0
-            total = int(feeds[roles.PAST_LENGTH]) + prefix + case[0].shape[2]
+        if roles.TOTAL_LENGTH in feeds:  # static cache: only the filled part of each buffer is defined
+            total = int(feeds[roles.TOTAL_LENGTH])
             got = [got[0], *[g[:, :, :total] for g in got[1:]]]
             want = [want[0], *[w[:, :, :total] for w in want[1:]]]
         shape = ", ".join(f"{k}={tuple(v.shape)}" for k, v in list(feeds.items())[:2])

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from musicgen_onnx.export.exporter import export
-from musicgen_onnx.runtime import MusicGen
+from musicgen_onnx.runtime import MusicGen, roles
 from musicgen_onnx.runtime.errors import ExportError, ModelFolderError
 from musicgen_onnx.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, load_manifest, verify_files
 
@@ -32,7 +32,10 @@ def test_each_family_exports_and_validates(arch, exported):
     assert dims["input_ids"] == ["batch_x_cfg", m.num_codebooks, "new_length"]
     assert m.kv_cache == "static"
     assert dims["past.0.key"] == ["batch_x_cfg", m.num_heads, "max_length", m.head_dim]
-    assert dims["past_length"] == []  # the explicit position offset / filled part of the buffers
+    # the step's values come in as inputs (issue 26), so nothing in the step is computed on the host
+    assert m.step_inputs == "positions" and "past_length" not in dims
+    assert dims["position_ids"] == ["batch_x_cfg", "new_positions"] and dims["seqlens_k"] == ["batch_x_cfg"]
+    assert dims["total_sequence_length"] == []
     assert any(n.op_type == "GroupQueryAttention" for n in dec.graph.node)
     if m.is_melody:
         assert dims["prefix_embeds"] == ["batch_x_cfg", "prefix_length", m.hidden_size]
@@ -217,19 +220,27 @@ def test_bundled_model_matches_what_the_exporter_builds(tmp_path):
     fresh = load_manifest(build(tmp_path / "tiny", progress=lambda m: None))
     committed = load_manifest(BUNDLED)
 
+    # the committed folder predates the decoder's step inputs (issue 26); it stays as the old folders' case
+    step = {"past_length"} | set(roles.STEP_INPUTS)
+
     def shape_of(m):
         d = m.to_dict()
         d.pop("source")
+        d.pop("step_inputs")
         for g in d["graphs"].values():
             g.pop("files")
             g.pop("size_bytes")
+            g["inputs"] = [i for i in g["inputs"] if i not in step]
+            g["roles"] = {k: v for k, v in g["roles"].items() if k not in step}
         return d
 
+    assert (committed.step_inputs, fresh.step_inputs) == ("past_length", "positions")
     assert shape_of(fresh) == shape_of(committed)
     for name in committed.graphs:
         a = onnx.load(str(BUNDLED / f"{name}.onnx"), load_external_data=False)
         b = onnx.load(str(tmp_path / "tiny" / f"{name}.onnx"), load_external_data=False)
-        assert [str(i.type) for i in a.graph.input] == [str(i.type) for i in b.graph.input]
+        assert [str(i.type) for i in a.graph.input if i.name not in step] == \
+            [str(i.type) for i in b.graph.input if i.name not in step]
         assert [str(o.type) for o in a.graph.output] == [str(o.type) for o in b.graph.output]
     # same seed, same weights: the committed graphs compute what a fresh export computes
     import onnxruntime as ort
