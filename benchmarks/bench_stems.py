@@ -1,6 +1,9 @@
 """Stems on ONNX vs ``demucs.apply.apply_model`` on the same random-weight full-size htdemucs, same run.
 
-    python -m benchmarks.bench_stems [--seconds 30] [--threads 2] [--segments-per-run 1,4] [--json out.json]
+    python -m benchmarks.bench_stems [--seconds 30] [--threads 2] [--segments-per-run 1,4] [--rounds 2]
+        [--compare NAME=FOLDER ...] [--json out.json]
+    python -m benchmarks.bench_stems --melody 3,30 [--rounds 2] [--compare NAME=FOLDER]   # melody path
+    python -m benchmarks.bench_stems --profile [--compare NAME=FOLDER]   # per node type, one segment
 
 Builds (and caches under benchmarks/cache/) HTDemucs with the released htdemucs architecture
 (``export/stems.py`` HTDEMUCS_KWARGS, random weights: the released ones cannot be downloaded here),
@@ -9,8 +12,9 @@ same ``--seconds`` of 44.1 kHz stereo in its own subprocess (peak RSS is that si
 same shift: load time, separation wall time, real-time factor, peak RSS. Parity, untimed, in this
 process: max |ONNX stems - apply_model| / input peak on 20 s of 44.1 kHz stereo and on 3 s of 32 kHz
 mono (through ``convert_audio``), the chroma after stems against audiocraft's recipe on those inputs,
-and the stems.onnx size. Absolute times on a shared 2-core machine are
-noisy; the ratio counts.
+and the stems.onnx size. ``--rounds`` alternates the sides (medians reported), ``--compare`` times
+other stems folders (e.g. an export from before a change) beside the export. Absolute times on a
+shared 2-core machine are noisy; the ratio counts.
 """
 
 from __future__ import annotations

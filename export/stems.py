@@ -273,9 +273,11 @@ class _ExportAttention(nn.Module):
         super().__init__()
         self.mha = mha
 
-    def forward(self, query, key, value, attn_mask=None, key_padding_mask=None, need_weights=False, **_):
+    def forward(self, query, key, value, attn_mask=None, key_padding_mask=None, need_weights=False,
+                is_causal=False, **_):
         m = self.mha
-        if attn_mask is not None or key_padding_mask is not None or not m.batch_first or m.in_proj_weight is None:
+        if (attn_mask is not None or key_padding_mask is not None or is_causal or not m.batch_first
+                or m.in_proj_weight is None):
             raise ExportError("stems: this HTDemucs's transformer uses masks or separate projections; "
                               "only the dense batch-first attention of the released models is supported")
         w = m.in_proj_weight.chunk(3)
