@@ -21,7 +21,7 @@ from musicgen_onnx.runtime.audio import load_audio
 from musicgen_onnx.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
 from musicgen_onnx.runtime.melody import prepare_melodies
 
-from conftest import BUNDLED, CLI
+from helpers import BUNDLED, CLI
 
 
 def _wait_for(predicate, timeout=60.0):
@@ -33,6 +33,7 @@ def _wait_for(predicate, timeout=60.0):
     return False
 
 
+@pytest.mark.slow  # kill -9
 def test_kill_9_during_export_leaves_no_folder(checkpoint_dir, tmp_path, cli):
     out = tmp_path / "model"
     proc = subprocess.Popen([*CLI, "export", str(checkpoint_dir("tiny-melody")), str(out)],
@@ -50,6 +51,7 @@ def test_kill_9_during_export_leaves_no_folder(checkpoint_dir, tmp_path, cli):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+@pytest.mark.slow  # kill -9
 @pytest.mark.parametrize("stream", [False, True])
 def test_kill_9_during_generate_leaves_no_output(tmp_path, stream, cli):
     out = tmp_path / "song.wav"
@@ -165,6 +167,7 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+@pytest.mark.slow  # soak
 def test_soak_50_generations_and_a_batch_of_16(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     model = MusicGen.from_pretrained(BUNDLED, providers="cpu")

@@ -16,7 +16,7 @@ import soundfile as sf
 from musicgen_onnx.runtime import ModelFolderError
 from musicgen_onnx.runtime.hub import cache_home, checkpoint_of, resolve_model
 
-from conftest import BUNDLED
+from helpers import BUNDLED
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

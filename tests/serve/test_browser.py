@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import BUNDLED, serving
+from helpers import BUNDLED, serving
+
+pytestmark = pytest.mark.slow  # a real browser
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SR, SECONDS = 32000, 2.0
