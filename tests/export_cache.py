@@ -92,21 +92,23 @@ class BuildCache:
         root = cache_root()
         self.fallback = fallback
         self.folder = None if root is None else root / code_key()
-        self.seen: dict[str, Path] = {}
+        self.seen: dict[tuple, Path] = {}
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
             os.utime(self.folder)
             _prune(root, self.folder)
 
     def get(self, name: str, build: Callable[[Path], object], inputs: tuple[Path, ...] = ()) -> Path:
+        if (name, inputs) not in self.seen:
+            self.seen[name, inputs] = self._get(name, build, inputs)
+        return self.seen[name, inputs]
+
+    def _get(self, name: str, build: Callable[[Path], object], inputs: tuple[Path, ...]) -> Path:
         if inputs:
             name += "-" + hashlib.sha256("".join(tree_digest(Path(p)) for p in inputs).encode()).hexdigest()[:12]
-        if name in self.seen:
-            return self.seen[name]
         if self.folder is None:
             build(self.fallback / name)
-            self.seen[name] = self.fallback / name
-            return self.seen[name]
+            return self.fallback / name
         target, stamp = self.folder / name, self.folder / f"{name}.sha256"
         with _locked(self.folder / f"{name}.lock"):
             if not (target.is_dir() and stamp.is_file() and stamp.read_text() == tree_digest(target)):
@@ -118,5 +120,4 @@ class BuildCache:
                 shutil.rmtree(staging, ignore_errors=True)
                 stamp.with_suffix(".partial").write_text(tree_digest(target))
                 os.replace(stamp.with_suffix(".partial"), stamp)
-        self.seen[name] = target
         return target
