@@ -38,8 +38,10 @@ def test_kill_9_during_export_leaves_no_folder(checkpoint_dir, tmp_path, cli):
     out = tmp_path / "model"
     proc = subprocess.Popen([*CLI, "export", str(checkpoint_dir("tiny-melody")), str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # wait until the exporter is writing graphs into its temporary sibling, then kill it
-    assert _wait_for(lambda: any((p / "text_encoder.onnx").exists() for p in tmp_path.glob(".model.partial-*")))
+    # wait until the exporter is writing graphs into its temporary sibling, then kill it (a loaded machine
+    # running pytest -n auto: the fresh interpreter's torch import alone can pass a minute)
+    assert _wait_for(lambda: any((p / "text_encoder.onnx").exists() for p in tmp_path.glob(".model.partial-*")),
+                     timeout=600)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
