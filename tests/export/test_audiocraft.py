@@ -18,8 +18,6 @@ import pytest
 
 from musicgen_onnx.runtime.errors import ExportError
 
-pytestmark = pytest.mark.export
-
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "audiocraft-tiny"
 T5 = FIXTURE / "t5"
 TOKENS = json.loads((FIXTURE / "tokens.json").read_text())
@@ -48,21 +46,22 @@ def audiocraft_folder(name: str, root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ac_exported(tmp_path_factory):
-    """``ac_exported(name, reference=None)`` -> the exported folder of a fixture model, built once."""
+def ac_exported(tmp_path_factory, build_cache):
+    """``ac_exported(name, reference=None)`` -> the exported folder of a fixture model, built once
+    (and kept across runs for the same exporter code and fixture files: conftest's build cache)."""
     from musicgen_onnx.export.exporter import export
 
     root = tmp_path_factory.mktemp("audiocraft")
-    done = {}
 
     def get(name: str, reference: str | None = None) -> Path:
-        if (name, reference) not in done:
-            out = root / f"onnx-{name}-{reference}"
+        def build(out: Path) -> None:
             # No graph validation: the converted folder is a transformers checkpoint, which test_export.py
             # validates; the tokens below are the stronger check (and keep this module under a minute).
-            done[name, reference] = export(str(audiocraft_folder(name, root / "src")), out, text_encoder=str(T5),
-                                           reference=reference, validate_graphs=False)
-        return done[name, reference]
+            export(str(audiocraft_folder(name, root / "src")), out, text_encoder=str(T5), reference=reference,
+                   validate_graphs=False)
+
+        inputs = (FIXTURE / name, FIXTURE / "compression_state_dict.bin", T5)
+        return build_cache.get(f"audiocraft-{name}-{reference}", build, inputs)
 
     return get
 

@@ -15,7 +15,7 @@ from musicgen_onnx.runtime import MusicGen, roles
 from musicgen_onnx.runtime.errors import ExportError, ModelFolderError
 from musicgen_onnx.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, load_manifest, verify_files
 
-from conftest import BUNDLED, FAMILIES
+from helpers import BUNDLED, FAMILIES
 
 
 @pytest.mark.parametrize("arch", FAMILIES)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import torch  # conftest.EXPORT_MODULES: not collected without the export extra
+import torch  # tests/export/ is not collected without the export extra (conftest)
 import onnx
 
 from musicgen_onnx.export import checkpoint as ckpt_mod  # noqa: E402

@@ -28,8 +28,6 @@ from musicgen_onnx.runtime.melody import prepare_melodies, window_cut
 from musicgen_onnx.runtime.resample_frac import resample_frac
 from musicgen_onnx.runtime.stems import StemSeparator
 
-pytestmark = pytest.mark.export
-
 STEMS_TOL = 1e-4  # max |ONNX stems - apply_model| / input peak (the bound)
 FRAMES = 12
 

@@ -18,7 +18,7 @@ from musicgen_onnx.runtime import ModelFolderError
 from musicgen_onnx.runtime.hub import cache_home, checkpoint_of, resolve_model
 from musicgen_onnx.runtime.manifest import MANIFEST_NAME, load_manifest
 
-from conftest import BUNDLED
+from helpers import BUNDLED
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

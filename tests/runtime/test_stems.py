@@ -17,7 +17,7 @@ from musicgen_onnx.runtime.manifest import STEMS_MANIFEST_NAME, load_manifest, l
 from musicgen_onnx.runtime.resample_frac import resample_frac
 from musicgen_onnx.runtime.stems import StemSeparator, istft, stft
 
-from conftest import BUNDLED, ROOT
+from helpers import BUNDLED, ROOT
 
 STEMS = ROOT / "models" / "tiny-stems"
 SOURCES = ["drums", "bass", "other", "vocals"]

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import BUNDLED, CLI, serving
-from musicgen_onnx.runtime.musicgen import MusicGen
+from helpers import CLI, serving
 from musicgen_onnx.serve import ServeSettings, create_app
 from musicgen_onnx.serve.health import free_port, wait_until_healthy
 from musicgen_onnx.serve.settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
@@ -34,11 +33,6 @@ def wav_bytes(seconds: float = 1.0, freq: float = 330.0, sr: int = SR) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, format="WAV", subtype="PCM_16")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return MusicGen.from_pretrained(BUNDLED, providers="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -318,6 +312,7 @@ def test_melody_requests_batch_by_melody_length_and_keep_their_seeds(server):
     assert [r.content for r in together] == [r.content for r in alone]
 
 
+@pytest.mark.slow  # disconnect
 def test_a_client_leaving_the_queue_gives_up_its_place(server):
     url, app = server
     before = metric(httpx.get(url + "/metrics").text, "musicgen_cancelled_rows_total")
@@ -422,6 +417,7 @@ def slow_steps(monkeypatch):
         monkeypatch.setattr(cls, "run", slowed)
 
 
+@pytest.mark.slow  # disconnect
 def test_a_client_leaving_mid_stream_frees_its_row_and_its_batch_mate_goes_on(server, slow_steps):
     url, app = server
     stay = dict(prompt="sad jazz", duration=8, seed=21)  # long enough to outlast the hang-up on a fast machine
@@ -442,6 +438,7 @@ def test_a_client_leaving_mid_stream_frees_its_row_and_its_batch_mate_goes_on(se
                      "musicgen_steps_total": 8 * 50 + 3}
 
 
+@pytest.mark.slow  # disconnect
 def test_a_client_leaving_a_running_batch_frees_its_row(server, slow_steps):
     """Not streamed: the client that gives up waiting is dropped from the batch; its mate's file is the
     one it gets alone."""
