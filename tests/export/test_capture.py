@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import BUNDLED
+from helpers import BUNDLED
 from musicgen_onnx.export.capture_lint import placement
 from musicgen_onnx.runtime import capture
 from musicgen_onnx.runtime.layouts import open_layout

@@ -83,7 +83,7 @@ def test_random_weights_fill_a_weightless_graph(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from conftest import BUNDLED
+    from helpers import BUNDLED
     from musicgen_onnx.benchmarks.gpu_check import fill_random_weights
 
     model = onnx.load(str(BUNDLED / "audio_decoder.onnx"))

@@ -113,7 +113,7 @@ def test_nonfinite_flags_say_which_logits_broke():
 def test_generate_with_the_graph_sampler_gives_the_numpy_samplers_codes(kw):
     import dataclasses
 
-    from conftest import BUNDLED
+    from helpers import BUNDLED
     from musicgen_onnx.runtime.layouts import open_layout
     from musicgen_onnx.runtime.musicgen import MusicGen
     from musicgen_onnx.runtime.rows import LiveRows

@@ -16,7 +16,7 @@ from musicgen_onnx.runtime.musicgen import MusicGen
 from musicgen_onnx.runtime.native_layout import NativeFolder
 from musicgen_onnx.runtime.optimum_layout import OptimumFolder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "models" / "tiny-melody"
 STEMS_FOLDER = ROOT / "models" / "tiny-stems"
 OPTIMUM_FOLDER = ROOT / "tests" / "fixtures" / "optimum-tiny-text"

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import serving
+from helpers import serving
 from musicgen_onnx.runtime import InvalidInputError
 from musicgen_onnx.serve import ServeSettings, create_app
 from musicgen_onnx.serve.health import wait_until_healthy
-from test_serve import SR, model, wav_bytes  # noqa: F401  (model: the module fixture, shared)
+from test_serve import SR, wav_bytes
 from test_serve import one_line_error as serve_error
 
 HUGE = "9" * 400  # a JSON integer no float holds
@@ -274,7 +274,7 @@ def test_the_command_under_slow_clients_and_sigterm_with_a_stalled_client(tmp_pa
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    from conftest import CLI
+    from helpers import CLI
     from musicgen_onnx.serve.health import free_port
 
     port = free_port()
@@ -439,7 +439,7 @@ def test_tls_from_certificate_files_and_a_bad_key_is_one_line(tmp_path, cli):
     import shutil
     import subprocess
 
-    from conftest import CLI
+    from helpers import CLI
     from musicgen_onnx.serve.health import free_port
 
     openssl = shutil.which("openssl")
