@@ -23,9 +23,10 @@ from pathlib import Path
 
 from helpers import ROOT
 
-# what an export's bytes and its validation depend on (globs, so that the files may move within the package)
-CODE = ["export/**/*.py", "runtime/**/roles.py", "runtime/**/manifest.py", "runtime/**/tokenizer.py",
-        "runtime/**/errors.py"]
+# what an export's bytes and its validation depend on (globs, so that the files may move within the package): the
+# exporter imports the runtime's manifest, roles, options (the defaults it writes), sessions (validation) and more,
+# so every runtime module counts; a runtime edit costs a rebuild, never a stale export
+CODE = ["export/**/*.py", "runtime/**/*.py"]
 LIBRARIES = ["torch", "transformers", "onnx", "onnxruntime", "numpy"]
 UNUSED_DAYS = 14  # key folders not used for this long are removed (old code's builds)
 
