@@ -72,7 +72,7 @@ def test_the_task_runs_on_parts_alone():
         return model.new_stepper(rows, conditioning, steps)
 
     parts = ModelParts(model.folder, model.manifest, model.pattern, model.conditioner, new_stepper,
-                       model.separate_melodies)
+                       model.separate_melodies, model.settings)
     inputs = GenerationInputs.check(parts, ["x"], None, None, model.options.updated(duration=0.2, seed=3))
     got = np.concatenate(list(GenerationTask(parts, inputs).codes()), axis=2)
     assert made == [2]  # the conditional row and its CFG null row
