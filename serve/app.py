@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 
 import numpy as np
 from starlette.applications import Starlette
@@ -31,12 +32,16 @@ from .uploads import decode_audio
 logger = logging.getLogger(__name__)
 
 
-def create_app(model, settings: ServeSettings) -> Starlette:
+def create_app(model, settings: ServeSettings, replica: str | None = None) -> Starlette:
+    """``replica``: this process's name among several (Ray Serve), a label on every metric."""
     settings = settings.check()
-    metrics = Metrics()
+    m = model.manifest
+    metrics = Metrics(info={"checkpoint": (m.source or {}).get("checkpoint"), "family": m.family,
+                            "precision": m.graphs["decoder"].precision, "providers": ",".join(model.providers),
+                            "sample_rate": m.sample_rate, "channels": m.audio_channels},
+                      labels={"replica": replica} if replica else None)
     batcher = Batcher(model, settings, metrics)
     checker = RequestChecker(model, settings)
-    m = model.manifest
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -159,7 +164,7 @@ def create_app(model, settings: ServeSettings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         Exception: on_http_error, HTTPException: on_http_error, HttpError: on_http_error,
         MusicGenError: on_http_error, ClientDisconnect: on_http_error})
-    app.state.batcher, app.state.metrics = batcher, metrics
+    app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
     known = {r.path for r in routes}
     return CountRequests(Access(app, settings.api_key, settings.cors_origins), metrics, known)
 
@@ -170,7 +175,7 @@ def _encode(wav: np.ndarray, sample_rate: int, strategy: str, fmt: str) -> bytes
 
 class CountRequests:
     """ASGI wrapper: count every HTTP response by route and status for /metrics (unknown paths as
-    'other', so a scanner cannot grow the label set)."""
+    'other', so a scanner cannot grow the label set), and time the /v1/* ones to their last byte."""
 
     def __init__(self, app, metrics: Metrics, known: set[str]):
         self.app, self.metrics, self.known = app, metrics, known
@@ -180,10 +185,15 @@ class CountRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         route = scope["path"] if scope["path"] in self.known else "other"
+        t0 = time.monotonic()
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
                 self.metrics.request(route, message["status"])
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if route.startswith("/v1/"):
+                self.metrics.request_done(route, time.monotonic() - t0)
