@@ -1,5 +1,7 @@
-"""``musicgen-onnx serve --ray --replicas 2`` on a local Ray instance: both replicas answer, every
-request succeeds, a seed gives the same bytes whichever replica served it, SIGTERM stops it.
+"""``musicgen-onnx serve --ray --replicas 2`` on a private Ray cluster: both replicas answer, every
+request succeeds, a seed gives the same bytes whichever replica served it, /metrics shows every
+replica's series (labelled), SIGTERM with requests in flight finishes them (drain) and leaves no Ray
+process behind; a RAY_ADDRESS in the environment is not followed.
 
     pip install ".[ray]" && python -m benchmarks.ray_check [--replicas 2] [--requests 16]
 
@@ -10,6 +12,7 @@ instance takes tens of seconds. Local addresses only; exit 1 on any miss.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -32,9 +35,11 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}  # nothing there: followed, the start would fail
+    before = ray_processes()
     proc = subprocess.Popen([sys.executable, "-m", "musicgen_onnx.cli", "serve", "--ray", "--replicas",
                              str(args.replicas), "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     failures = []
     try:
         pids = set()
@@ -66,15 +71,36 @@ def main() -> int:
               f"wall s); same seed -> same bytes on any replica: {same}; batch sizes {sizes}")
         if len(ok) != len(rs) or not same:
             failures.append("requests")
-        proc.send_signal(signal.SIGTERM)
+        time.sleep(2)  # a metrics post from each replica
+        text = httpx.get(url + "/metrics", timeout=10).text
+        labelled = {line.split('replica="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+                    if line.startswith("musicgen_requests_total{replica=")}
+        print(f"/metrics: series of {len(labelled)} replicas in one scrape")
+        if len(labelled) != args.replicas:
+            failures.append("metrics")
+        with ThreadPoolExecutor(args.replicas * 3) as pool:  # in flight when SIGTERM arrives
+            flying = [pool.submit(httpx.post, url + "/v1/generate", json=body(i) | {"duration": 3}, timeout=120)
+                      for i in range(args.replicas * 3)]
+            time.sleep(1.0)
+            t2 = time.perf_counter()
+            proc.send_signal(signal.SIGTERM)
+            codes = [f.result().status_code if not f.exception() else type(f.exception()).__name__ for f in flying]
+        print(f"SIGTERM with {len(flying)} requests in flight: {codes}")
+        if any(c != 200 for c in codes):
+            failures.append("drain")
         try:
             out = proc.communicate(timeout=120)[0]
-            print(f"SIGTERM: stopped with status {proc.returncode}")
+            print(f"SIGTERM: stopped with status {proc.returncode} after {time.perf_counter() - t2:.1f} s")
             if proc.returncode != 0:
                 failures.append("sigterm status")
                 print(out[-3000:])
         except subprocess.TimeoutExpired:
             failures.append("sigterm")
+        time.sleep(2)
+        left = ray_processes() - before
+        print(f"Ray processes left behind: {len(left)}")
+        if left:
+            failures.append("leftover processes")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -84,6 +110,20 @@ def main() -> int:
         if proc.stdout and not proc.stdout.closed:
             print(proc.stdout.read()[-4000:])
     return 1 if failures else 0
+
+
+def ray_processes() -> set[int]:
+    """Pids of Ray's own processes (raylet, gcs_server, workers) on this machine."""
+    out = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"raylet" in cmd or b"gcs_server" in cmd or b"ray::" in cmd or b"default_worker.py" in cmd:
+            out.add(int(pid))
+    return out
 
 
 if __name__ == "__main__":

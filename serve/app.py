@@ -21,7 +21,7 @@ from ..runtime.errors import MusicGenError
 from .bodies import HttpError, error, read_fields
 from .access import Access
 from .batcher import Batcher, Draining, Job, QueueFull
-from .metrics import Metrics
+from .metrics import Metrics, render as render_metrics
 from .openapi import openapi_spec
 from .page import PAGE
 from .params import MEDIA_TYPES, RequestChecker
@@ -32,8 +32,9 @@ from .uploads import decode_audio
 logger = logging.getLogger(__name__)
 
 
-def create_app(model, settings: ServeSettings, replica: str | None = None) -> Starlette:
-    """``replica``: this process's name among several (Ray Serve), a label on every metric."""
+def create_app(model, settings: ServeSettings, replica: str | None = None, peers=None) -> Starlette:
+    """``replica``: this process's name among several (Ray Serve), a label on every metric; ``peers``: a
+    callable giving the other replicas' metric families, so that any replica's /metrics shows them all."""
     settings = settings.check()
     m = model.manifest
     metrics = Metrics(info={"checkpoint": (m.source or {}).get("checkpoint"), "family": m.family,
@@ -134,8 +135,9 @@ def create_app(model, settings: ServeSettings, replica: str | None = None) -> St
         return JSONResponse(health_facts("ready"))
 
     async def metrics_route(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(batcher.queue_length(), batcher.in_flight()),
-                                 media_type="text/plain; version=0.0.4")
+        others = await run_in_threadpool(peers) if peers is not None else []
+        text = render_metrics([metrics.families(batcher.queue_length(), batcher.in_flight()), *others])
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_spec(settings))

@@ -167,6 +167,11 @@ class Batcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def working(self) -> bool:
+        """The worker thread runs, or has ended only because stop() drained it (a health check: a worker
+        that died otherwise leaves every request waiting)."""
+        return self._thread.is_alive() or self._stopping
+
     @property
     def draining(self) -> bool:
         """stop() was called: new work is refused (HTTP 503; /health/ready reports it)."""
