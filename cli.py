@@ -366,11 +366,11 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
     if model_dir is None:
         model_dir = BUNDLED_MODEL
         click.echo(f"using the bundled tiny model ({model_dir}): random weights, so expect noise, not music", err=True)
-    given = {name for name in ("replica_cpus", "ray_address", "max_connections", "header_timeout")
+    given = {name for name in ("replica_cpus", "ray_address")
              if click.get_current_context().get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if use_ray:
-        _serve_ray(model_dir, host, port, settings, replicas, replica_cpus, ray_address, provider, low_memory,
-                   graceful_timeout, log_format, ssl_certfile, given)
+        _serve_ray(model_dir, host, port, settings, options, replicas, replica_cpus, ray_address, provider,
+                   low_memory)
         return
     if given & {"replica_cpus", "ray_address"}:
         raise MusicGenError("--replica-cpus and --ray-address work with --ray only")
@@ -382,16 +382,10 @@ def serve(model_dir, host, port, max_batch, max_wait_ms, max_queue, max_duration
     run(app, host, port, options)
 
 
-def _serve_ray(model_dir, host, port, settings, replicas, replica_cpus, ray_address, provider, low_memory,
-               graceful_timeout, log_format, ssl_certfile, given):
-    """``serve --ray``: the options Ray Serve can honour are applied (the grace joins the replicas' drain,
-    json logs are Ray Serve's JSON encoding); the ones its proxy owns are refused, not ignored."""
-    if ssl_certfile:  # Ray Serve's proxy owns the socket: TLS there is Ray's own configuration
-        raise MusicGenError("--ssl-certfile/--ssl-keyfile work without --ray only (Ray Serve's proxy serves "
-                            "the port; terminate TLS in front of it)")
-    if given & {"max_connections", "header_timeout"}:
-        raise MusicGenError("--max-connections and --header-timeout work without --ray only (Ray Serve's proxy "
-                            "owns the connections; bound them in front of it)")
+def _serve_ray(model_dir, host, port, settings, server_options, replicas, replica_cpus, ray_address, provider,
+               low_memory):
+    """``serve --ray``: the plain server's socket and options (cap, deadlines, TLS, logs, grace) in front of
+    Ray Serve's proxy on loopback (serve/ray_front.py)."""
     import os
 
     from .serve.ray_app import RayOptions, fit_replica_cpus, run as run_ray
@@ -404,17 +398,19 @@ def _serve_ray(model_dir, host, port, settings, replicas, replica_cpus, ray_addr
         raise MusicGenError(f"--ray needs the 'ray' extra (pip install 'musicgen-onnx[ray]'): {exc}") from None
 
     options = RayOptions(replicas=replicas, replica_cpus=replica_cpus, address=ray_address,
-                         graceful_timeout_s=graceful_timeout, log_format=log_format)
+                         graceful_timeout_s=server_options.graceful_timeout_s, log_format=server_options.log_format)
     threads = max(1, (os.cpu_count() or 1) // replicas)  # replicas share the machine's cores
     where = f"the Ray cluster at {ray_address}" if ray_address else "a private Ray cluster"
     click.echo(f"starting {replicas} Ray Serve replicas of {model_dir} on {where} (SIGTERM or Ctrl-C: stop)",
                err=True)
 
     def ready(cpus):
-        click.echo(f"ready: {replicas} replicas x {cpus:g} CPU x {threads} thread(s) on http://{host}:{port}/ "
+        scheme = "https" if server_options.ssl_certfile else "http"
+        click.echo(f"ready: {replicas} replicas x {cpus:g} CPU x {threads} thread(s) on {scheme}://{host}:{port}/ "
                    f"(SIGTERM or Ctrl-C: drain, then stop)", err=True)
 
-    run_ray(str(model_dir), host, port, settings, options, provider, threads, low_memory, ready=ready)
+    run_ray(str(model_dir), host, port, settings, options, server_options, provider, threads, low_memory,
+            ready=ready)
 
 
 @main.command(cls=_Command)

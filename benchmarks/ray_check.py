@@ -78,6 +78,31 @@ def main() -> int:
         print(f"/metrics: series of {len(labelled)} replicas in one scrape")
         if len(labelled) != args.replicas:
             failures.append("metrics")
+        victim = sorted(pids)[0]  # a replica killed with requests and a stream in flight
+        with ThreadPoolExecutor(args.replicas * 4) as pool:
+            flying = [pool.submit(httpx.post, url + "/v1/generate", json=body(i) | {"duration": 8}, timeout=120)
+                      for i in range(args.replicas * 3)]
+            stream = pool.submit(read_stream, url, body(0) | {"duration": 8, "stream": True})
+            time.sleep(1.5)
+            os.kill(victim, signal.SIGKILL)
+            answers = [f.result() for f in flying]
+            streamed = stream.result()
+        shapes = sorted(f"{r.status_code}{' json' if r.headers.get('content-type') == 'application/json' else ''}"
+                        f"{' retry-after' if 'retry-after' in r.headers else ''}" for r in answers)
+        print(f"replica {victim} killed with {len(answers)} requests and a stream in flight: {shapes}; "
+              f"stream: {streamed}")
+        if any(r.status_code != 200 and not (r.status_code == 503 and "retry-after" in r.headers and
+                                             set(r.json()) == {"error"}) for r in answers) or "error" in streamed:
+            failures.append("killed replica")
+        deadline = time.monotonic() + 60
+        pids = set()
+        while time.monotonic() < deadline and len(pids) < args.replicas:
+            try:
+                pids.add(httpx.get(url + "/health", timeout=2).json()["pid"])
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        print(f"replicas answering again: {len(pids)} (the killed one replaced: {victim not in pids})")
         with ThreadPoolExecutor(args.replicas * 3) as pool:  # in flight when SIGTERM arrives
             flying = [pool.submit(httpx.post, url + "/v1/generate", json=body(i) | {"duration": 3}, timeout=120)
                       for i in range(args.replicas * 3)]
@@ -110,6 +135,17 @@ def main() -> int:
         if proc.stdout and not proc.stdout.closed:
             print(proc.stdout.read()[-4000:])
     return 1 if failures else 0
+
+
+def read_stream(url: str, body: dict) -> str:
+    """How a streamed request ended: 'complete', 'ended short (N bytes)' or 'error: ...'."""
+    try:
+        with httpx.stream("POST", url + "/v1/generate", json=body, timeout=120) as r:
+            data = r.read()
+        want = 44 + int(body["duration"] * 32000) * 2
+        return f"{r.status_code} complete" if len(data) == want else f"{r.status_code} ended short ({len(data)} bytes)"
+    except httpx.HTTPError as exc:
+        return f"error: {type(exc).__name__}: {exc}"
 
 
 def ray_processes() -> set[int]:

@@ -193,12 +193,17 @@ class Stop(BaseException):
     """A signal arrived while Ray was starting or stopping: leave that step at once."""
 
 
-def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: RayOptions,
+def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: RayOptions, server_options=None,
         providers: str = "auto", threads: int | None = None, low_memory: bool = False, ready=None) -> None:
-    """Serve until SIGTERM / Ctrl-C, then delete this application (draining it) and, if this process
+    """Serve on ``host:port`` through the front (serve/ray_front.py; Ray Serve's proxy listens on a
+    loopback port) until SIGTERM / Ctrl-C, then delete this application (draining it) and, if this process
     started the Ray cluster, stop it. A signal while starting stops at once; a second one while draining
     stops without waiting."""
     import signal
+
+    from .health import free_port
+    from .ray_front import RayDrain, RayFront
+    from .server import ServerOptions, run as serve_front
 
     stop = threading.Event()
     phase = ["starting"]
@@ -222,12 +227,9 @@ def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: 
         import ray
         from ray import serve
 
-        loopback = host in ("127.0.0.1", "localhost", "::1")
-        kw = dict(include_dashboard=False, configure_logging=False, dashboard_host=host if host != "::1" else "127.0.0.1")
-        if private:
-            kw.update(address="local", num_cpus=os.cpu_count() or 1)
-            if loopback:  # Ray binds its own ports (and its metrics exporter) to the node's address
-                kw["_node_ip_address"] = "127.0.0.1"
+        kw = dict(include_dashboard=False, configure_logging=False, dashboard_host="127.0.0.1")
+        if private:  # Ray binds its own ports (and its metrics exporter) to the node's address: loopback
+            kw.update(address="local", num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1")
         else:
             kw["address"] = options.address
         os.environ.pop("RAY_ADDRESS", None)  # ray.init(address="local") must not be redirected by it
@@ -238,23 +240,25 @@ def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: 
         if not private and APP_NAME in serve.status().applications:
             raise InvalidInputError(f"the Ray cluster at {options.address} already runs an application named "
                                     f"{APP_NAME!r}: stop it first (this command would replace it)")
-        serve.start(http_options={"host": host, "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
         from ray.serve.context import _get_global_client
 
-        http = _get_global_client().http_config
-        if (http.host, http.port) != (host, port):
-            raise InvalidInputError(f"Ray Serve on {options.address} already serves http://{http.host}:{http.port}/"
-                                    f" (its proxy is shared): give --host {http.host} --port {http.port}")
+        http = _get_global_client().http_config  # a shared cluster's Serve keeps the proxy it already has
+        upstream = f"http://{'127.0.0.1' if http.host in ('0.0.0.0', '::') else http.host}:{http.port}"
         app = deployment(model_dir, options.replicas, settings, providers, threads, cpus, low_memory,
                          options.graceful_timeout_s)
         deployed = True
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False,
                   logging_config={"encoding": "JSON"} if options.log_format == "json" else None)
+        drain = RayDrain(lambda: serve.delete(APP_NAME))
+        front = RayFront(upstream, settings, drain)
+        if stop.is_set():
+            raise Stop("signal")
         phase[0] = "serving"
         if ready is not None:
             ready(cpus)
-        while not stop.wait(0.5):
-            pass
+        serve_front(front, host, port, server_options or ServerOptions())  # until SIGTERM: drain, grace, close
+        deployed = not drain.draining  # deleted by the drain already
     except Stop as exc:
         logger.warning("%s while Ray was %s: stopping now", exc, phase[0])
     except MusicGenError:

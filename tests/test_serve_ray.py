@@ -1,6 +1,7 @@
 """``serve --ray`` without starting Ray (CI does not install it; ``python -m benchmarks.ray_check`` starts
 it): what cannot schedule and the options Ray Serve's proxy owns are refused in one line, before Ray
-starts (issue 24 items 18-19; servex's leftover: the server options under --ray)."""
+starts (issue 24 items 18-19); the front that gives --ray the plain server's options and turns Ray's
+own errors into the app's (item 20, servex's leftover), against a stand-in for Ray Serve's proxy."""
 
 from __future__ import annotations
 
@@ -31,8 +32,7 @@ def test_what_cannot_schedule_is_refused(replicas, cpus, available, words):
 
 @pytest.mark.parametrize("args, words", [
     (["--ray", "--replicas", "64", "--replica-cpus", "1024"], "--replicas 64 x --replica-cpus 1024 = 65536 CPUs"),
-    (["--ray", "--max-connections", "5"], "--max-connections and --header-timeout work without --ray only"),
-    (["--ray", "--header-timeout", "5"], "--max-connections and --header-timeout work without --ray only"),
+    (["--ray", "--max-connections", "0"], "--max-connections"),  # the front's options are checked as without --ray
     (["--replica-cpus", "0.5"], "--replica-cpus and --ray-address work with --ray only"),
     (["--ray-address", "auto"], "--replica-cpus and --ray-address work with --ray only"),
 ])
@@ -42,3 +42,71 @@ def test_the_command_refuses_in_one_line(args, words):
     assert r.returncode == 2, r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and words in errors[0] and "Traceback" not in r.stderr
+
+
+def rays_proxy_stand_in():
+    """What Ray Serve's proxy answers: the app's responses, its own text 500 when a replica dies, a stream
+    cut when the replica serving it dies."""
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/died":
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await send({"type": "http.response.body", "body": b"ActorDiedError: The actor died unexpectedly"})
+        elif path == "/app-error":
+            await send({"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": b'{"error": "internal error; see the server log"}'})
+        elif path == "/cut":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"audio/wav")]})
+            await send({"type": "http.response.body", "body": b"RIFF" + b"\0" * 60, "more_body": True})
+            raise RuntimeError("the replica died")  # uvicorn closes the connection mid-stream
+        else:
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": b'{"got": %d}' % len(body)})
+    return app
+
+
+def test_the_front_turns_rays_own_errors_into_the_apps_and_ends_cut_streams(caplog):
+    """Issue 24 item 20: a killed replica's request gets the app's JSON error with Retry-After (Ray's proxy
+    gave a bare text 500), its open stream ends cleanly (it ended in 'incomplete chunked read'); the app's
+    own responses and errors pass unchanged; while the application is deleted, new requests get 503."""
+    import threading
+    import time
+
+    import httpx
+
+    from conftest import serving
+    from musicgen_onnx.serve import ServeSettings
+    from musicgen_onnx.serve.ray_front import RayDrain, RayFront
+
+    deleting = threading.Event()
+    drain = RayDrain(deleting.wait)
+    with serving(rays_proxy_stand_in()) as upstream, \
+            serving(RayFront(upstream, ServeSettings(), drain)) as url:
+        assert httpx.post(url + "/v1/generate", json={"prompt": "x" * 1000}).json()["got"] > 1000
+        r = httpx.get(url + "/died")
+        assert r.status_code == 503 and r.headers["retry-after"] == "2" and set(r.json()) == {"error"}
+        assert "replica" in r.json()["error"] and "\n" not in r.json()["error"]
+        r = httpx.get(url + "/app-error")
+        assert r.status_code == 500 and r.json() == {"error": "internal error; see the server log"}
+        with httpx.stream("GET", url + "/cut") as r:
+            data = r.read()  # no RemoteProtocolError: the stream ended with its terminator
+        assert r.status_code == 200 and data == b"RIFF" + b"\0" * 60
+        drain.stop(timeout=0)
+        assert drain.draining and not drain.drained()
+        r = httpx.get(url + "/health")
+        assert r.status_code == 503 and "shutting down" in r.json()["error"] and r.headers["retry-after"] == "2"
+        deleting.set()
+        for _ in range(100):
+            if drain.drained():
+                break
+            time.sleep(0.01)
+        assert drain.drained()
