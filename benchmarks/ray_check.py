@@ -31,7 +31,13 @@ def main() -> int:
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--signals", action="store_true", help="only the signal checks: SIGTERM/Ctrl-C while Ray "
+                                                               "starts, SIGKILL while serving, --replicas 3")
     args = ap.parse_args()
+    if args.signals:
+        failures = signal_checks(3)
+        print("FAILED: " + ", ".join(failures) if failures else "signal checks: all ok")
+        return 1 if failures else 0
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
@@ -135,6 +141,54 @@ def main() -> int:
         if proc.stdout and not proc.stdout.closed:
             print(proc.stdout.read()[-4000:])
     return 1 if failures else 0
+
+
+def signal_checks(replicas: int) -> list[str]:
+    """SIGTERM / Ctrl-C while Ray starts (at 2, 8 and 15 s) and SIGKILL once serving: how long each took to
+    exit and how many Ray processes it left."""
+    failures = []
+    for delay, sig in ((2, signal.SIGTERM), (8, signal.SIGINT), (15, signal.SIGTERM), (None, signal.SIGKILL)):
+        port = free_port()
+        before = ray_processes()
+        proc = subprocess.Popen([sys.executable, "-m", "musicgen_onnx.cli", "serve", "--ray", "--replicas",
+                                 str(replicas), "--port", str(port)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        if delay is None:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+        else:
+            time.sleep(delay)
+        t0 = time.perf_counter()
+        proc.send_signal(sig)
+        try:
+            err = proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            err = proc.communicate()[1]
+            failures.append(f"{sig.name} at {delay} s: no exit in 60 s")
+        took = time.perf_counter() - t0
+        time.sleep(10 if delay is None else 3)
+        left = ray_processes() - before
+        when = "once serving" if delay is None else f"{delay} s into the start"
+        tracebacks = err.count("Traceback")
+        print(f"{sig.name} {when}: exit status {proc.returncode} after {took:.1f} s; Ray processes left: "
+              f"{len(left)}; tracebacks on stderr: {tracebacks}")
+        if left:
+            failures.append(f"{sig.name} {when}: {len(left)} Ray processes left")
+            for pid in left:  # ours: this check started them
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        if tracebacks and sig is not signal.SIGKILL:
+            failures.append(f"{sig.name} {when}: traceback")
+            print(err[-2000:])
+    return failures
 
 
 def read_stream(url: str, body: dict) -> str:

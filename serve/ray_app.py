@@ -233,8 +233,12 @@ def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: 
         else:
             kw["address"] = options.address
         os.environ.pop("RAY_ADDRESS", None)  # ray.init(address="local") must not be redirected by it
+        if private:  # a SIGKILL gives no chance to call ray.shutdown(): a watcher ends the cluster then
+            from . import reaper
+
+            reaper.start()
+        started = True  # a signal inside ray.init may leave part of a cluster: ray.shutdown() ends it
         ray.init(**kw)
-        started = True
         install()  # ray.init installs its own handlers
         cpus = fit_replica_cpus(options.replicas, options.replica_cpus, ray.cluster_resources().get("CPU", 0.0))
         if not private and APP_NAME in serve.status().applications:

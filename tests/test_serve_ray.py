@@ -110,3 +110,45 @@ def test_the_front_turns_rays_own_errors_into_the_apps_and_ends_cut_streams(capl
                 break
             time.sleep(0.01)
         assert drain.drained()
+
+
+def test_the_reaper_ends_what_a_killed_command_leaves(tmp_path):
+    """Issue 24 item 19: SIGKILL of ``serve --ray`` left two of Ray's processes running; the watcher kills
+    the command's descendants once it is gone (here a parent whose child outlives it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from musicgen_onnx.serve import reaper
+
+    pidfile = tmp_path / "child"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        f"c = subprocess.Popen(['sleep', '120'], start_new_session=True)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(c.pid))\n"
+        "time.sleep(120)\n")])
+    for _ in range(200):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    watcher = reaper.start(parent.pid)
+    try:
+        time.sleep(1.5)  # the watcher has seen the child
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        watcher.wait(timeout=10)
+        for _ in range(50):
+            if reaper.start_time(child) is None or open(f"/proc/{child}/stat").read().split(") ")[1][0] == "Z":
+                break
+            time.sleep(0.1)
+        alive = reaper.start_time(child) is not None and open(f"/proc/{child}/stat").read().split(") ")[1][0] != "Z"
+        assert not alive
+    finally:
+        for pid in (parent.pid, child):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
