@@ -189,6 +189,16 @@ def deployment(model_dir: str, replicas: int = 2, settings: ServeSettings | None
         health_check_period_s=HEALTH_PERIOD_S).bind()
 
 
+def _single_node_on_loopback() -> None:
+    """Ray turns a loopback node address into the machine's outward address (so that other nodes can
+    join) unless clusters are off, its setting for macOS and Windows: a private cluster has no other node,
+    so its processes (this one and those the raylet starts, through the environment) take the loopback."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 class Stop(BaseException):
     """A signal arrived while Ray was starting or stopping: leave that step at once."""
 
@@ -230,6 +240,7 @@ def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: 
         kw = dict(include_dashboard=False, configure_logging=False, dashboard_host="127.0.0.1")
         if private:  # Ray binds its own ports (and its metrics exporter) to the node's address: loopback
             kw.update(address="local", num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1")
+            _single_node_on_loopback()
         else:
             kw["address"] = options.address
         os.environ.pop("RAY_ADDRESS", None)  # ray.init(address="local") must not be redirected by it
