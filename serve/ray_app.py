@@ -71,6 +71,20 @@ def fit_replica_cpus(replicas: int, wanted: float | None, available: float) -> f
     return float(wanted)
 
 
+def check_listen(host: str, port: int) -> None:
+    """The front binds only after Ray has started and the replicas loaded (a minute on a small machine):
+    a port that is taken is said at once, in one line."""
+    import socket
+
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as exc:
+        raise InvalidInputError(f"--host {host} --port {port}: cannot listen there: {exc.strerror or exc}") from None
+
+
 def build_app(model_dir: str, settings: ServeSettings, providers: str = "auto", threads: int | None = None,
               low_memory: bool = False, replica: str | None = None, peers=None):
     from ..runtime.musicgen import MusicGen
@@ -231,6 +245,7 @@ def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: 
     private = options.address is None
     if private:  # refused before Ray starts: the private cluster gets this machine's CPUs
         fit_replica_cpus(options.replicas, options.replica_cpus, os.cpu_count() or 1)
+    check_listen(host, port)
     started = False
     deployed = False
     try:

@@ -152,3 +152,17 @@ def test_the_reaper_ends_what_a_killed_command_leaves(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def test_a_taken_port_is_one_line_before_ray_starts():
+    import socket
+
+    from musicgen_onnx.serve.ray_app import check_listen
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(InvalidInputError, match=f"--port {port}: cannot listen there"):
+            check_listen("127.0.0.1", port)
+    check_listen("127.0.0.1", port)  # free again
