@@ -14,7 +14,8 @@ requests only batch with requests that reach the same replica.
 
 What an operator gets from :func:`run` (issue 24 items 18, 19, 21): a private Ray cluster for this
 process unless ``--ray-address`` names one (``RAY_ADDRESS`` is not followed: joining a cluster is
-asked for, never inherited), its ports on the loopback interface when the service is, replicas that ask
+asked for, never inherited), its ports on the loopback interface (it has no other node; clients reach
+Ray Serve's proxy through the front, serve/ray_front.py), replicas that ask
 for the CPUs given (refused in one line when the cluster cannot hold them, instead of waiting for ever),
 SIGTERM / Ctrl-C at any moment, a drain on stop (Ray Serve stops routing to a replica and waits for its
 requests; the app's own shutdown finishes its queue), and only this application deleted on a shared
@@ -234,8 +235,8 @@ def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: 
 
     def on_signal(signum, frame):
         stop.set()
-        if phase[0] not in ("serving", "final"):
-            raise Stop(signal.Signals(signum).name)
+        if phase[0] not in ("serving", "init", "final"):  # "init": raised once ray.init returns (an exception
+            raise Stop(signal.Signals(signum).name)  # inside it left a half-made driver that crashed on shutdown)
 
     def install():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -263,9 +264,13 @@ def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: 
             from . import reaper
 
             reaper.start()
-        started = True  # a signal inside ray.init may leave part of a cluster: ray.shutdown() ends it
+        started = True  # whatever ends the start, ray.shutdown() ends what ray.init made
+        phase[0] = "init"
         ray.init(**kw)
         install()  # ray.init installs its own handlers
+        phase[0] = "starting"
+        if stop.is_set():
+            raise Stop("signal during ray.init")
         cpus = fit_replica_cpus(options.replicas, options.replica_cpus, ray.cluster_resources().get("CPU", 0.0))
         if not private and APP_NAME in serve.status().applications:
             raise InvalidInputError(f"the Ray cluster at {options.address} already runs an application named "
