@@ -86,10 +86,10 @@ def main() -> int:
             failures.append("metrics")
         victim = sorted(pids)[0]  # a replica killed with requests and a stream in flight
         with ThreadPoolExecutor(args.replicas * 4) as pool:
-            flying = [pool.submit(httpx.post, url + "/v1/generate", json=body(i) | {"duration": 8}, timeout=120)
+            flying = [pool.submit(httpx.post, url + "/v1/generate", json=body(i) | {"duration": 30}, timeout=120)
                       for i in range(args.replicas * 3)]
-            stream = pool.submit(read_stream, url, body(0) | {"duration": 8, "stream": True})
-            time.sleep(1.5)
+            stream = pool.submit(read_stream, url, body(0) | {"duration": 30, "stream": True})
+            time.sleep(1.0)  # 30 s clips: still generating on every replica
             os.kill(victim, signal.SIGKILL)
             answers = [f.result() for f in flying]
             streamed = stream.result()
