@@ -244,6 +244,49 @@ def test_queue_full_is_503_with_retry_after(server):
     assert 'status="503"' in httpx.get(url + "/metrics").text
 
 
+def test_metrics_histograms_and_info(server):
+    """Issue 24 item 21: latency histograms (request, queue wait, time to first audio), the batch size as
+    a histogram, and process, build and model info, in the text format Prometheus parses."""
+    url, _ = server
+    before = httpx.get(url + "/metrics").text
+    assert post(url, prompt="jazz", duration=0.2, seed=1).status_code == 200
+    with httpx.stream("POST", url + "/v1/generate", json=dict(prompt="jazz", duration=0.2, stream=True),
+                      timeout=60) as r:
+        r.read()
+    text = httpx.get(url + "/metrics").text
+    for name in ("musicgen_queue_wait_seconds", "musicgen_time_to_first_audio_seconds", "musicgen_batch_size"):
+        assert f"# TYPE {name} histogram" in text
+        assert metric(text, name + "_count") == metric(before, name + "_count") + 2, name
+        assert metric(text, f'{name}_bucket{{le="+Inf"}}') == metric(text, name + "_count")
+    route = 'musicgen_request_seconds_count{route="/v1/generate"}'
+    assert metric(text, route) == metric(before, route) + 2
+    assert metric(text, 'musicgen_request_seconds_bucket{route="/v1/generate",le="300.0"}') == metric(text, route)
+    assert metric(text, 'musicgen_batch_size_bucket{le="1"}') >= 2
+    assert metric(text, "musicgen_time_to_first_audio_seconds_sum") > 0
+    assert metric(text, "process_resident_memory_bytes") > 10e6 and metric(text, "process_cpu_seconds_total") > 0
+    info = [line for line in text.splitlines() if line.startswith(("musicgen_build_info{", "musicgen_model_info{"))]
+    assert len(info) == 2 and 'version="0.1.0"' in info[0] and 'family=' in info[1] and 'precision=' in info[1]
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(families) == len(set(families))  # each family once
+
+
+def test_metrics_of_several_replicas_merge_into_one_family_each():
+    """Under Ray Serve every scrape shows every replica's series, labelled, each family's HELP once."""
+    from musicgen_onnx.serve.metrics import Metrics, render
+
+    a, b = Metrics(labels={"replica": "a"}), Metrics(labels={"replica": "b"})
+    a.request("/health", 200)
+    b.request("/health", 200)
+    b.batch(3, 10, 1.0, 2.0)
+    text = render([a.families(0, 0), b.families(1, 0)])
+    assert text.count("# TYPE musicgen_requests_total counter") == 1
+    assert 'musicgen_requests_total{replica="a",route="/health",status="200"} 1' in text
+    assert 'musicgen_requests_total{replica="b",route="/health",status="200"} 1' in text
+    assert 'musicgen_batch_size_bucket{replica="b",le="4"} 1' in text
+    assert 'musicgen_batch_size_bucket{replica="a",le="4"} 0' in text
+    assert 'musicgen_queue_length{replica="b"} 1' in text
+
+
 # ---------------------------------------------------------------- batching
 def test_concurrent_requests_share_a_batch_and_rows_keep_their_seeds(server):
     url, app = server

@@ -205,6 +205,39 @@ def raw(url: str, data: bytes) -> socket.socket:
     return s
 
 
+def test_over_the_connection_cap_the_503_is_the_apps_json_error_with_retry_after(model):
+    """uvicorn's own cap answered plain text "Service Unavailable" without Retry-After (servex leftover)."""
+    import uvicorn
+
+    from musicgen_onnx.serve.health import free_port
+    from musicgen_onnx.serve.server import ConnectionCap
+
+    app = create_app(model, ServeSettings())
+    capped = ConnectionCap(app, 3, app.state.settings.retry_after_s)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(capped, host="127.0.0.1", port=port, log_level="warning"))
+    capped.server_state = server.server_state
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    held = []
+    try:
+        assert wait_until_healthy(url, 30)
+        held = [raw(url, b"") for _ in range(2)]  # two idle connections; the next request is the third
+        time.sleep(0.2)
+        r = httpx.get(url + "/health", timeout=5)
+        assert "--max-connections 3" in serve_error(r, 503) and r.headers["retry-after"] == "2"
+        for s in held:
+            s.close()
+        time.sleep(0.2)
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
+    finally:
+        for s in held:
+            s.close()
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_closed(model):
     app = create_app(model, ServeSettings(body_timeout_s=0.5))
     with serving(app) as url:
