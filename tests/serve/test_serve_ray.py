@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 from musicgen_onnx.runtime.errors import InvalidInputError
 from musicgen_onnx.serve.ray_app import fit_replica_cpus
 
@@ -83,7 +83,7 @@ def test_the_front_turns_rays_own_errors_into_the_apps_and_ends_cut_streams(capl
 
     import httpx
 
-    from conftest import serving
+    from helpers import serving
     from musicgen_onnx.serve import ServeSettings
     from musicgen_onnx.serve.ray_front import RayDrain, RayFront
 
