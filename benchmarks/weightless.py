@@ -10,7 +10,7 @@ in their place ``weightless.json`` lists each data file's tensors (name, dtype, 
 and ``weightless.kept`` holds the bytes of the small non-float tensors (index tables, masks), whose
 values a graph may rely on. Inline graphs (the tiny ones) are rewritten to external data the same
 way, so one test proves the round trip. ``fill`` needs only numpy (not ``onnx``): it writes each data
-file with random values of each tensor's shape and dtype, scaled by 1/sqrt(fan-in) so the logits stay
+file with random values of each tensor's shape and dtype, of variance 1/fan-in so the logits stay
 finite, puts the kept bytes back, and rewrites the manifest's sizes and sha256 of the graphs it
 touched, so the filled folder loads with its hash checks on.
 """
@@ -115,9 +115,12 @@ def fill(folder: str | os.PathLike, seed: int = 0) -> int:
 
 
 def _random(rng, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    if dtype.kind in FLOAT_KINDS:
-        fan_in = shape[0] if len(shape) >= 2 else 1
-        return (rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(max(fan_in, 1)))).astype(dtype)
+    if dtype.kind in FLOAT_KINDS:  # uniform, variance 1/fan-in: 0.6x the time of a normal draw
+        half = np.float32(np.sqrt(3.0 / max(shape[0] if len(shape) >= 2 else 1, 1)))
+        values = rng.random(shape, dtype=np.float32)
+        values *= 2 * half
+        values -= half
+        return values.astype(dtype, copy=False)
     if dtype == np.bool_:
         return rng.integers(0, 2, shape).astype(dtype)
     return rng.integers(-8, 8, shape).astype(dtype)  # quantised weights; small ints fit every integer type
