@@ -101,3 +101,23 @@ def test_without_a_capturable_stepper_the_sampler_runs_unbound(fresh, monkeypatc
     model = _model(BUNDLED, device_sampler=True)
     model.generate(PROMPTS[:1], duration=0.5, top_k=50, seed=1)
     assert not called and device_sampler._SESSIONS
+
+
+def test_the_cpu_kernel_never_reads_the_cache_past_seqlens_k(fresh, monkeypatch):
+    """Why the CPU skips zeroing the cache (stepper.StepBuffers): with NaN wherever the allocator gives
+    memory, generation on the CPU EP still gives today's codes (a NaN read would raise or change them)."""
+    import onnxruntime as ort
+
+    want = _model(fresh).generate(PROMPTS, duration=1.0, top_k=50, seed=[1, 2, 3], return_codes=True)[1]
+    real = ort.OrtValue.ortvalue_from_shape_and_type
+
+    def garbage(shape, dtype, device, index):
+        value = real(shape, dtype, device, index)
+        if np.dtype(dtype).kind == "f":
+            value.update_inplace(np.full(shape, np.nan, dtype=dtype))
+        return value
+
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_shape_and_type", staticmethod(garbage))
+    for kw in (dict(), dict(cuda_graph=True)):
+        got = _model(fresh, **kw).generate(PROMPTS, duration=1.0, top_k=50, seed=[1, 2, 3], return_codes=True)[1]
+        np.testing.assert_array_equal(got, want)
