@@ -10,17 +10,20 @@ step, so a run cut short still reports what it measured. Steps:
 1. environment: onnxruntime, its providers, the card (nvidia-smi), torch and transformers if importable;
 2. capture gate: today's decoder (models/tiny-melody, ``past_length``) is refused by onnxruntime with
    ``enable_cuda_graph``; the step-input decoder (``tiny-melody-fp16``) is captured, and 50 replayed
-   steps give logits bit-equal to the same steps uncaptured;
+   steps give logits bit-equal to the same steps uncaptured; then the sampling graph captured beside it
+   (bound to the decoder's logits): fixed addresses over two calls, tokens vs the host sampler;
 3. fp32 parity on the tiny concat graph: greedy codes on CUDA (default math and ``use_tf32=0``) vs
    the CPU EP (token agreement);
 4. the sampling graphs on CUDA vs the numpy sampler (token agreement);
-5. for each folder in ``--folders`` (full-size graphs; ``--random-weights`` fills a weightless export's
-   external data first): each batch in four modes - ``plain`` (the CUDA EP, tokens on the host),
+5. for each folder in ``--full`` (full-size graphs carried weightless; ``--random-weights`` fills them
+   first, weightless.py, and checks the rehashed manifest; the dry run does so with a stripped
+   tiny-melody-fp16): each batch in four modes - ``plain`` (the CUDA EP, tokens on the host),
    ``device_sampler``, ``cuda_graph``, ``cuda_graph+device_sampler`` - ms/step, steps/s, GPU memory and
    token agreement with ``plain``; transformers fp16 in the same process if it and the checkpoint are there.
 
-Folders ``DIR/tiny-melody-fp16`` and ``DIR/tiny-melody-fp32-concat`` are exported on the spot when
-missing and torch is importable (``--prepare DIR`` writes them here, to carry along instead).
+Folders ``DIR/tiny-melody-fp16``, ``DIR/tiny-melody-fp32-concat`` and ``DIR/tiny-melody-fp16-weightless``
+are exported on the spot when missing and torch is importable (``--prepare --folders DIR`` writes them
+here, to carry along instead).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import weightless
+
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "models" / "tiny-melody"
 PROMPTS = ["80s pop track with bassy drums and synth", "a calm folk song with acoustic guitar",
@@ -42,6 +47,7 @@ PROMPTS = ["80s pop track with bassy drums and synth", "a calm folk song with ac
 MODES = {"plain": dict(), "device_sampler": dict(device_sampler=True), "cuda_graph": dict(cuda_graph=True),
          "cuda_graph+device_sampler": dict(cuda_graph=True, device_sampler=True)}
 TINY = {"tiny-melody-fp16": dict(precision="fp16"), "tiny-melody-fp32-concat": dict(kv_cache="concat")}
+WEIGHTLESS = "-weightless"  # a folder stripped by weightless.py: graphs only, filled with random weights here
 
 
 def _gpu_used_mb() -> float | None:
@@ -84,7 +90,8 @@ class Report:
 
 
 def prepare(folders: Path) -> None:
-    """Export the tiny folders the checks need (here, with torch), to carry to the GPU machine."""
+    """Export the tiny folders the checks need (here, with torch), to carry to the GPU machine, and a
+    weightless copy of the fp16 one, which the dry run fills and times as the GPU run does a full-size one."""
     from musicgen_onnx.export.exporter import export
     from musicgen_onnx.export.random_checkpoints import build_checkpoint
 
@@ -92,6 +99,9 @@ def prepare(folders: Path) -> None:
     for name, kw in TINY.items():
         if not (folders / name).is_dir():
             export(str(ck), folders / name, force=True, **kw)
+    stripped = folders / ("tiny-melody-fp16" + WEIGHTLESS)  # the dry run's stand-in for a carried full-size folder
+    if not stripped.is_dir():
+        weightless.strip(folders / "tiny-melody-fp16", stripped)
 
 
 def _settings(providers: str, **kw):
@@ -138,6 +148,32 @@ def capture_gate(report: Report, folders: Path, providers: str) -> None:
                fixed_addresses=all(a == runs[True][1][0] for a in runs[True][1]))
 
 
+def sampler_capture(report: Report, folders: Path, providers: str) -> None:
+    """The sampling graph bound for capture (device_sampler.SamplerBuffers): tokens vs the host sampler
+    with the same decoder, and every address it binds fixed from the second step on, over two calls."""
+    from musicgen_onnx.runtime.device_sampler import GraphSampler
+
+    folder = folders / "tiny-melody-fp16"
+    kw = dict(duration=1.0, top_k=50, seed=[1, 2], return_codes=True)
+    want = _model(folder, _settings(providers)).generate(PROMPTS[:2], **kw)[1]
+    model = _model(folder, _settings(providers, cuda_graph=True, device_sampler=True))
+    addresses, real = [], GraphSampler._bound
+
+    def bound(sampler, b, k):
+        out = real(sampler, b, k)
+        addresses.append(sampler.buffers.bound())
+        return out
+    GraphSampler._bound = bound
+    try:
+        got = [model.generate(PROMPTS[:2], **kw)[1] for _ in range(2)]
+    finally:
+        GraphSampler._bound = real
+    report.add(step="sampler_capture", folder=folder.name, bound_calls=len(addresses),
+               fixed_addresses=bool(addresses) and all(a == addresses[1] for a in addresses[1:]),
+               agreement=float(np.mean([(g == want).mean() for g in got])),
+               identical=all(np.array_equal(g, want) for g in got))
+
+
 def concat_parity(report: Report, folders: Path, providers: str) -> None:
     folder = folders / "tiny-melody-fp32-concat"
     cpu = _model(folder, _settings("cpu"))
@@ -171,36 +207,19 @@ def sampler_parity(report: Report, providers: str) -> None:
     report.add(step="sampler_parity", agreement=agree / total, tokens=total)
 
 
-def fill_random_weights(folder: Path, seed: int = 0) -> int:
-    """Write each external-data file a weightless graph refers to: random values of every initializer's
-    shape and dtype, scaled by 1/sqrt(fan-in) so the logits stay finite; returns the bytes written."""
-    import onnx
+def random_weights(report: Report, folder: Path) -> None:
+    """Fill a weightless folder (weightless.py) once; the manifest is rehashed, so it loads with hash checks on."""
+    if not (folder / weightless.LIST).is_file():
+        report.add(step="random_weights", folder=folder.name, skipped="not a weightless folder")
+        return
+    carried = weightless.folder_bytes(folder)
+    t0 = time.perf_counter()
+    written = weightless.fill(folder)
+    from musicgen_onnx.runtime.layouts import open_layout
 
-    rng = np.random.default_rng(seed)
-    written = 0
-    for path in sorted(folder.glob("*.onnx")):
-        model = onnx.load(str(path), load_external_data=False)
-        files: dict[str, list] = {}
-        for init in model.graph.initializer:
-            if init.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            info = {e.key: e.value for e in init.external_data}
-            files.setdefault(info["location"], []).append((int(info.get("offset", 0)), init))
-        for location, inits in files.items():
-            target = folder / Path(location).name
-            with open(target, "wb") as f:
-                for offset, init in sorted(inits, key=lambda x: x[0]):
-                    dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-                    shape = tuple(init.dims)
-                    fan_in = shape[0] if len(shape) >= 2 else 1
-                    if np.issubdtype(dtype, np.floating):
-                        values = (rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))).astype(dtype)
-                    else:
-                        values = rng.integers(0, 8, shape).astype(dtype)
-                    f.seek(offset)
-                    f.write(values.tobytes())
-                    written += values.nbytes
-    return written
+    open_layout(folder, None, True)  # sizes and sha256 as the manifest now says
+    report.add(step="random_weights", folder=folder.name, carried_bytes=carried, bytes=written,
+               seconds=time.perf_counter() - t0, hashes_verified=True)
 
 
 def speed(report: Report, folder: Path, batches: list[int], seconds: float, providers: str) -> None:
@@ -256,7 +275,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     folders = Path(args.folders)
     folders.mkdir(parents=True, exist_ok=True)
-    if args.prepare or any(not (folders / n).is_dir() for n in TINY):
+    if args.prepare or any(not (folders / n).is_dir() for n in [*TINY, "tiny-melody-fp16" + WEIGHTLESS]):
         prepare(folders)
         if args.prepare:
             return
@@ -277,13 +296,14 @@ def main(argv=None) -> None:
             env[name] = None
     report.add(step="environment", **env)
     report.guard("capture_gate", lambda: capture_gate(report, folders, providers))
+    report.guard("sampler_capture", lambda: sampler_capture(report, folders, providers))
     report.guard("fp32_concat_parity", lambda: concat_parity(report, folders, providers))
     report.guard("sampler_parity", lambda: sampler_parity(report, providers))
-    full = [folders / n for n in args.full.split(",") if n] or ([folders / "tiny-melody-fp32-concat"] if dry else [])
+    full = [folders / n for n in args.full.split(",") if n] or ([folders / ("tiny-melody-fp16" + WEIGHTLESS)]
+                                                                 if dry else [])
     for folder in full:
-        if args.random_weights:
-            report.guard("random_weights", lambda: report.add(step="random_weights", folder=folder.name,
-                                                              bytes=fill_random_weights(folder)))
+        if args.random_weights or dry:
+            report.guard("random_weights", lambda: random_weights(report, folder), folder=folder.name)
         report.guard("speed", lambda: speed(report, folder, batches, seconds, providers), folder=folder.name)
     for ck in [Path(c) for c in args.checkpoints.split(",") if c] or ([folders / "_checkpoint"] if dry else []):
         if env["transformers"] is not None:

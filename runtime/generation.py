@@ -142,6 +142,8 @@ class StepLoop:
         self.conditioning = parts.conditioner(descriptions, chroma, self.use_cfg)
         rows = 2 * len(descriptions) if self.use_cfg else len(descriptions)
         self.stepper = parts.new_stepper(rows, self.conditioning, self.seq.shape[2])
+        if self.pick is not None and hasattr(self.pick, "attach"):
+            self.pick.attach(self.stepper)  # the sampling graph reads the decoder's device logits
 
     def __iter__(self) -> Iterator[int]:
         for s in range(self.start, self.seq.shape[2]):

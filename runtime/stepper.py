@@ -169,20 +169,31 @@ class StaticStepper(_BoundWindow):
 
 
 class StepBuffers:
-    """Everything a single-column step binds, allocated on the session's device: the KV cache (never
-    copied from host zeros), token ids ``[rows, K, 1]``, positions, ``seqlens_k``, the logits, the
+    """Everything a single-column step binds, allocated on the session's device: the KV cache (zeroed
+    once on a GPU, see below), token ids ``[rows, K, 1]``, positions, ``seqlens_k``, the logits, the
     window's constant conditioning (copied in at each window's start) and the host-side total. A set
     keeps its addresses for life, so a CUDA graph captured over it replays for every window that
     gets it from the pool (``graph_id``, capture.py)."""
 
     def __init__(self, ort, device: str, cache_shape: tuple[int, ...], n_caches: int, dtype,
-                 logits_shape: tuple[int, ...], steps: dict[str, np.ndarray], graph_id: int):
+                 logits_shape: tuple[int, ...], steps: dict[str, np.ndarray], graph_id: int, key=None):
         def alloc(shape, dt):
             return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dt, device, 0)
 
         rows = cache_shape[0]
         self.cache_shape = cache_shape
         self.caches = [alloc(cache_shape, dtype) for _ in range(n_caches)]
+        # Zeroed once, at allocation, on a GPU: device memory comes uninitialized, and what CUDA's
+        # GroupQueryAttention reads past ``seqlens_k`` depends on the kernel onnxruntime picks (flash and
+        # memory-efficient predicate their loads and mask the scores; a path that multiplied the masked
+        # probabilities, 0, by the whole V buffer would turn garbage NaN/Inf into NaN), while the
+        # single-column steps pass the buffer length as total. Zeros keep every column finite for the
+        # set's life (later windows leave finite values behind). The CPU kernel reads only the first
+        # seqlens_k + 1 columns of each row, so the CPU skips the copy (7 GB for melody fp32 batch 8).
+        if device != "cpu":
+            zeros = np.zeros(cache_shape, dtype=dtype)
+            for cache in self.caches:
+                cache.update_inplace(zeros)
         self.ids = alloc((rows, logits_shape[1], 1), np.int64)
         self.positions = alloc((rows, 1), np.int64)
         self.seqlens = alloc((rows,), np.int32)
@@ -190,6 +201,8 @@ class StepBuffers:
         self.logits = alloc(logits_shape, np.float32)
         self.steps = {name: alloc(value.shape, value.dtype) for name, value in steps.items()}
         self.graph_id = graph_id
+        self.key = key  # the pool's (conditioning_key, slot): what graph ids of this set are given for
+        self.extras: dict = {}  # buffers other graphs bind beside this set's (device_sampler.SamplerBuffers)
 
 
 def conditioning_key(rows: int, conditioning: Conditioning) -> tuple:
@@ -218,7 +231,7 @@ class BufferPool:
             slot = self._made[key] = self._made.get(key, 0) + 1
         graph_id = self.graph_ids.id_for((key, slot)) if self.graph_ids is not None else -1
         return StepBuffers(self.ort, self.device, cache_shape, n_caches, dtype, logits_shape, conditioning.steps,
-                           graph_id)
+                           graph_id, (key, slot))
 
     def give_back(self, conditioning: Conditioning, buffers: StepBuffers) -> None:
         with self._lock:
@@ -281,6 +294,19 @@ class CapturableStepper(_BoundWindow):
             binding.bind_ortvalue_output(present, buf)
         binding.bind_ortvalue_output(self._io.logits, self._set.logits)
         return binding
+
+    @property
+    def buffer_set(self) -> StepBuffers:
+        """The window's buffers (a row drop moves to another set): the sampling graph binds its logits."""
+        return self._set
+
+    @property
+    def graph_ids(self):
+        return self._graph_ids
+
+    @property
+    def device(self) -> str:
+        return self._device
 
     def bound(self) -> dict[str, int]:
         """Each buffer a single-column step binds, by name -> its address (what a captured graph keeps)."""
