@@ -614,7 +614,8 @@ def verify_graph_files(folder: str | os.PathLike, graphs: dict[str, GraphInfo], 
         total = sum(path.stat().st_size for path in paths.values())
         if total != info.size_bytes:  # before hashing: a grown (sparse, 20 GB) file is refused at once
             raise ModelFolderError(
-                f"{folder}: graph {name} files total {total} bytes, manifest says {info.size_bytes} (truncated?)"
+                f"{folder}: graph {name} files ({', '.join(info.files)}) total {total} bytes, manifest says "
+                f"{info.size_bytes} (truncated or replaced?)"
             )
         for rel, digest in info.files.items():
             if hash_files and _file_digest(paths[rel]) != digest:
