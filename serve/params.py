@@ -111,10 +111,11 @@ class RequestChecker:
         stream = bool(f.get("stream") or False)
         fmt = f.get("format") or "wav"
         if fmt not in FORMATS:
-            raise InvalidInputError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+            raise InvalidInputError(f"format must be one of {', '.join(FORMATS)}, got {shown(fmt)}")
         normalize = f.get("normalize") or ("none" if stream else DEFAULT_NORMALIZE)
         if normalize not in audio_io.STRATEGIES:
-            raise InvalidInputError(f"normalize must be one of {', '.join(audio_io.STRATEGIES)}, got {normalize!r}")
+            raise InvalidInputError(f"normalize must be one of {', '.join(audio_io.STRATEGIES)}, "
+                                    f"got {shown(normalize)}")
         if stream and (fmt != "wav" or normalize != "none"):
             raise InvalidInputError("stream=true sends 16-bit WAV before the clip is complete: format must be wav "
                                     "and normalize none (normalising needs the whole clip)")

@@ -151,9 +151,26 @@ def dropped(s: socket.socket, full: int, timeout: float = 20) -> bool:
         got += len(data)
 
 
+@pytest.fixture
+def unhurried_steps(monkeypatch):
+    """Each decoder step takes at least 10 ms, so the 12 s clip (600 steps) outlasts the unread stream's
+    detection on any machine: a quiet machine otherwise finishes the tiny model's batch before the socket
+    and asyncio's write buffer fill and the stall clock runs out (seen on a quiet machine)."""
+    from musicgen_onnx.runtime import stepper
+
+    for cls in (stepper.ConcatStepper, stepper.StaticStepper, stepper.CapturableStepper):
+        run = cls.run
+
+        def slowed(self, *args, _run=run, **kwargs):
+            time.sleep(0.01)
+            return _run(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "run", slowed)
+
+
 @pytest.mark.parametrize("limits", [dict(stream_buffer_bytes=64 * 1024),  # over the buffer
                                     dict(stream_stall_s=0.5)])  # no byte taken for 0.5 s
-def test_a_stream_its_client_stops_reading_is_dropped_and_its_row_freed(model, limits):
+def test_a_stream_its_client_stops_reading_is_dropped_and_its_row_freed(model, limits, unhurried_steps):
     from test_serve import metric
 
     with small_buffer_server(model, **limits) as url:
