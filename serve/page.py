@@ -36,7 +36,10 @@ PAGE = """<!doctype html>
  #stems-out{display:grid;grid-template-columns:repeat(auto-fit,minmax(12rem,1fr));gap:.8rem;margin-top:.6rem}
  #stems-out figure{margin:0} figcaption{font-weight:600;font-size:.9rem}
 </style></head><body>
-<header><h1>musicgen-onnx</h1><p id="model" class="hint"></p></header>
+<header><h1>musicgen-onnx</h1><p id="model" class="hint"></p>
+<details id="key-box"><summary>API key</summary>
+ <label for="api-key">API key (servers started with --api-key; kept in this browser tab only)</label>
+ <input id="api-key" type="password" autocomplete="off" spellcheck="false"></details></header>
 <main>
 <section aria-labelledby="gen-h"><h2 id="gen-h">Generate</h2>
 <form id="form">
@@ -82,8 +85,32 @@ const $ = id => document.getElementById(id);
 let facts = null, runs = 0;
 const settings = ['guidance', 'temperature', 'top_k', 'top_p'];
 
-fetch('/v1/model').then(r => r.json()).then(f => {
+// A server started with --api-key answers 401 without 'Authorization: Bearer KEY': every call of the page
+// goes through api(), which sends the key typed above. sessionStorage keeps it for this tab only.
+const KEY_ITEM = 'musicgen-onnx-api-key';
+$('api-key').value = sessionStorage.getItem(KEY_ITEM) || '';
+if (sessionStorage.getItem(KEY_ITEM)) $('key-box').open = true;
+function api(path, init = {}) {
+  const key = $('api-key').value.trim(), headers = new Headers(init.headers || {});
+  if (key) headers.set('Authorization', 'Bearer ' + key);
+  return fetch(path, {...init, headers});
+}
+async function errorOf(resp) {
+  const text = resp.status === 401 ? 'this server needs its API key: enter it under "API key" above' : null;
+  try { return text || (await resp.json()).error; } catch (e) { return text || `HTTP ${resp.status}`; }
+}
+$('api-key').addEventListener('change', () => {
+  const key = $('api-key').value.trim();
+  if (key) sessionStorage.setItem(KEY_ITEM, key); else sessionStorage.removeItem(KEY_ITEM);
+  loadFacts(); loadStems();
+});
+
+async function loadFacts() {
+  const r = await api('/v1/model');
+  if (!r.ok) { facts = null; $('model').textContent = 'model facts: ' + await errorOf(r); return; }
+  const f = await r.json();
   facts = f;
+  $('facts').replaceChildren();
   $('model').textContent =
     `${f.checkpoint || 'model'}: ${f.sample_rate} Hz, ${f.channels} channel(s), up to ${f.limits.max_duration_s} s`;
   $('duration').max = f.limits.max_duration_s;
@@ -102,17 +129,20 @@ fetch('/v1/model').then(r => r.json()).then(f => {
     const dt = document.createElement('dt'), dd = document.createElement('dd');
     dt.textContent = k; dd.textContent = String(v); $('facts').append(dt, dd);
   }
-});
-fetch('/v1/stems').then(async r => {
-  if (r.ok) {
+}
+async function loadStems() {
+  const r = await api('/v1/stems');
+  const ok = r.ok;
+  $('stems-go').disabled = $('stems-file').disabled = !ok;
+  if (ok) {
     const s = await r.json();
     $('stems-about').textContent = `Upload a song (up to ${s.max_duration_s} s) to split it into ` +
       `${s.sources.join(', ')} (Demucs, ${s.sample_rate} Hz).`;
   } else {
-    $('stems-about').textContent = (await r.json()).error;
-    $('stems-go').disabled = $('stems-file').disabled = true;
+    $('stems-about').textContent = await errorOf(r);
   }
-});
+}
+loadFacts(); loadStems();
 
 // The browser's own decoder; a mono mix for the picture.
 async function decode(blob) {
@@ -179,9 +209,9 @@ $('melody').addEventListener('change', async () => {
   }
   $('melody-note').textContent = note;
   const form = new FormData(); form.append('melody', file);
-  const resp = await fetch('/v1/chroma', {method: 'POST', body: form});
+  const resp = await api('/v1/chroma', {method: 'POST', body: form});
+  if (!resp.ok) { chroma.hidden = true; $('melody-note').textContent = `${note}; ${await errorOf(resp)}`; return; }
   const c = await resp.json();
-  if (!resp.ok) { chroma.hidden = true; $('melody-note').textContent = `${note}; ${c.error}`; return; }
   chroma.hidden = false;
   drawChroma(chroma, c);
   $('melody-note').textContent = `${note}; its chroma (the pitch class the model follows, frame by frame` +
@@ -225,7 +255,7 @@ function addResult(url, mono, seconds, fields, seed) {
 $('form').addEventListener('submit', async ev => {
   ev.preventDefault();
   const fields = fieldsOf(), status = $('status'), button = $('generate');
-  if (!facts) { status.textContent = 'the model facts have not loaded yet'; return; }
+  if (!facts) { status.textContent = 'the model facts have not loaded: ' + $('model').textContent; return; }
   if (!(fields.duration > 0)) { status.textContent = 'duration: enter a number of seconds'; $('duration').focus(); return; }
   button.disabled = true; $('progress').value = 0; status.textContent = 'queued...';
   const hop = facts.sample_rate / facts.frame_rate;
@@ -243,8 +273,8 @@ $('form').addEventListener('submit', async ev => {
   }
   const t0 = performance.now();
   try {
-    const resp = await fetch('/v1/generate', init);
-    if (!resp.ok) { status.textContent = 'error: ' + (await resp.json()).error; return; }
+    const resp = await api('/v1/generate', init);
+    if (!resp.ok) { status.textContent = 'error: ' + await errorOf(resp); return; }
     const reader = resp.body.getReader();
     let got = 0, first = null;
     for (;;) {
@@ -256,9 +286,9 @@ $('form').addEventListener('submit', async ev => {
       status.textContent = `generating... ${Math.round(100 * Math.min(got / expected, 1))}%`;
     }
     const seed = resp.headers.get('X-Seed'), id = resp.headers.get('X-Result-Id');
-    const kept = await fetch('/v1/results/' + encodeURIComponent(id));
+    const kept = await api('/v1/results/' + encodeURIComponent(id));
     if (!kept.ok) {  // the stream ended by an error: the server kept nothing
-      status.textContent = `error: the stream ended early (${got} of ${expected} bytes); ` + (await kept.json()).error;
+      status.textContent = `error: the stream ended early (${got} of ${expected} bytes); ` + await errorOf(kept);
       return;
     }
     const blob = await kept.blob(), url = URL.createObjectURL(blob);
@@ -285,9 +315,9 @@ $('stems-go').addEventListener('click', async () => {
   const form = new FormData(); form.append('audio', file);
   const t0 = performance.now();
   try {
-    const resp = await fetch('/v1/stems', {method: 'POST', body: form});
+    const resp = await api('/v1/stems', {method: 'POST', body: form});
+    if (!resp.ok) { status.textContent = 'error: ' + await errorOf(resp); return; }
     const got = await resp.json();
-    if (!resp.ok) { status.textContent = 'error: ' + got.error; return; }
     for (const name of got.sources) {
       const bytes = Uint8Array.from(atob(got.stems[name]), c => c.charCodeAt(0));
       const blob = new Blob([bytes], {type: 'audio/wav'}), url = URL.createObjectURL(blob);

@@ -333,3 +333,41 @@ def test_a_stems_upload_gives_four_players(browser, page_server, tmp_path):
     if os.environ.get("PAGE_SCREENSHOT"):
         with open(os.environ["PAGE_SCREENSHOT"], "wb") as f:
             f.write(png)
+
+
+def test_the_page_sends_the_api_key_typed_into_it(browser, tmp_path):
+    """A server started with --api-key: the page says it needs the key (not a script error), then, once
+    typed, every call of the page (facts, stems, generation, the kept result) carries it; a reload keeps it
+    for this tab (sessionStorage)."""
+    from selenium.webdriver.common.by import By
+
+    from musicgen_onnx.runtime.musicgen import MusicGen
+    from musicgen_onnx.runtime.stems import StemSeparator
+    from musicgen_onnx.serve import ServeSettings, create_app
+
+    key = "page-test-key-0123456789"
+    app = create_app(MusicGen.from_pretrained(BUNDLED, providers="cpu"),
+                     ServeSettings(max_duration=5, api_key=key), StemSeparator.from_folder(STEMS, providers="cpu"))
+    with serving(app) as url:
+        open_page(browser, url)
+        assert "API key" in browser.find_element(By.ID, "model").text
+        assert "API key" in browser.find_element(By.ID, "stems-about").text
+        browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+        type_into(browser, "api-key", "wrong-key-wrong-key-0000")
+        browser.find_element(By.ID, "prompt").click()  # 'change' fires when the field loses focus
+        type_into(browser, "api-key", key)
+        browser.find_element(By.ID, "prompt").click()
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(browser, 20).until(lambda d: "32000 Hz" in d.find_element(By.ID, "model").text)
+        assert "drums" in browser.find_element(By.ID, "stems-about").text
+        type_into(browser, "prompt", "with a key")
+        type_into(browser, "duration", str(SECONDS))
+        run_generation(browser)
+        status = browser.find_element(By.ID, "status").text
+        assert status.startswith("done"), status
+        assert browser.find_element(By.CSS_SELECTOR, "#results li a").get_attribute("href").startswith("blob:")
+        browser.refresh()  # the key stays for this tab
+        WebDriverWait(browser, 20).until(lambda d: "32000 Hz" in d.find_element(By.ID, "model").text)
+        assert browser.find_element(By.ID, "api-key").get_attribute("value") == key
+        browser.execute_script("sessionStorage.clear()")
