@@ -18,6 +18,7 @@ from starlette.routing import Route
 from ..runtime import audio as audio_io
 from ..runtime.errors import MusicGenError
 from ..runtime.layouts import describe
+from ..runtime.options import check_seed
 from .access import Access
 from .batcher import END, Batcher, Draining, Job, QueueFull
 from .bodies import HttpError, error, read_fields
@@ -141,8 +142,7 @@ def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
             raise HttpError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; known: 'seed' and the "
                                  f"'audio' file")
         seed = fields.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise HttpError(400, f"seed must be a non-negative integer, got {seed!r}")
+        check_seed(seed)
         return JSONResponse(await run_in_threadpool(service.separate, upload, seed))
 
     async def chroma(request: Request) -> Response:

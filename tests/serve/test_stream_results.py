@@ -109,6 +109,9 @@ def test_stems_endpoint_refusals(server, model):
     assert r.status_code == 400 and "'audio' file" in r.json()["error"]
     r = httpx.post(server + "/v1/stems", data={"shift": "1"}, files={"audio": ("s.wav", b"RIFF")}, timeout=10)
     assert r.status_code == 400 and "unknown field(s) 'shift'" in r.json()["error"]
+    for seed in ("-1", str(2 ** 64), "1.5"):  # the generation seed's rule, before any decoding
+        r = httpx.post(server + "/v1/stems", data={"seed": seed}, files={"audio": ("s.wav", b"RIFF")}, timeout=10)
+        assert r.status_code == 400 and "seed must be a non-negative integer below 2**64" in r.json()["error"], r.text
     long = io.BytesIO()
     sf.write(long, np.full(6 * 8000, 0.1), 8000, format="WAV")
     r = httpx.post(server + "/v1/stems", files={"audio": ("s.wav", long.getvalue())}, timeout=10)
