@@ -49,7 +49,7 @@ class ServeSettings:
         if not 0 < self.body_timeout_s <= 3600:
             bad("body_timeout", self.body_timeout_s, "in (0, 3600] seconds")
         if not 0 < self.stream_stall_s <= 3600:
-            bad("stream_stall", self.stream_stall_s, "in (0, 3600] seconds")
+            bad("stream_stall_timeout", self.stream_stall_s, "in (0, 3600] seconds")
         if not isinstance(self.stream_buffer_bytes, int) or not 64 * 1024 <= self.stream_buffer_bytes <= 1 << 30:
             bad("stream_buffer_bytes", self.stream_buffer_bytes, "an integer in [65536, 2**30]")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not 16 <= len(self.api_key) <= 512

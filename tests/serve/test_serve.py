@@ -487,6 +487,18 @@ def test_sigterm_drains_the_queue_then_stops(tmp_path):
             proc.wait()
 
 
+@pytest.mark.parametrize("field, flag", [("max_wait_ms", "--max-wait-ms"), ("max_duration", "--max-duration"),
+                                         ("body_timeout_s", "--body-timeout"),
+                                         ("stream_stall_s", "--stream-stall-timeout")])
+def test_a_setting_out_of_range_names_the_serve_flag_that_sets_it(field, flag):
+    from musicgen_onnx.cli import serve
+    from musicgen_onnx.runtime.errors import InvalidInputError
+
+    assert flag in [opt for p in serve.params for opt in p.opts]
+    with pytest.raises(InvalidInputError, match=f"^{flag} must be"):
+        ServeSettings(**{field: float("nan")}).check()
+
+
 def test_missing_extra_is_one_line():
     code = ("import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None; "
             "from musicgen_onnx.cli import main; sys.argv = ['musicgen-onnx', 'serve']; main()")
