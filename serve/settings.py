@@ -15,6 +15,12 @@ MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 STREAM_CHUNK_FRAMES = 50  # codec frames per streamed chunk: 1 s of audio at 50 frames/s
 
 
+def refuse_flag(name: str, value, rule: str):
+    """A serve flag out of its range, in one wording for every check (the service's and the server's):
+    ``name`` is the option's name with underscores, as the CLI spells it with dashes."""
+    raise InvalidInputError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     max_batch: int = 8
@@ -35,9 +41,7 @@ class ServeSettings:
     def check(self) -> "ServeSettings":
         """Bounds that keep the service sane: a batch is one ``generate`` call (at most MAX_BATCH prompts), a
         wait longer than 10 s would be felt by every user, and the queue holds finished audio too."""
-        def bad(name, value, rule):
-            raise InvalidInputError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
-
+        bad = refuse_flag
         if not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= MAX_BATCH:
             bad("max_batch", self.max_batch, f"an integer in [1, {MAX_BATCH}]")
         if not 0 <= self.max_wait_ms <= 10_000:

@@ -489,14 +489,18 @@ def test_sigterm_drains_the_queue_then_stops(tmp_path):
 
 @pytest.mark.parametrize("field, flag", [("max_wait_ms", "--max-wait-ms"), ("max_duration", "--max-duration"),
                                          ("body_timeout_s", "--body-timeout"),
-                                         ("stream_stall_s", "--stream-stall-timeout")])
+                                         ("stream_stall_s", "--stream-stall-timeout"),
+                                         ("header_timeout_s", "--header-timeout"),
+                                         ("graceful_timeout_s", "--graceful-timeout")])
 def test_a_setting_out_of_range_names_the_serve_flag_that_sets_it(field, flag):
     from musicgen_onnx.cli import serve
     from musicgen_onnx.runtime.errors import InvalidInputError
+    from musicgen_onnx.serve.server import ServerOptions
 
     assert flag in [opt for p in serve.params for opt in p.opts]
-    with pytest.raises(InvalidInputError, match=f"^{flag} must be"):
-        ServeSettings(**{field: float("nan")}).check()
+    settings = ServeSettings if field in ServeSettings.__dataclass_fields__ else ServerOptions
+    with pytest.raises(InvalidInputError, match=f"^{flag} must be .*, got nan$"):
+        settings(**{field: float("nan")}).check()
 
 
 def test_missing_extra_is_one_line():
