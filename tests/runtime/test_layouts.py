@@ -4,11 +4,11 @@ description ``info`` prints and ``/v1/model`` serves."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import BUNDLED, ROOT
 from musicgen_onnx.runtime.folder_kind import NATIVE, OPTIMUM, STEMS, folder_kind
 from musicgen_onnx.runtime.generation import GenerationInputs, GenerationTask, ModelParts
 from musicgen_onnx.runtime.layouts import describe, open_layout
@@ -16,8 +16,6 @@ from musicgen_onnx.runtime.musicgen import MusicGen
 from musicgen_onnx.runtime.native_layout import NativeFolder
 from musicgen_onnx.runtime.optimum_layout import OptimumFolder
 
-ROOT = Path(__file__).resolve().parents[1]
-BUNDLED = ROOT / "models" / "tiny-melody"
 STEMS_FOLDER = ROOT / "models" / "tiny-stems"
 OPTIMUM_FOLDER = ROOT / "tests" / "fixtures" / "optimum-tiny-text"
 
@@ -30,6 +28,17 @@ def test_folder_kind(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "musicgen_onnx.json").write_text("{}")
     assert folder_kind(tmp_path) == NATIVE  # the manifest wins over a stray config.json
+
+
+def test_a_stems_folder_given_for_generation_is_named_as_one(cli, tmp_path):
+    from musicgen_onnx.runtime.errors import ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="is a stems-only folder .* holds no MusicGen"):
+        MusicGen.from_pretrained(STEMS_FOLDER, providers="cpu")
+    with pytest.raises(ModelFolderError, match="is a stems-only folder"):
+        open_layout(STEMS_FOLDER)
+    r = cli("generate", "x", "--model", "tiny-stems", "--duration", "0.2", "-o", tmp_path / "o.wav")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("holds no MusicGen to generate with")
 
 
 @pytest.mark.parametrize("folder, adapter", [(BUNDLED, NativeFolder), (OPTIMUM_FOLDER, OptimumFolder)])
