@@ -276,7 +276,7 @@ def load(folder: Path, t5_dir: Path):
 
 
 def melody_waves(count: int, seconds: float, sr: int = 32000, seed: int = 0) -> list[np.ndarray]:
-    """Stepped sine melodies (as tests/test_parity.py's), deterministic from ``seed``."""
+    """Stepped sine melodies (as tests/export/test_parity.py's), deterministic from ``seed``."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
@@ -373,7 +373,7 @@ def build_fixture(out: Path) -> None:
     """The committed CI fixture (a few MB): tiny text-only and melody models in audiocraft's format, a
     fine-tuned variant of the text-only one, the tiny T5 folder, and audiocraft's greedy tokens on each
     (``tokens.json``). The three models share one codec, stored once as ``compression_state_dict.bin``
-    beside them (a test puts it into each folder: ``tests/test_audiocraft.py``)."""
+    beside them (a test puts it into each folder: ``tests/export/test_audiocraft.py``)."""
     import shutil
     import tempfile
 

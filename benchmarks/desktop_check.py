@@ -3,7 +3,7 @@
     python -m benchmarks.desktop_check [--app dist/desktop/musicgen-onnx] [--json FILE]
 
 Why a benchmark and not a test: a freeze takes about a minute of two busy cores here and more on CI
-runners, and the timings are the point; tests/test_desktop.py checks the collection plan in CI
+runners, and the timings are the point; tests/packaging/test_desktop.py checks the collection plan in CI
 instead. This script:
 
 1. builds the app with ``desktop.build`` unless ``--app`` names a built one;
