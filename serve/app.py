@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from ..runtime import audio as audio_io
 from ..runtime.errors import MusicGenError
@@ -208,8 +208,7 @@ def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
         Exception: on_http_error, HTTPException: on_http_error, HttpError: on_http_error,
         MusicGenError: on_http_error, ClientDisconnect: on_http_error})
     app.state.batcher, app.state.metrics = batcher, metrics
-    known = {r.path for r in routes}
-    return CountRequests(Access(app, settings.api_key, settings.cors_origins), metrics, known)
+    return CountRequests(Access(app, settings.api_key, settings.cors_origins), metrics, routes)
 
 
 def _encode(wav: np.ndarray, sample_rate: int, strategy: str, fmt: str) -> bytes:
@@ -217,17 +216,18 @@ def _encode(wav: np.ndarray, sample_rate: int, strategy: str, fmt: str) -> bytes
 
 
 class CountRequests:
-    """ASGI wrapper: count every HTTP response by route and status for /metrics (unknown paths as
-    'other', so a scanner cannot grow the label set)."""
+    """ASGI wrapper: count every HTTP response by route and status for /metrics, labelled by the route's
+    template (``/v1/results/{result_id}``, not each id) and unknown paths as 'other', so a scanner or
+    the kept results cannot grow the label set."""
 
-    def __init__(self, app, metrics: Metrics, known: set[str]):
-        self.app, self.metrics, self.known = app, metrics, known
+    def __init__(self, app, metrics: Metrics, routes: list[Route]):
+        self.app, self.metrics, self.routes = app, metrics, routes
         self.state = app.state
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        route = scope["path"] if scope["path"] in self.known else "other"
+        route = next((r.path for r in self.routes if r.matches(scope)[0] != Match.NONE), "other")
 
         async def counting_send(message):
             if message["type"] == "http.response.start":

@@ -65,6 +65,10 @@ def test_a_streamed_result_is_kept_normalised_as_a_non_streamed_response(server)
 def test_an_unknown_result_is_one_line_404(server):
     r = httpx.get(server + "/v1/results/nope", timeout=10)
     assert r.status_code == 404 and "no result 'nope'" in r.json()["error"]
+    # counted under the route's template in /metrics (not as 'other', nor one label per id)
+    metrics = httpx.get(server + "/metrics", timeout=10).text
+    assert 'musicgen_requests_total{route="/v1/results/{result_id}",status="404"}' in metrics
+    assert "nope" not in metrics
 
 
 def test_the_result_store_is_bounded_in_count_bytes_and_age():
