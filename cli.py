@@ -358,7 +358,8 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
 def serve(model_dir, revision, precision, export_missing, host, port, max_batch, max_wait_ms, max_queue, max_duration,
           provider, stems_dir, use_ray, replicas, api_key, cors_origins, ssl_certfile, ssl_keyfile, log_format,
           graceful_timeout, max_connections, body_timeout, header_timeout, stream_stall_timeout, low_memory):
-    """Serve the model over HTTP: POST /v1/generate, /v1/continue; GET /, /v1/model, /metrics, /openapi.json."""
+    """Serve the model over HTTP: POST /v1/generate, /v1/continue, /v1/stems, /v1/chroma; GET / (the page),
+    /v1/model, /v1/stems, /v1/results/ID, /health (/live, /ready), /metrics, /openapi.json."""
     try:
         import uvicorn  # noqa: F401
 

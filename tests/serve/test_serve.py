@@ -503,6 +503,16 @@ def test_a_setting_out_of_range_names_the_serve_flag_that_sets_it(field, flag):
         settings(**{field: float("nan")}).check()
 
 
+def test_serve_help_lists_every_route(model):
+    from click.testing import CliRunner
+
+    from musicgen_onnx.cli import main
+
+    help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"]).stdout.split())
+    for path in {r.path.replace("{result_id}", "ID") for r in create_app(model).routes}:
+        assert path.replace("/health/", "/") in help_text or path in help_text, path
+
+
 def test_missing_extra_is_one_line():
     code = ("import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None; "
             "from musicgen_onnx.cli import main; sys.argv = ['musicgen-onnx', 'serve']; main()")
