@@ -508,7 +508,7 @@ def test_serve_help_lists_every_route(model):
 
     from musicgen_onnx.cli import main
 
-    help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"]).stdout.split())
+    help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"], terminal_width=1000).stdout.split())
     for path in {r.path.replace("{result_id}", "ID") for r in create_app(model).routes}:
         assert path.replace("/health/", "/") in help_text or path in help_text, path
 
