@@ -3,7 +3,7 @@
 Why a separate module: a freeze takes minutes, so CI cannot run one; but most ways a frozen app breaks
 are a file that was not collected (the bundled model, libsndfile, onnxruntime's shared libraries,
 soxr's extension). Computing that list here, with the standard library only, lets
-``tests/test_desktop.py`` check it in milliseconds, and lets the spec file stay a thin consumer.
+``tests/packaging/test_desktop.py`` check it in milliseconds, and lets the spec file stay a thin consumer.
 
 Everything is located with :func:`importlib.util.find_spec` on top-level names, which finds a package
 without importing it (importing onnxruntime would cost a second and is not needed to list files).

@@ -6,7 +6,7 @@ is a ModelProto *skeleton* (structure, small tensors inline) plus a :class:`Sour
 tensor that produces its bytes only when the writer reaches it, so at most one tensor is in memory.
 
 The output is byte for byte what the exporter wrote before with ``onnx.save_model(...,
-save_as_external_data=True, size_threshold=1024)`` (tests/test_export_streaming.py compares both):
+save_as_external_data=True, size_threshold=1024)`` (tests/export/test_export_streaming.py compares both):
 tensors in initializer order, appended to one file without padding, every tensor of at least
 ``onnx``'s ``size_threshold`` (1024, as ``sys.getsizeof`` counts bytes) external, the
 ``location``/``offset``/``length`` entries in onnx's order, and ``data_location = DEFAULT`` written

@@ -3,7 +3,7 @@
 The ``tokenizers`` wheel is 12 MB and pulls ~27 MB of ``huggingface_hub``/``hf_xet``/``httpx``/``pyyaml``
 that a runtime never uses, for what is here a few hundred lines: MusicGen only ever conditions on T5,
 whose tokenizer is a Unigram model behind a SentencePiece normaliser. This module reads the same file,
-gives the same ids as ``tokenizers`` (tests/test_tokenizer.py fuzzes it against ``tokenizers``; the
+gives the same ids as ``tokenizers`` (tests/export/test_tokenizer.py fuzzes it against ``tokenizers``; the
 exporter re-checks every file it writes) and refuses, naming the component, a ``tokenizer.json`` that
 uses anything else.
 

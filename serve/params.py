@@ -36,7 +36,7 @@ class BatchKey:
     they would get alone: same kind (generate / continue), streaming or not, same options (duration
     -> window plan, sampling, guidance; the seed is per row), and the same text token count, melody
     length and continuation prompt length (text and melodies are padded to the batch's longest, and
-    padded positions change the logits: tests/test_seeds.py)."""
+    padded positions change the logits: tests/runtime/test_seeds.py)."""
 
     kind: str
     stream: bool
