@@ -401,7 +401,7 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
         threads = max(1, (os.cpu_count() or 1) // replicas)  # replicas share the machine's cores
         click.echo(f"serving {model_dir} with Ray Serve, {replicas} replicas x {threads} thread(s), on "
                    f"http://{host}:{port}/ (SIGTERM or Ctrl-C: stop)", err=True)
-        run_ray(str(model_dir), host, port, replicas, settings, provider, threads, low_memory)
+        run_ray(str(model_dir), host, port, replicas, settings, provider, threads, low_memory, stems_dir)
         return
     model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory, revision=revision,
                                      precision=precision, export=export_missing)

@@ -513,6 +513,31 @@ def test_serve_help_lists_every_route(model):
         assert path.replace("/health/", "/") in help_text or path in help_text, path
 
 
+def test_serve_ray_passes_the_stems_folder_to_each_replica(monkeypatch):
+    """serve --ray with the bundled model (or --stems): each replica's app has the stems endpoint, as
+    without --ray (it was dropped: the page's stems panel said 'no stems model'). Ray itself is faked."""
+    import types
+
+    from click.testing import CliRunner
+    from starlette.testclient import TestClient
+
+    from musicgen_onnx.cli import BUNDLED_STEMS, main
+    from musicgen_onnx.serve import ray_app
+
+    fake = types.ModuleType("ray")
+    fake.serve = types.ModuleType("ray.serve")
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setitem(sys.modules, "ray.serve", fake.serve)
+    got = {}
+    monkeypatch.setattr(ray_app, "run", lambda *args: got.setdefault("args", args))
+    r = CliRunner().invoke(main, ["serve", "--ray", "--replicas", "1", "--provider", "cpu"])
+    assert r.exit_code == 0, r.output
+    model_dir, *_, stems_dir = got["args"]
+    assert stems_dir == BUNDLED_STEMS
+    with TestClient(ray_app.build_app(model_dir, ServeSettings(), "cpu", 1, stems_dir=stems_dir)) as client:
+        assert client.get("/v1/stems").json()["sources"] == ["drums", "bass", "other", "vocals"]
+
+
 def test_missing_extra_is_one_line():
     code = ("import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None; "
             "from musicgen_onnx.cli import main; sys.argv = ['musicgen-onnx', 'serve']; main()")
