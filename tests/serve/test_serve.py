@@ -218,6 +218,11 @@ def test_multipart_faults(client):
     part = b'--xx\r\nContent-Disposition: form-data; name="duration"\r\n\r\n1\r\n'
     r = client.post("/v1/generate", content=part + part + b"--xx--\r\n", headers=multipart)
     assert "given twice" in one_line_error(r, 400)
+    long = {"content-type": "multipart/form-data; boundary=" + "b" * 5000}  # over python-multipart's maximum
+    r = client.post("/v1/generate", content=b"--" + b"b" * 5000 + b"--\r\n", headers=long)
+    assert "malformed multipart" in one_line_error(r, 400)
+    r = client.post("/v1/generate", data={"duration": "1", "melody": "abc"})  # the file's name as a plain field
+    assert "'melody' must be a file part" in one_line_error(r, 400)
 
 
 def test_no_request_names_a_file(client, tmp_path):
