@@ -5,7 +5,9 @@ Generation asks for ``stream=true`` so progress shows as the audio arrives (byte
 bytes the duration implies). A stream cannot be loudness-normalised, so what the page plays, draws and
 offers for download is the normalised file the server kept when the stream ended (``X-Result-Id`` ->
 ``GET /v1/results/{id}``, serve/results.py): the CLI's loudness, from one generation, with no loudness
-code in JavaScript. Pictures (result waveforms, the melody's waveform, each stem's) are drawn into
+code in JavaScript. Where the result is kept by another process (``serve --ray``: another replica
+answers 404), the page falls back to the complete stream it received, and says it is not normalised.
+Pictures (result waveforms, the melody's waveform, each stem's) are drawn into
 <canvas> elements from the browser's own decode of the audio files.
 """
 
@@ -218,6 +220,16 @@ $('melody').addEventListener('change', async () => {
     (c.from_stems ? ', here from the full mix: generation takes it from the vocals and other stems' : '') + ')';
 });
 
+// The streamed bytes as a WAV file: the stream's header says 'length unknown', here the sizes are known.
+function streamedWav(chunks, size) {
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) { bytes.set(c, at); at += c.length; }
+  const view = new DataView(bytes.buffer);
+  view.setUint32(4, size - 8, true); view.setUint32(40, size - 44, true);
+  return new Blob([bytes], {type: 'audio/wav'});
+}
+
 function fieldsOf() {
   const fields = {prompt: $('prompt').value, duration: parseFloat($('duration').value), stream: true};
   for (const k of [...settings, 'seed']) {
@@ -277,21 +289,28 @@ $('form').addEventListener('submit', async ev => {
     if (!resp.ok) { status.textContent = 'error: ' + await errorOf(resp); return; }
     const reader = resp.body.getReader();
     let got = 0, first = null;
+    const chunks = [];
     for (;;) {
       const {done, value} = await reader.read();
       if (done) break;
-      got += value.length;
+      got += value.length; chunks.push(value);
       if (first === null && got > 44) first = (performance.now() - t0) / 1000;
       $('progress').value = Math.min(got / expected, 1);
       status.textContent = `generating... ${Math.round(100 * Math.min(got / expected, 1))}%`;
     }
     const seed = resp.headers.get('X-Seed'), id = resp.headers.get('X-Result-Id');
     const kept = await api('/v1/results/' + encodeURIComponent(id));
-    if (!kept.ok) {  // the stream ended by an error: the server kept nothing
+    let blob, note = '';
+    if (kept.ok) {
+      blob = await kept.blob();
+    } else if (got >= expected) {  // complete, but kept elsewhere (serve --ray: another replica answered)
+      blob = streamedWav(chunks, got);
+      note = '; the stream as sent, not normalised: ' + await errorOf(kept);
+    } else {  // the stream ended by an error: the server kept nothing
       status.textContent = `error: the stream ended early (${got} of ${expected} bytes); ` + await errorOf(kept);
       return;
     }
-    const blob = await kept.blob(), url = URL.createObjectURL(blob);
+    const url = URL.createObjectURL(blob);
     $('player').src = url; $('download').href = url; $('download').download = `musicgen-seed${seed}.wav`;
     $('download').hidden = false; $('progress').value = 1;
     $('seed-shown').textContent = `seed ${seed}`; $('reuse-seed').hidden = false;
@@ -300,7 +319,7 @@ $('form').addEventListener('submit', async ev => {
     drawWave($('wave'), mono, `waveform of the latest result: ${seconds.toFixed(2)} s, seed ${seed}`);
     addResult(url, mono, seconds, fields, seed);
     status.textContent = `done: ${seconds.toFixed(2)} s of audio in ${((performance.now() - t0) / 1000).toFixed(2)} s`
-      + ` (first audio after ${first === null ? '-' : first.toFixed(2)} s, seed ${seed})`;
+      + ` (first audio after ${first === null ? '-' : first.toFixed(2)} s, seed ${seed})` + note;
   } catch (e) {
     status.textContent = 'error: ' + e;
   } finally {
