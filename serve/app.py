@@ -29,7 +29,7 @@ from .page import PAGE
 from .params import DEFAULT_NORMALIZE, MEDIA_TYPES, RequestChecker
 from .results import KeptStream, ResultStore
 from .settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, ServeSettings
-from .stems import StemsService
+from .stems import StemsBusy, StemsService
 from .streaming import AudioStream
 from .uploads import decode_audio
 
@@ -143,7 +143,10 @@ def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
                                  f"'audio' file")
         seed = fields.get("seed")
         check_seed(seed)
-        return JSONResponse(await run_in_threadpool(service.separate, upload, seed))
+        try:
+            return JSONResponse(await run_in_threadpool(service.separate, upload, seed))
+        except StemsBusy as exc:
+            raise HttpError(503, f"server busy: {exc}; retry later", {"Retry-After": str(settings.retry_after_s)})
 
     async def chroma(request: Request) -> Response:
         if not m.is_melody:

@@ -136,3 +136,41 @@ def test_chroma_endpoint_gives_the_models_chroma_of_a_melody(server):
     assert len(got["bins"]) == 1 + 3 * 32000 // 4096 and sum(b == 9 for b in got["bins"]) >= 20  # centred frames
     r = httpx.post(server + "/v1/chroma", data={"x": "1"}, files={"melody": ("a.wav", tone.getvalue())}, timeout=30)
     assert r.status_code == 400 and "unexpected field(s) 'x'" in r.json()["error"]
+
+
+def test_stems_requests_past_the_pending_bound_get_503(model):
+    """Separations run one at a time; while MAX_PENDING are running or waiting (each holding a worker
+    thread the other routes share), another gets 503 + Retry-After at once, and the service still answers."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from musicgen_onnx.runtime.stems import StemSeparator
+    from musicgen_onnx.serve import ServeSettings, create_app
+    from musicgen_onnx.serve.stems import MAX_PENDING
+
+    release = threading.Event()
+
+    class Slow(StemSeparator):
+        def track_blocks(self, *args, **kwargs):
+            release.wait(30)
+            return super().track_blocks(*args, **kwargs)
+
+    slow = Slow.from_folder(STEMS, providers="cpu")
+    song = io.BytesIO()
+    sf.write(song, 0.3 * np.sin(np.arange(22050) / 10), 22050, format="WAV")
+    with serving(create_app(model, ServeSettings(max_duration=5), slow)) as url:
+        def post():
+            return httpx.post(url + "/v1/stems", files={"audio": ("s.wav", song.getvalue())}, timeout=60)
+
+        with ThreadPoolExecutor(MAX_PENDING) as pool:
+            held = [pool.submit(post) for _ in range(MAX_PENDING)]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                r = post()
+                if r.status_code == 503:
+                    break
+                time.sleep(0.05)
+            assert r.status_code == 503 and "server busy" in r.json()["error"] and r.headers["Retry-After"], r.text
+            assert httpx.get(url + "/health", timeout=5).status_code == 200
+            release.set()
+            assert [f.result().status_code for f in held] == [200] * MAX_PENDING
