@@ -172,5 +172,6 @@ def test_stems_requests_past_the_pending_bound_get_503(model):
                 time.sleep(0.05)
             assert r.status_code == 503 and "server busy" in r.json()["error"] and r.headers["Retry-After"], r.text
             assert httpx.get(url + "/health", timeout=5).status_code == 200
+            assert "503" in httpx.get(url + "/openapi.json", timeout=5).json()["paths"]["/v1/stems"]["post"]["responses"]
             release.set()
             assert [f.result().status_code for f in held] == [200] * MAX_PENDING
