@@ -138,7 +138,7 @@ def test_chroma_endpoint_gives_the_models_chroma_of_a_melody(server):
     assert r.status_code == 400 and "unexpected field(s) 'x'" in r.json()["error"]
 
 
-def test_stems_requests_past_the_pending_bound_get_503(model):
+def test_stems_requests_past_the_pending_bound_get_503(model, monkeypatch):
     """Separations run one at a time; while MAX_PENDING are running or waiting (each holding a worker
     thread the other routes share), another gets 503 + Retry-After at once, and the service still answers."""
     import threading
@@ -146,9 +146,12 @@ def test_stems_requests_past_the_pending_bound_get_503(model):
 
     from musicgen_onnx.runtime.stems import StemSeparator
     from musicgen_onnx.serve import ServeSettings, create_app
+    from musicgen_onnx.serve import stems as stems_module
     from musicgen_onnx.serve.stems import MAX_PENDING
 
-    release = threading.Event()
+    release, decoding = threading.Event(), []
+    decode = stems_module.decode_audio
+    monkeypatch.setattr(stems_module, "decode_audio", lambda *a: decoding.append(1) or decode(*a))
 
     class Slow(StemSeparator):
         def track_blocks(self, *args, **kwargs):
@@ -165,11 +168,9 @@ def test_stems_requests_past_the_pending_bound_get_503(model):
         with ThreadPoolExecutor(MAX_PENDING) as pool:
             held = [pool.submit(post) for _ in range(MAX_PENDING)]
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                r = post()
-                if r.status_code == 503:
-                    break
-                time.sleep(0.05)
+            while len(decoding) < MAX_PENDING and time.monotonic() < deadline:  # all four counted as pending
+                time.sleep(0.02)
+            r = post()
             assert r.status_code == 503 and "server busy" in r.json()["error"] and r.headers["Retry-After"], r.text
             assert httpx.get(url + "/health", timeout=5).status_code == 200
             assert "503" in httpx.get(url + "/openapi.json", timeout=5).json()["paths"]["/v1/stems"]["post"]["responses"]
