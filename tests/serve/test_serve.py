@@ -229,7 +229,7 @@ def test_no_request_names_a_file(client, tmp_path):
     """A path in a field is refused, never opened; an upload's file name is ignored and never written."""
     target = tmp_path / "written-by-a-request.wav"
     r = client.post("/v1/generate", data={"duration": "0.3", "melody": "/etc/passwd"})
-    assert "unexpected part" in one_line_error(r, 400)  # a melody is a file part, not a name
+    assert "must be a file part" in one_line_error(r, 400)  # a melody is a file part, not a name
     body = {"duration": "0.3", "seed": "5", "prompt": "sad jazz"}
     named = client.post("/v1/generate", data=body, files={"melody": (str(target), wav_bytes(), "audio/wav")})
     plain = client.post("/v1/generate", data=body, files={"melody": ("m.wav", wav_bytes(), "audio/wav")})
