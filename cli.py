@@ -331,8 +331,9 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
               help="Longest clip a request may ask for, in seconds.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--stems", "stems_dir", type=click.Path(), default=None,
-              help="Stems folder for POST /v1/stems and the page's stems panel (default: the model's own if it "
-                   "was exported with --stems; with the bundled model, the bundled tiny stems model).")
+              help=f"Stems folder (or '{BUNDLED_STEMS_NAME}') for POST /v1/stems and the page's stems panel "
+                   "(default: the model's own if it was exported with --stems; with the bundled model, the "
+                   "bundled tiny stems model).")
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment on a local Ray instance "
                                                     "(extra 'ray'); each replica batches its own requests.")
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 64), help="Ray Serve replicas.")
@@ -382,6 +383,10 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
         model_dir = BUNDLED_MODEL
         _bundled_notice()
         stems_dir = BUNDLED_STEMS if stems_dir is None else stems_dir
+    if stems_dir is not None:
+        from .runtime.hub import local_folder
+
+        stems_dir = local_folder(stems_dir) or stems_dir  # 'tiny-stems' names the bundled folder, as for `stems`
     if use_ray:
         if ssl_certfile:  # Ray Serve's proxy owns the socket: TLS there is Ray's own configuration
             raise MusicGenError("--ssl-certfile/--ssl-keyfile work without --ray only (Ray Serve's proxy serves "

@@ -518,15 +518,13 @@ def test_serve_help_lists_every_route(model):
         assert path.replace("/health/", "/") in help_text or path in help_text, path
 
 
-def test_serve_ray_passes_the_stems_folder_to_each_replica(monkeypatch):
-    """serve --ray with the bundled model (or --stems): each replica's app has the stems endpoint, as
-    without --ray (it was dropped: the page's stems panel said 'no stems model'). Ray itself is faked."""
+def serve_with_fake_ray(monkeypatch, *args):
+    """``serve --ray ARGS`` with Ray faked: (exit code, output, the arguments ray_app.run got)."""
     import types
 
     from click.testing import CliRunner
-    from starlette.testclient import TestClient
 
-    from musicgen_onnx.cli import BUNDLED_STEMS, main
+    from musicgen_onnx.cli import main
     from musicgen_onnx.serve import ray_app
 
     fake = types.ModuleType("ray")
@@ -534,13 +532,34 @@ def test_serve_ray_passes_the_stems_folder_to_each_replica(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", fake)
     monkeypatch.setitem(sys.modules, "ray.serve", fake.serve)
     got = {}
-    monkeypatch.setattr(ray_app, "run", lambda *args: got.setdefault("args", args))
-    r = CliRunner().invoke(main, ["serve", "--ray", "--replicas", "1", "--provider", "cpu"])
-    assert r.exit_code == 0, r.output
-    model_dir, *_, stems_dir = got["args"]
+    monkeypatch.setattr(ray_app, "run", lambda *a: got.setdefault("args", a))
+    r = CliRunner().invoke(main, ["serve", "--ray", "--replicas", "1", "--provider", "cpu", *args])
+    return r.exit_code, r.output, got.get("args")
+
+
+def test_serve_ray_passes_the_stems_folder_to_each_replica(monkeypatch):
+    """serve --ray with the bundled model (or --stems): each replica's app has the stems endpoint, as
+    without --ray (it was dropped: the page's stems panel said 'no stems model'). Ray itself is faked."""
+    from starlette.testclient import TestClient
+
+    from musicgen_onnx.cli import BUNDLED_STEMS
+    from musicgen_onnx.serve import ray_app
+
+    code, output, args = serve_with_fake_ray(monkeypatch)
+    assert code == 0, output
+    model_dir, *_, stems_dir = args
     assert stems_dir == BUNDLED_STEMS
     with TestClient(ray_app.build_app(model_dir, ServeSettings(), "cpu", 1, stems_dir=stems_dir)) as client:
         assert client.get("/v1/stems").json()["sources"] == ["drums", "bass", "other", "vocals"]
+
+
+def test_serve_stems_takes_the_bundled_name_and_refuses_an_empty_one(monkeypatch):
+    from musicgen_onnx.cli import BUNDLED_STEMS
+
+    code, output, args = serve_with_fake_ray(monkeypatch, "--model", str(BUNDLED), "--stems", "tiny-stems")
+    assert code == 0 and args[-1] == BUNDLED_STEMS, output  # as `stems --model tiny-stems`
+    code, output, _ = serve_with_fake_ray(monkeypatch, "--stems", "")
+    assert code == 2 and "error: the model is empty ('')" in output, output
 
 
 def test_missing_extra_is_one_line():
