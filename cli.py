@@ -109,8 +109,9 @@ def _bundled_notice() -> None:
 @click.option("--reference", type=click.Choice(["audiocraft", "transformers"]), default=None,
               help="Whose behaviour to reproduce where they differ (batched text-only prompts of unequal length); "
                    "default: the checkpoint's format.")
-@click.option("--kv-cache", type=click.Choice(KV_CACHES), default="static", show_default=True,
-              help="static: in-place cache buffers (GroupQueryAttention; CPU fp32, CUDA fp16); concat: portable graph.")
+@click.option("--kv-cache", type=click.Choice(KV_CACHES), default=None,
+              help="static: in-place cache buffers (GroupQueryAttention; CPU fp32, CUDA fp16; head sizes that are multiples "
+                   "of 8); concat: portable graph. Default: static where the head size allows it, else concat.")
 @click.option("--kv-dtype", type=click.Choice(KV_DTYPES), default=None,
               help="KV cache precision for int8/int4 (default fp32): fp16 halves the cache, ~10% slower on CPU.")
 @click.option("--atol", type=float, default=None,
@@ -337,6 +338,11 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment on a local Ray instance "
                                                     "(extra 'ray'); each replica batches its own requests.")
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 64), help="Ray Serve replicas.")
+@click.option("--replica-cpus", type=click.FloatRange(0, 1024, min_open=True), default=None,
+              help="CPUs Ray reserves per replica (fractions allowed; default: the cluster's CPUs shared, at most "
+                   "1 each). More than the cluster has is refused.")
+@click.option("--ray-address", default=None, help="Join this Ray cluster (e.g. 'auto' or host:6379) instead of "
+                                                  "starting a private one; RAY_ADDRESS alone is not followed.")
 @click.option("--api-key", envvar="MUSICGEN_API_KEY", default=None, show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on /v1/* and /metrics (16+ characters).")
 @click.option("--cors-origin", "cors_origins", multiple=True, help="Browser origin allowed to call the API "
@@ -357,8 +363,9 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
               help="A streaming client that accepts no bytes this long is dropped (its row freed).")
 @_LOW_MEMORY
 def serve(model_dir, revision, precision, export_missing, host, port, max_batch, max_wait_ms, max_queue, max_duration,
-          provider, stems_dir, use_ray, replicas, api_key, cors_origins, ssl_certfile, ssl_keyfile, log_format,
-          graceful_timeout, max_connections, body_timeout, header_timeout, stream_stall_timeout, low_memory):
+          provider, stems_dir, use_ray, replicas, replica_cpus, ray_address, api_key, cors_origins, ssl_certfile,
+          ssl_keyfile, log_format, graceful_timeout, max_connections, body_timeout, header_timeout,
+          stream_stall_timeout, low_memory):
     """Serve the model over HTTP: POST /v1/generate, /v1/continue, /v1/stems, /v1/chroma; GET / (the page),
     /v1/model, /v1/stems, /v1/results/ID, /health (/live, /ready), /metrics, /openapi.json."""
     try:
@@ -387,27 +394,19 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
         from .runtime.hub import local_folder
 
         stems_dir = local_folder(stems_dir) or stems_dir  # 'tiny-stems' names the bundled folder, as for `stems`
+    given = {name for name in ("replica_cpus", "ray_address")
+             if click.get_current_context().get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if use_ray:
-        if ssl_certfile:  # Ray Serve's proxy owns the socket: TLS there is Ray's own configuration
-            raise MusicGenError("--ssl-certfile/--ssl-keyfile work without --ray only (Ray Serve's proxy serves "
-                                "the port; terminate TLS in front of it)")
-        try:
-            from ray import serve as _  # noqa: F401
-        except ImportError as exc:
-            raise MusicGenError(f"--ray needs the 'ray' extra (pip install 'musicgen-onnx[ray]'): {exc}") from None
-        import os
-
         from .runtime.hub import resolve_model
         from .runtime.session import resolve_providers
-        from .serve.ray_app import run as run_ray
 
         # each replica loads a folder: resolve (and export) a name here, once
         model_dir = resolve_model(model_dir, revision, precision, export_missing, resolve_providers(provider))
-        threads = max(1, (os.cpu_count() or 1) // replicas)  # replicas share the machine's cores
-        click.echo(f"serving {model_dir} with Ray Serve, {replicas} replicas x {threads} thread(s), on "
-                   f"http://{host}:{port}/ (SIGTERM or Ctrl-C: stop)", err=True)
-        run_ray(str(model_dir), host, port, replicas, settings, provider, threads, low_memory, stems_dir)
+        _serve_ray(model_dir, host, port, settings, options, replicas, replica_cpus, ray_address, provider,
+                   low_memory, stems_dir)
         return
+    if given & {"replica_cpus", "ray_address"}:
+        raise MusicGenError("--replica-cpus and --ray-address work with --ray only")
     model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory, revision=revision,
                                      precision=precision, export=export_missing)
     separator = None
@@ -420,6 +419,38 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
     click.echo(f"serving {model_dir} on {scheme}://{host}:{port}/ (Ctrl-C or SIGTERM: finish queued requests, then "
                f"{graceful_timeout:g} s for open connections, stop)", err=True)
     run(app, host, port, options)
+
+
+def _serve_ray(model_dir, host, port, settings, server_options, replicas, replica_cpus, ray_address, provider,
+               low_memory, stems_dir=None):
+    """``serve --ray``: the plain server's socket and options (cap, deadlines, TLS, logs, grace) in front of
+    Ray Serve's proxy on loopback (serve/ray_front.py)."""
+    import os
+
+    from .serve.ray_app import RayOptions, fit_replica_cpus, run as run_ray
+
+    if ray_address is None:  # a private cluster gets this machine's CPUs: refused before Ray is even imported
+        fit_replica_cpus(replicas, replica_cpus, os.cpu_count() or 1)
+    try:
+        from ray import serve as _  # noqa: F401
+    except ImportError as exc:
+        raise MusicGenError(f"--ray needs the 'ray' extra (pip install 'musicgen-onnx[ray]'): {exc}") from None
+
+    options = RayOptions(replicas=replicas, replica_cpus=replica_cpus, address=ray_address,
+                         graceful_timeout_s=server_options.graceful_timeout_s, log_format=server_options.log_format,
+                         stems_dir=None if stems_dir is None else str(stems_dir))
+    threads = max(1, (os.cpu_count() or 1) // replicas)  # replicas share the machine's cores
+    where = f"the Ray cluster at {ray_address}" if ray_address else "a private Ray cluster"
+    click.echo(f"starting {replicas} Ray Serve replicas of {model_dir} on {where} (SIGTERM or Ctrl-C: stop)",
+               err=True)
+
+    def ready(cpus):
+        scheme = "https" if server_options.ssl_certfile else "http"
+        click.echo(f"ready: {replicas} replicas x {cpus:g} CPU x {threads} thread(s) on {scheme}://{host}:{port}/ "
+                   f"(SIGTERM or Ctrl-C: drain, then stop)", err=True)
+
+    run_ray(str(model_dir), host, port, settings, options, server_options, provider, threads, low_memory,
+            ready=ready)
 
 
 @main.command(cls=_Command)

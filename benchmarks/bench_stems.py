@@ -1,16 +1,20 @@
 """Stems on ONNX vs ``demucs.apply.apply_model`` on the same random-weight full-size htdemucs, same run.
 
-    python -m benchmarks.bench_stems [--seconds 30] [--threads 2] [--segments-per-run 1,4] [--json out.json]
+    python -m benchmarks.bench_stems [--seconds 30] [--threads 2] [--segments-per-run 1,4] [--rounds 2]
+        [--compare NAME=FOLDER ...] [--json out.json]
+    python -m benchmarks.bench_stems --melody 3,30 [--rounds 2] [--compare NAME=FOLDER]   # melody path
+    python -m benchmarks.bench_stems --profile [--compare NAME=FOLDER]   # per node type, one segment
 
 Builds (and caches under benchmarks/cache/) HTDemucs with the released htdemucs architecture
-(``export/stems.py`` HTDEMUCS_KWARGS, random weights: the released ones cannot be downloaded here),
+(``export/random_demucs.py`` HTDEMUCS_KWARGS, random weights: the released ones cannot be downloaded here),
 saved in the Hugging Face hub layout, and its ``export-stems`` folder. Then each side separates the
 same ``--seconds`` of 44.1 kHz stereo in its own subprocess (peak RSS is that side's alone), with the
 same shift: load time, separation wall time, real-time factor, peak RSS. Parity, untimed, in this
 process: max |ONNX stems - apply_model| / input peak on 20 s of 44.1 kHz stereo and on 3 s of 32 kHz
 mono (through ``convert_audio``), the chroma after stems against audiocraft's recipe on those inputs,
-and the stems.onnx size. Absolute times on a shared 2-core machine are
-noisy; the ratio counts.
+and the stems.onnx size. ``--rounds`` alternates the sides (medians reported), ``--compare`` times
+other stems folders (e.g. an export from before a change) beside the export. Absolute times on a
+shared 2-core machine are noisy; the ratio counts.
 """
 
 from __future__ import annotations
@@ -29,15 +33,16 @@ import numpy as np
 from benchmarks.bench_runtime import CACHE, peak_rss_mb, run_isolated
 
 SHIFT = 12345
+MELODY_RATE = 32000  # the chroma's rate: melodies reach the stems mono at 32 kHz
 
 
 def ensure_demucs() -> Path:
-    from musicgen_onnx.export import stems
+    from musicgen_onnx.export import random_demucs
 
     folder = CACHE / "htdemucs-random"
     if not (folder / "htdemucs.yaml").exists():
         print(f"building random-weight htdemucs in {folder} ...", file=sys.stderr)
-        stems.save_hub_folder(stems.random_htdemucs("htdemucs", seed=0), folder)
+        random_demucs.save_hub_folder(random_demucs.random_htdemucs("htdemucs", seed=0), folder)
     return folder
 
 
@@ -81,7 +86,29 @@ def run_torch(hub: str, wav_path: str, threads: int) -> dict:
     return {"load_s": load, "separate_s": total, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_onnx(folder: str, wav_path: str, threads: int, segments_per_run: int) -> dict:
+def run_torch_melody(hub: str, wav_path: str, threads: int) -> dict:
+    """audiocraft's ``_get_stemmed_wav`` in torch + demucs on a mono 32 kHz melody: ``convert_audio`` to
+    44.1 kHz stereo, ``apply_model``, [vocals, other] summed, channel mean, ``convert_audio`` back."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from demucs.apply import BagOfModels, apply_model
+    from demucs.audio import convert_audio
+
+    from musicgen_onnx.export.stems import load_demucs
+
+    bag = BagOfModels([load_demucs(hub)[0]])
+    wav = torch.from_numpy(np.load(wav_path))[None, None]
+    random.randint = lambda a, b: SHIFT
+    idx = [bag.sources.index("vocals"), bag.sources.index("other")]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        stems = apply_model(bag, convert_audio(wav, MELODY_RATE, bag.samplerate, bag.audio_channels), device="cpu")
+        convert_audio(stems[:, idx].sum(1).mean(1, keepdim=True), bag.samplerate, MELODY_RATE, 1)
+    return {"stems_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_onnx(folder: str, wav_path: str, threads: int, segments_per_run: int, tag: str = "") -> dict:
     from musicgen_onnx.runtime.stems import StemSeparator
 
     t0 = time.perf_counter()
@@ -92,8 +119,53 @@ def run_onnx(folder: str, wav_path: str, threads: int, segments_per_run: int) ->
     t0 = time.perf_counter()
     out = separator.separate(wav, SHIFT)
     total = time.perf_counter() - t0
-    np.save(wav_path + f".onnx{segments_per_run}.npy", out)
+    np.save(wav_path + f".onnx{segments_per_run}{tag}.npy", out)
     return {"load_s": load, "separate_s": total, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_melody(folder: str, wav_path: str, threads: int) -> dict:
+    """The melody path's stems stage alone (``StemSeparator.melody``: julius to 44.1 kHz stereo, the
+    segments, [vocals, other] summed, channel mean, julius back) and its chroma, on a mono 32 kHz melody."""
+    from musicgen_onnx.runtime.chroma import batch_chroma
+    from musicgen_onnx.runtime.manifest import ChromaParams
+    from musicgen_onnx.runtime.stems import StemSeparator
+
+    params = ChromaParams()
+    separator = StemSeparator.from_folder(folder, providers="cpu", threads=threads)
+    wav = np.load(wav_path)[None]
+    t0 = time.perf_counter()
+    stems = separator.melody(wav, params.sample_rate, SHIFT)
+    t1 = time.perf_counter()
+    chroma = batch_chroma(list(stems), params)
+    t2 = time.perf_counter()
+    np.save(wav_path + ".chroma.npy", np.asarray(chroma))
+    return {"stems_s": t1 - t0, "chroma_s": t2 - t1, "peak_rss_mb": peak_rss_mb()}
+
+
+def profile(folder: Path, threads: int) -> list[tuple[str, float, int]]:
+    """onnxruntime's profiler on one segment of ``stems.onnx``, the second of two calls (the first
+    allocates), summed by node type: ``[(op type, ms, nodes)]``, largest first. Session options as
+    the runtime's ``open_session``."""
+    import collections
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling, opts.profile_file_prefix = True, str(Path(tempfile.mkdtemp()) / "stems")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.enable_cpu_mem_arena, opts.intra_op_num_threads = False, threads
+    session = ort.InferenceSession(str(folder / "stems.onnx"), opts, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.random.default_rng(0).standard_normal([1, *i.shape[1:]]).astype(np.float32)
+             for i in session.get_inputs()}
+    session.run(None, feeds)
+    session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    ms, count = collections.Counter(), collections.Counter()
+    for e in nodes[len(nodes) // 2:]:
+        ms[e["args"]["op_name"]] += e["dur"] / 1e3
+        count[e["args"]["op_name"]] += 1
+    return [(op, t, count[op]) for op, t in ms.most_common()]
 
 
 def parity(hub: Path, folder: Path, threads: int) -> dict:
@@ -153,43 +225,126 @@ def chroma_parity(bag, separator, wav: np.ndarray, sr: int) -> dict:
             "chroma_frames_equal": float((got == want).all(axis=-1).mean()) if got.shape == want.shape else 0.0}
 
 
+def _folders(args) -> dict[str, Path]:
+    folders = {"onnx": ensure_export()}
+    for item in args.compare:
+        name, _, folder = item.partition("=")
+        folders[name] = Path(folder)
+    return folders
+
+
+def _rounds(args, sides: dict[str, tuple]) -> dict[str, list[dict]]:
+    """Each side in its own subprocess, alternating, ``args.rounds`` times (a loaded machine drifts)."""
+    results: dict[str, list[dict]] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, (function, *call) in sides.items():
+            results[name].append(run_isolated("benchmarks.bench_stems", function, *call))
+    return results
+
+
+def _median(runs: list[dict], key: str) -> float:
+    return float(np.median([r[key] for r in runs]))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--segments-per-run", default="1,4", help="comma list: ONNX segments per onnxruntime call")
+    parser.add_argument("--segments-per-run", default="1", help="comma list: ONNX segments per onnxruntime call")
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the sides this many times; medians reported")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=FOLDER",
+                        help="another stems folder timed beside the export (e.g. one exported before a change)")
+    parser.add_argument("--melody", default=None, metavar="SECONDS",
+                        help="comma list: time the melody path (stems + chroma of a mono 32 kHz melody this long) "
+                             "against audiocraft's recipe instead of the stems of a stereo mix")
+    parser.add_argument("--profile", action="store_true", help="onnxruntime's per-node-type profile of one segment")
     parser.add_argument("--no-parity", action="store_true")
     parser.add_argument("--parity-only", action="store_true", help="skip the timed runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    hub, folder = ensure_demucs(), ensure_export()
-    if args.parity_only:
-        print_parity(parity(hub, folder, args.threads), args.json)
+    hub, folders = ensure_demucs(), _folders(args)
+    if args.profile:
+        for name, folder in folders.items():
+            table = profile(folder, args.threads)
+            total = sum(t for _, t, _ in table)
+            print(f"\n{name} ({folder}): one segment, {total:.0f} ms in nodes")
+            for op, t, n in table[:12]:
+                print(f"  {op:26}{t:9.0f} ms {100 * t / total:6.1f}%  {n:4d} nodes")
         return
+    if args.parity_only:
+        print_parity(parity(hub, folders["onnx"], args.threads), args.json)
+        return
+    if args.melody:
+        return melody_main(args, hub, folders)
     with tempfile.TemporaryDirectory() as tmp:
         wav_path = str(Path(tmp) / "mix.npy")
         np.save(wav_path, music(args.seconds, 44100, 2))
-        results = {"apply_model": run_isolated("benchmarks.bench_stems", "run_torch", str(hub), wav_path, args.threads)}
+        sides = {"apply_model": ("run_torch", str(hub), wav_path, args.threads)}
+        for tag, folder in folders.items():
+            for n in (int(v) for v in args.segments_per_run.split(",")):
+                sides[f"{tag} ({n} segment{'s' if n > 1 else ''}/run)"] = ("run_onnx", str(folder), wav_path,
+                                                                          args.threads, n, tag)
+        runs = _rounds(args, sides)
         want = np.load(wav_path + ".torch.npy")
         peak = float(np.abs(np.load(wav_path)).max())
-        for n in (int(v) for v in args.segments_per_run.split(",")):
-            name = f"onnx ({n} segment{'s' if n > 1 else ''}/run)"
-            results[name] = run_isolated("benchmarks.bench_stems", "run_onnx", str(folder), wav_path, args.threads, n)
-            results[name]["max_abs_over_input_peak"] = float(np.abs(np.load(wav_path + f".onnx{n}.npy") - want).max()
-                                                            / peak)
+        results = {}
+        for name, side in sides.items():
+            r = {k: _median(runs[name], k) for k in ("separate_s", "load_s", "peak_rss_mb")}
+            r["rounds_s"] = [x["separate_s"] for x in runs[name]]
+            if side[0] == "run_onnx":
+                out = np.load(wav_path + f".onnx{side[4]}{side[5]}.npy")
+                r["max_abs_over_input_peak"] = float(np.abs(out - want).max() / peak)
+            results[name] = r
     t = results["apply_model"]
-    size = sum(f.stat().st_size for f in folder.glob("stems.onnx*")) / 1e6
     print(f"\nhtdemucs architecture (random weights), {args.seconds:g} s of 44.1 kHz stereo, shift {SHIFT}, "
-          f"{args.threads} threads, CPU; stems.onnx {size:.1f} MB")
-    print(f"{'':26}{'separate s':>11}{'x torch':>9}{'RTF':>8}{'load s':>8}{'RSS MB':>8}{'|diff|/peak':>13}")
+          f"{args.threads} threads, CPU, {args.rounds} alternating round(s), load {os.getloadavg()[0]:.1f}")
+    print(f"{'':30}{'separate s':>11}{'x torch':>9}{'RTF':>8}{'load s':>8}{'RSS MB':>8}{'|diff|/peak':>13}")
     for name, r in results.items():
         r["rtf"] = args.seconds / r["separate_s"]
-        print(f"{name:26}{r['separate_s']:>11.2f}{t['separate_s'] / r['separate_s']:>9.2f}{r['rtf']:>8.2f}"
+        r["x_torch"] = t["separate_s"] / r["separate_s"]
+        print(f"{name:30}{r['separate_s']:>11.2f}{r['x_torch']:>9.2f}{r['rtf']:>8.2f}"
               f"{r['load_s']:>8.2f}{r['peak_rss_mb']:>8.0f}{r.get('max_abs_over_input_peak', 0.0):>13.2e}")
-    report = {"seconds": args.seconds, "threads": args.threads, "shift": SHIFT, "stems_onnx_mb": size, **results}
+    sizes = {name: sum(f.stat().st_size for f in folder.glob("stems.onnx*")) / 1e6 for name, folder in folders.items()}
+    report = {"seconds": args.seconds, "threads": args.threads, "shift": SHIFT, "stems_onnx_mb": sizes, **results}
     if not args.no_parity:
-        report["parity"] = parity(hub, folder, args.threads)
+        report["parity"] = parity(hub, folders["onnx"], args.threads)
     print_parity(report.get("parity", {}), None)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def melody_main(args, hub: Path, folders: dict[str, Path]) -> None:
+    """Per melody length: audiocraft's stems step in torch, then each folder's melody stems + chroma,
+    alternating; the chroma frames each folder gives against the first folder's."""
+    report = {}
+    print(f"\nmelody path, mono {MELODY_RATE} Hz melodies, shift {SHIFT}, {args.threads} threads, "
+          f"{args.rounds} alternating round(s)")
+    print(f"{'':34}{'stems s':>9}{'x torch':>9}{'chroma s':>10}{'RSS MB':>8}{'frames = first':>16}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for seconds in (float(v) for v in args.melody.split(",")):
+            wav_path = str(Path(tmp) / f"melody{seconds:g}.npy")
+            np.save(wav_path, music(seconds, MELODY_RATE, 1)[0])
+            sides = {"audiocraft recipe (apply_model)": ("run_torch_melody", str(hub), wav_path, args.threads)}
+            sides.update({name: ("run_melody", str(folder), wav_path, args.threads) for name, folder in folders.items()})
+            chroma = {}
+            runs: dict[str, list[dict]] = {name: [] for name in sides}
+            for _ in range(args.rounds):
+                for name, (function, *call) in sides.items():
+                    runs[name].append(run_isolated("benchmarks.bench_stems", function, *call))
+                    if function == "run_melody":
+                        chroma[name] = np.load(wav_path + ".chroma.npy")
+            torch_s = _median(runs["audiocraft recipe (apply_model)"], "stems_s")
+            first = chroma[next(iter(folders))]
+            for name, r in runs.items():
+                row = {k: _median(r, k) for k in r[0]}
+                row["x_torch"] = torch_s / row["stems_s"]
+                if name in chroma:
+                    row["frames_equal"] = float((chroma[name] == first).all(axis=-1).mean())
+                report[f"{seconds:g}s {name}"] = row
+                print(f"{f'{seconds:g} s: {name}':34}{row['stems_s']:>9.2f}{row['x_torch']:>9.2f}"
+                      f"{row.get('chroma_s', float('nan')):>10.3f}{row['peak_rss_mb']:>8.0f}"
+                      f"{row.get('frames_equal', float('nan')):>16.1%}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

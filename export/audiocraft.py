@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import re
+import reprlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,12 @@ def is_audiocraft(path: str | Path) -> bool:
 
 
 # ---------------------------------------------------------------- reading
-def _load(path: Path, allow_pickle: bool, what: str) -> dict:
+def _load(path: Path, allow_pickle: bool, what: str, mmap: bool = True) -> dict:
+    """``mmap``: off for transformers' ``pytorch_model.bin``, which may predate torch's zip format."""
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         safe_error = "weights_only" in str(exc) or "Unsupported global" in str(exc) or "WeightsUnpickler" in str(exc)
@@ -66,12 +68,77 @@ def _load(path: Path, allow_pickle: bool, what: str) -> dict:
         raise ExportError(f"{what} {str(path)!r} holds pickled objects beside its tensors (such as an audiocraft "
                           "solver's omegaconf config), which can run code when loaded; pass --allow-pickle if you trust it")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except ModuleNotFoundError as exc:
         raise ExportError(f"{what} {str(path)!r}: reading it needs the Python package {exc.name!r} "
                           f"(pip install {exc.name})") from None
     except Exception as exc:
         raise ExportError(f"{what} {str(path)!r}: cannot be read ({type(exc).__name__})") from None
+
+
+# Bounds on xp.cfg, checked while it is parsed (audiocraft's own are ~20 KB, nested ~6 deep, without
+# aliases): a crafted one must fail in one line, not in a RecursionError or an alias bomb's gigabytes.
+MAX_CFG_BYTES = 1 << 20
+MAX_CFG_DEPTH = 64
+MAX_CFG_NODES = 200_000  # with every alias counted as the whole node it repeats
+MAX_CFG_ALIASES = 1000
+MAX_INTERPOLATIONS = 8  # ${a.b} -> ${c.d} -> ... hops followed before giving up
+
+
+class _CfgTooBig(Exception):
+    pass
+
+
+def _bounded_loader():
+    """A ``yaml.SafeLoader`` that refuses, while composing, a document nested deeper than MAX_CFG_DEPTH,
+    with more than MAX_CFG_ALIASES aliases, or more than MAX_CFG_NODES nodes once aliases are expanded
+    (what any consumer walking the result would have to visit)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self.depth = 0
+            self.aliases = 0
+            self.sizes: dict[int, int] = {}
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_CFG_ALIASES:
+                    raise _CfgTooBig(f"more than {MAX_CFG_ALIASES} aliases")
+                node = super().compose_node(parent, index)
+                if id(node) not in self.sizes:
+                    raise _CfgTooBig("an alias repeats a node that contains it")
+                return node
+            self.depth += 1
+            if self.depth > MAX_CFG_DEPTH:
+                raise _CfgTooBig(f"nested deeper than {MAX_CFG_DEPTH} levels")
+            try:
+                node = super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+            children = node.value if isinstance(node.value, list) else []
+            size = 1 + sum(self.sizes.get(id(c), 0) if not isinstance(c, tuple)
+                           else self.sizes.get(id(c[0]), 0) + self.sizes.get(id(c[1]), 0) for c in children)
+            if size > MAX_CFG_NODES:
+                raise _CfgTooBig(f"more than {MAX_CFG_NODES} values once its aliases are expanded")
+            self.sizes[id(node)] = size
+            return node
+
+    return Loader
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest run of open ``[`` / ``{`` (quotes ignored: an over-estimate only refuses sooner)."""
+    depth = deepest = 0
+    for run in re.finditer(r"[\[{]+|[\]}]+", text):
+        if run.group()[0] in "[{":
+            depth += len(run.group())
+            deepest = max(deepest, depth)
+        else:
+            depth = max(depth - len(run.group()), 0)
+    return deepest
 
 
 def _config(raw: Any, where: str) -> dict:
@@ -83,30 +150,43 @@ def _config(raw: Any, where: str) -> dict:
     if isinstance(raw, str):
         import yaml
 
+        if len(raw) > MAX_CFG_BYTES:
+            raise ExportError(f"{where}: xp.cfg is {len(raw)} characters; at most {MAX_CFG_BYTES} are read")
+        if _bracket_depth(raw) > MAX_CFG_DEPTH:  # PyYAML scans a flow run ahead in quadratic time: refused first
+            raise ExportError(f"{where}: xp.cfg is refused: nested deeper than {MAX_CFG_DEPTH} levels")
         try:
-            raw = yaml.safe_load(raw)
+            raw = yaml.load(raw, Loader=_bounded_loader())  # noqa: S506 - a SafeLoader with bounds
         except yaml.YAMLError as exc:
             raise ExportError(f"{where}: xp.cfg is not valid YAML ({str(exc).splitlines()[0]})") from None
+        except _CfgTooBig as exc:
+            raise ExportError(f"{where}: xp.cfg is refused: {exc}") from None
+        except RecursionError:
+            raise ExportError(f"{where}: xp.cfg is nested too deeply") from None
     if not isinstance(raw, dict):
         raise ExportError(f"{where}: xp.cfg is missing or not a mapping (got {type(raw).__name__})")
     return raw
 
 
 def _get(cfg: dict, dotted: str, where: str, default: Any = ...):
-    """``cfg['a']['b']`` for ``'a.b'``, following audiocraft's ``${a.b}`` interpolations."""
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            if default is not ...:
-                return default
-            raise ExportError(f"{where}: xp.cfg has no {dotted!r}")
-        node = node[part]
-    for _ in range(8):
-        if isinstance(node, str) and (m := re.fullmatch(r"\$\{([\w.]+)\}", node)):
-            node = _get(cfg, m.group(1), where, default)
-        else:
-            break
-    return node
+    """``cfg['a']['b']`` for ``'a.b'``, following audiocraft's ``${a.b}`` interpolations (a cycle, or a
+    chain longer than MAX_INTERPOLATIONS, is refused)."""
+    chain = [dotted]
+    while True:
+        node: Any = cfg
+        for part in chain[-1].split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is not ...:
+                    return default
+                raise ExportError(f"{where}: xp.cfg has no {chain[-1]!r}")
+            node = node[part]
+        m = re.fullmatch(r"\$\{([\w.]+)\}", node) if isinstance(node, str) else None
+        if m is None:
+            return node
+        if m.group(1) in chain or len(chain) > MAX_INTERPOLATIONS:
+            path = " -> ".join([*chain, m.group(1)])
+            raise ExportError(f"{where}: xp.cfg {dotted} interpolates in a cycle or more than "
+                              f"{MAX_INTERPOLATIONS} deep ({path[:200]})")
+        chain.append(m.group(1))
 
 
 def _want(cfg: dict, dotted: str, allowed, where: str, default: Any = ...):
@@ -114,7 +194,8 @@ def _want(cfg: dict, dotted: str, allowed, where: str, default: Any = ...):
     ok = value in allowed if isinstance(allowed, (list, tuple)) else allowed(value)
     if not ok:
         rule = f"one of {list(allowed)}" if isinstance(allowed, (list, tuple)) else "supported"
-        raise ExportError(f"{where}: xp.cfg {dotted} = {value!r} is not supported by this exporter (needs {rule})")
+        raise ExportError(f"{where}: xp.cfg {dotted} = {reprlib.repr(value)} is not supported by this exporter "
+                          f"(needs {rule})")
     return value
 
 
@@ -321,10 +402,9 @@ def codec_config(cfg: dict, where: str):
 
 
 # ---------------------------------------------------------------- the parts from elsewhere
-def _read_weights(folder: Path, prefix: str = "") -> dict:
-    """Tensors of a transformers folder (``*.safetensors``, else ``pytorch_model.bin`` read weights-only),
-    those under ``prefix`` with it removed."""
-    import torch
+def _read_weights(folder: Path, what: str, allow_pickle: bool, prefix: str = "") -> dict:
+    """Tensors of a transformers folder (``*.safetensors``, else ``pytorch_model.bin`` read as
+    ``state_dict.bin`` is: weights-only unless ``allow_pickle``), those under ``prefix`` with it removed."""
     from safetensors.torch import load_file
 
     files = sorted(folder.glob("*.safetensors"))
@@ -334,11 +414,14 @@ def _read_weights(folder: Path, prefix: str = "") -> dict:
             tensors.update(load_file(str(f)))
     else:
         for f in sorted(folder.glob("pytorch_model*.bin")):
-            tensors.update(torch.load(f, map_location="cpu", weights_only=True))
+            loaded = _load(f, allow_pickle, what, mmap=False)
+            if not isinstance(loaded, dict):
+                raise ExportError(f"{what} {str(f)!r}: not a state dict (got {type(loaded).__name__})")
+            tensors.update(loaded)
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def text_encoder_parts(path: str | None, where: str, needed_dim: int):
+def text_encoder_parts(path: str | None, where: str, needed_dim: int, allow_pickle: bool = False):
     """(T5Config, T5 tensors, folder with the tokenizer) from a T5 folder or a transformers MusicGen folder."""
     from transformers import T5Config
 
@@ -359,7 +442,7 @@ def text_encoder_parts(path: str | None, where: str, needed_dim: int):
     if config.d_model != needed_dim:
         raise ExportError(f"text encoder {path!r}: d_model {config.d_model}, but the checkpoint's text projection "
                           f"expects {needed_dim} inputs")
-    tensors = {k: v for k, v in _read_weights(folder, prefix).items()
+    tensors = {k: v for k, v in _read_weights(folder, "text encoder weights", allow_pickle, prefix).items()
                if k.startswith(("encoder.", "shared."))}  # a full T5 also has decoder.* / lm_head
     if not tensors:
         raise ExportError(f"text encoder {path!r}: no T5 weights found (*.safetensors or pytorch_model.bin)")
@@ -368,7 +451,7 @@ def text_encoder_parts(path: str | None, where: str, needed_dim: int):
     return config, tensors, folder
 
 
-def pretrained_codec_parts(path: str | None, name: str, where: str):
+def pretrained_codec_parts(path: str | None, name: str, where: str, allow_pickle: bool = False):
     """(EncodecConfig, tensors) for a ``compression_state_dict.bin`` that only names a pretrained codec."""
     from transformers import EncodecConfig
 
@@ -384,7 +467,7 @@ def pretrained_codec_parts(path: str | None, name: str, where: str):
     else:
         raise ExportError(f"codec {path!r}: model_type {cfg.get('model_type')!r} is not EnCodec")
     config = EncodecConfig(**{k: v for k, v in codec_cfg.items() if k not in ("architectures", "transformers_version")})
-    tensors = {f"audio_encoder.{k}": v for k, v in _read_weights(folder, prefix).items()}
+    tensors = {f"audio_encoder.{k}": v for k, v in _read_weights(folder, "codec weights", allow_pickle, prefix).items()}
     if not tensors:
         raise ExportError(f"codec {path!r}: no weights found")
     return config, tensors
@@ -431,13 +514,13 @@ def convert(source: str | Path, out_dir: str | Path, text_encoder: str | None = 
         if not codec:
             raise ExportError(f"checkpoint {str(folder)!r}: missing {CODEC_FILE} (the audio codec); "
                               "pass --codec FOLDER to take it from a transformers EnCodec or MusicGen folder")
-        codec_cfg, codec_weights = pretrained_codec_parts(codec, "(none)", where)
+        codec_cfg, codec_weights = pretrained_codec_parts(codec, "(none)", where, allow_pickle)
     else:
         cwhere = f"codec {str(codec_path)!r}"
         cpkg = _load(codec_path, allow_pickle, "audiocraft codec")
         files.append(codec_path)
         if isinstance(cpkg, dict) and "pretrained" in cpkg:
-            codec_cfg, codec_weights = pretrained_codec_parts(codec, cpkg["pretrained"], cwhere)
+            codec_cfg, codec_weights = pretrained_codec_parts(codec, cpkg["pretrained"], cwhere, allow_pickle)
         elif isinstance(cpkg, dict) and isinstance(cpkg.get("best_state"), dict):
             codec_cfg = codec_config(_config(cpkg.get("xp.cfg"), cwhere), cwhere)
             codec_weights = map_codec(cpkg["best_state"], cwhere)
@@ -454,7 +537,7 @@ def convert(source: str | Path, out_dir: str | Path, text_encoder: str | None = 
     if text_dim is None:
         raise ExportError(f"{where}: audiocraft tensor 'condition_provider.conditioners.description.output_proj.weight'"
                           " is missing")
-    t5_cfg, t5_weights, tok_folder = text_encoder_parts(text_encoder, where, text_dim)
+    t5_cfg, t5_weights, tok_folder = text_encoder_parts(text_encoder, where, text_dim, allow_pickle)
 
     decoder_kwargs = dict(vocab_size=spec.card, hidden_size=spec.dim, num_hidden_layers=spec.layers,
                           num_attention_heads=spec.heads, ffn_dim=spec.ffn, num_codebooks=spec.n_q,

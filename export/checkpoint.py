@@ -1,4 +1,6 @@
-"""Find and load a transformers MusicGen checkpoint: a local folder or a hub id in the local cache."""
+"""Find and load a transformers MusicGen checkpoint: a local folder or a hub id in the local cache.
+
+The one entry for every source format is :func:`.sources.resolve`."""
 
 from __future__ import annotations
 
@@ -75,24 +77,10 @@ class Checkpoint:
         return {path.name: sha256_file(path) for path in (self.source_files or self.weight_files)}
 
 
-def resolve(checkpoint: str, allow_pickle: bool = False, text_encoder: str | None = None,
-            codec: str | None = None) -> Checkpoint:
-    """Locate the checkpoint and check, before loading anything, that we can export it. An audiocraft
-    folder (or solver ``checkpoint.th``) is converted to a transformers folder first (export/audiocraft.py);
-    ``text_encoder`` / ``codec`` supply what audiocraft loads by name."""
-    from . import audiocraft
-
-    if audiocraft.is_audiocraft(checkpoint):
-        import tempfile
-
-        scratch = tempfile.TemporaryDirectory(prefix="musicgen-onnx-audiocraft-")
-        converted = audiocraft.convert(checkpoint, scratch.name, text_encoder=text_encoder, codec=codec,
-                                       allow_pickle=allow_pickle)
-        ckpt = resolve(str(converted))
-        sources = json.loads((converted / "audiocraft_source.json").read_text())["files"]
-        ckpt.name, ckpt.source_format, ckpt.scratch = checkpoint, audiocraft.FORMAT, scratch
-        ckpt.source_files = [Path(f) for f in sources]
-        return ckpt
+def transformers_folder(checkpoint: str, allow_pickle: bool = False) -> Checkpoint:
+    """A transformers checkpoint (local folder or hub id in the local cache), checked before anything is
+    loaded. Every source reaches the exporter through :func:`.sources.resolve`, which converts the other
+    formats into such a folder first."""
     folder = Path(checkpoint)
     revision = None
     if not folder.exists():

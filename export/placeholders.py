@@ -6,7 +6,7 @@ copies of a 3.3B decoder at once. Here every large weight matrix of the text enc
 swapped for a *marker*: one column expanded to the weight's shape (no memory), whose value is unique
 to that weight and far outside any real activation or weight (about 2**64), negated below the first
 row so that a square weight and its transpose differ. torch traces, folds and de-duplicates as
-usual but serialises only the graph (``exporter._export_graph``); each initializer it would have
+usual but serialises only the graph (:func:`.tracing.export_graph`); each initializer it would have
 written whose value is a marker (read element by element, never expanded) is resolved back to its checkpoint tensor, as is or
 transposed (the only folds seen on weights); anything else derived from a marker is an
 :class:`ExportError` naming the initializer, as is a weight not found in the checkpoint by name,

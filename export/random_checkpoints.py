@@ -40,8 +40,14 @@ TINY = {
     "tiny-melody-stereo": (32, 2, 2, 8, "prefix"),
     "tiny-text": (32, 2, 2, 4, "cross"),
     "tiny-text-stereo": (32, 2, 2, 8, "cross"),
+    # shapes audiocraft trains that the released models do not have (issue 25's held-out set): fewer codes
+    # per codebook than audiocraft's default top_k 250, and a head size (12) that is not a multiple of 8
+    "tiny-text-stereo-64": (32, 2, 2, 8, "cross"),
+    "tiny-melody-hd12": (24, 2, 2, 4, "prefix"),
 }
 ARCHITECTURES = {**FULL_SIZE, **TINY}
+# codes per codebook where it is not EnCodec 32 kHz's 2048 (the special token is the next id)
+CODEBOOK_SIZES = {"tiny-text-stereo-64": 64, "tiny-melody-hd12": 128}
 
 # t5-base (every released checkpoint uses it: both transformers conversion scripts load "t5-base") and a tiny stand-in.
 T5_BASE = dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
@@ -127,21 +133,25 @@ def build_config(arch: str):
 
     hidden, layers, heads, codebooks, conditioning = ARCHITECTURES[arch]
     tiny = arch in TINY
+    codes = CODEBOOK_SIZES.get(arch, 2048)
+    # 2.2 kbps gives EnCodec 32 kHz its 4 codebooks at 2048 codes; fewer codes carry fewer bits per
+    # codebook, so the bandwidth that still selects 4 (transformers' get_num_quantizers_for_bandwidth) is lower
+    bandwidth = 2.2 if codes == 2048 else round(4.5 * math.log2(codes) * 50 / 1000, 4)
     t5 = T5Config(**(T5_TINY if tiny else T5_BASE), feed_forward_proj="relu", is_encoder_decoder=False,
                   use_cache=False, relative_attention_num_buckets=32, relative_attention_max_distance=128)
     codec = EncodecConfig(
-        sampling_rate=32000, audio_channels=1, codebook_size=2048, upsampling_ratios=[8, 5, 4, 4],
-        target_bandwidths=[2.2], norm_type="weight_norm", normalize=False, use_causal_conv=False,
+        sampling_rate=32000, audio_channels=1, codebook_size=codes, upsampling_ratios=[8, 5, 4, 4],
+        target_bandwidths=[bandwidth], norm_type="weight_norm", normalize=False, use_causal_conv=False,
         pad_mode="reflect", compress=2, num_residual_layers=1, num_lstm_layers=2, dilation_growth_rate=2,
         kernel_size=7, last_kernel_size=7, residual_kernel_size=3, trim_right_ratio=1.0,
         use_conv_shortcut=False, chunk_length_s=None, overlap=None,
         **(ENCODEC_TINY if tiny else ENCODEC_32K),
     )
     decoder_kwargs = dict(
-        vocab_size=2048, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        vocab_size=codes, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         ffn_dim=4 * hidden, num_codebooks=codebooks, audio_channels=2 if codebooks == 8 else 1,
-        max_position_embeddings=2048, activation_function="gelu", dropout=0.0, pad_token_id=2048,
-        bos_token_id=2048, decoder_start_token_id=2048,
+        max_position_embeddings=2048, activation_function="gelu", dropout=0.0, pad_token_id=codes,
+        bos_token_id=codes, decoder_start_token_id=codes,
     )
     if conditioning == "prefix":
         decoder = MusicgenMelodyDecoderConfig(**decoder_kwargs)
@@ -150,8 +160,8 @@ def build_config(arch: str):
     else:
         decoder = MusicgenDecoderConfig(**decoder_kwargs)
         config = MusicgenConfig(text_encoder=t5, audio_encoder=codec, decoder=decoder)
-    config.decoder_start_token_id = 2048
-    config.pad_token_id = 2048
+    config.decoder_start_token_id = codes
+    config.pad_token_id = codes
     return config
 
 
@@ -198,8 +208,9 @@ def build_checkpoint(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     cls = MusicgenMelodyForConditionalGeneration if ARCHITECTURES[arch][4] == "prefix" else MusicgenForConditionalGeneration
     model = cls(config).eval()
     _make_sensitive(model, seed)
+    special = CODEBOOK_SIZES.get(arch, 2048)
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=2048, pad_token_id=2048, bos_token_id=2048, do_sample=True,
+        decoder_start_token_id=special, pad_token_id=special, bos_token_id=special, do_sample=True,
         guidance_scale=3.0, max_length=1500,
     )
     # 2 GB shards: the whole-file serialisation would hold a second copy of a 3.3B model (13 GB) at once

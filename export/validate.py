@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..runtime.errors import ExportError
+from .wrappers import static_step_inputs
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def check_wrappers_against_transformers(model, text_encoder, decoder, conditioni
     filled = 0
 
     def call(ids, cond, past):
-        extra = (torch.tensor(filled),) if static else ()
+        extra = static_step_inputs(batch, filled, ids.shape[2] + cond[0].shape[1] * (conditioning == "prefix")) \
+            if static else ()
         return decoder(ids, *cond, *extra, *past)
 
     first = 2

@@ -99,7 +99,7 @@ def verify(folder, checkpoint, frames: int = 50, providers="cpu") -> tuple[str, 
     from ..runtime import MusicGen
     from ..runtime.chroma import batch_chroma
     from . import reference
-    from .checkpoint import resolve
+    from .sources import resolve
 
     ckpt = resolve(checkpoint)
     ours = MusicGen.from_pretrained(folder, providers=providers)

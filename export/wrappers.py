@@ -109,13 +109,17 @@ class Decoder(nn.Module):
     Inputs, in order: ``input_ids [batch_x_cfg, num_codebooks, new_length]``; melody:
     ``prefix_embeds [batch_x_cfg, prefix_length, hidden]`` (length 0 on steps); text-only:
     ``encoder_attention_mask [batch_x_cfg, text_length]`` then ``cross.i.key``/``cross.i.value``;
-    static cache: ``past_length`` (int64 scalar, the position offset); then ``past.i.key``/
+    static cache: the step inputs ``position_ids [batch_x_cfg, new]`` int64, ``seqlens_k [batch_x_cfg]``
+    int32 and ``total_sequence_length []`` int32 (:func:`static_step_inputs`); then ``past.i.key``/
     ``past.i.value [batch_x_cfg, heads, past_length | max_length, head_dim]``.
     Outputs: last-position ``logits [batch_x_cfg, num_codebooks, codebook_size]`` and the presents.
 
     ``kv_cache="concat"``: presents are past + new (the portable graph; positions start at the past's
     length). ``kv_cache="static"``: past and present are one preallocated buffer updated in place
-    (``_GroupQueryAttention``), and ``past_length`` says how much of it is filled.
+    (``_GroupQueryAttention``). Its step inputs are given, not derived from a past length inside the
+    graph: derived, they are small shape computations onnxruntime places on the CPU, and the host/device
+    copies that follow keep the step from being captured as a CUDA graph. ``total_sequence_length``
+    feeds only GroupQueryAttention's host input, so a captured step may hold it at the buffer length.
     """
 
     def __init__(self, model, conditioning: str, kv_cache: str = "concat"):
@@ -136,22 +140,24 @@ class Decoder(nn.Module):
         n_cond = 1 if self.conditioning == "prefix" else 1 + 2 * self.num_layers
         cond, args = args[:n_cond], args[n_cond:]
         static = self.kv_cache == "static"
-        past_len = args[0] if static else args[0].shape[2]
-        past = args[1:] if static else args
+        if static:
+            position_ids, seqlens_k, total = args[:3]
+            past = args[3:]
+        else:
+            past_len, past = args[0].shape[2], args
         x = self.embed[0](input_ids[:, 0])
         for k in range(1, len(self.embed)):
             x = x + self.embed[k](input_ids[:, k])
         if self.conditioning == "prefix":
             x = torch.cat([cond[0].to(x.dtype), x], dim=1)
         new_len = x.shape[1]
-        positions = (torch.arange(new_len, device=x.device) + past_len).float()
-        angles = positions[:, None] * self.frequencies[None, :]
+        if static:
+            angles = position_ids.float()[..., None] * self.frequencies
+        else:
+            angles = (torch.arange(new_len, device=x.device) + past_len).float()[:, None] * self.frequencies[None, :]
         x = x + torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).to(x.dtype)
 
-        if static:
-            total = (past_len + new_len).to(torch.int32)
-            seqlens_k = (total - 1).expand(x.shape[0]).contiguous()
-        else:
+        if not static:
             key_pos = torch.arange(past_len + new_len, device=x.device)
             allowed = key_pos[None, :] <= (torch.arange(new_len, device=x.device) + past_len)[:, None]
             causal = torch.where(allowed, 0.0, torch.finfo(torch.float32).min).to(x.dtype)
@@ -186,6 +192,14 @@ class Decoder(nn.Module):
         last = self.norm(x[:, -1])
         logits = torch.stack([head(last) for head in self.heads], dim=1)
         return (logits, *presents)
+
+
+def static_step_inputs(rows: int, past_length: int, new_length: int) -> tuple[torch.Tensor, ...]:
+    """The static decoder's step inputs for ``new_length`` columns after ``past_length`` filled positions:
+    the same values the runtime's stepper feeds (runtime/stepper.py)."""
+    total = past_length + new_length
+    positions = torch.arange(past_length, total, dtype=torch.int64).expand(rows, new_length).contiguous()
+    return positions, torch.full((rows,), total - 1, dtype=torch.int32), torch.tensor(total, dtype=torch.int32)
 
 
 def _fold_weight_norm(codec: nn.Module) -> nn.Module:

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import audio as audio_io
+from . import device_sampler
 from .chroma import batch_chroma
 from .delay import DelayPattern
 from .errors import InvalidInputError, ModelFolderError
@@ -27,6 +28,7 @@ from .melody import prepare_melodies, single_window_cut, window_cut
 from .options import MAX_BATCH, GenerationOptions
 from .rows import LiveRows
 from .sampling import Sampler, classifier_free_guidance
+from .session import SessionSettings
 from .stepper import Conditioning
 
 ProgressFn = Callable[[int, int], None]
@@ -38,7 +40,7 @@ class ModelParts:
     """What one call reads from a loaded model: its manifest, delay pattern, conditioner (prompts and
     chroma -> :class:`Conditioning`), a stepper factory ``(rows, conditioning, steps)`` and the melody
     separator ``(wavs, rngs) -> wavs`` (used only when the manifest has stems). ``folder`` names the
-    model in messages."""
+    model in messages; ``settings`` are its session settings."""
 
     folder: Path
     manifest: Manifest
@@ -46,6 +48,7 @@ class ModelParts:
     conditioner: Callable[[list[str | None], np.ndarray | None, bool], Conditioning]
     new_stepper: Callable[[int, Conditioning, int], object]
     separate_melodies: Callable[[list[np.ndarray], list[np.random.Generator]], list[np.ndarray]]
+    settings: SessionSettings  # the providers; whether the sampling graphs run on the decoder's device
 
 
 class StderrProgress:
@@ -123,7 +126,9 @@ class StepLoop:
     in audiocraft's ``LMModel.generate``. Between steps, ``keep_rows`` may shrink the batch."""
 
     def __init__(self, parts: ModelParts, descriptions: list[str | None], chroma: np.ndarray | None, frames: int,
-                 guidance_scale: float, choose: ChooseFn, prompt: np.ndarray | None = None):
+                 guidance_scale: float, choose: ChooseFn, prompt: np.ndarray | None = None, pick=None):
+        """``pick``: with CFG, raw logits -> (tokens, non-finite flags [decoder, guided]) in place of the
+        host's CFG, ``isfinite`` checks and ``choose`` (device_sampler.GraphSampler)."""
         codes = np.full((len(descriptions), parts.manifest.num_codebooks, frames), -1, dtype=np.int64)  # -1: to generate
         self.start = 1
         if prompt is not None:
@@ -133,6 +138,7 @@ class StepLoop:
         self.guidance_scale = guidance_scale
         self.use_cfg = guidance_scale != 1.0  # at 1 the null rows cannot change the result
         self.choose = choose
+        self.pick = pick if self.use_cfg else None
         self.conditioning = parts.conditioner(descriptions, chroma, self.use_cfg)
         rows = 2 * len(descriptions) if self.use_cfg else len(descriptions)
         self.stepper = parts.new_stepper(rows, self.conditioning, self.seq.shape[2])
@@ -146,16 +152,25 @@ class StepLoop:
                 columns, new_positions = seq[:, :, s - 1:s], 1
             ids = np.concatenate([columns, columns]) if self.use_cfg else columns
             logits = self.stepper.run(ids, new_positions)
-            if not np.isfinite(logits).all():
-                raise ModelFolderError(f"the decoder produced non-finite logits at step {s}: the graph's weights "
-                                       f"are broken")
-            if self.use_cfg:
-                logits = classifier_free_guidance(logits, self.guidance_scale)
-                if not np.isfinite(logits).all():
-                    raise InvalidInputError(f"guidance_scale {self.guidance_scale:g} made the logits overflow at step "
-                                            f"{s}; use a smaller guidance_scale")
-            seq[:, :, s] = np.where(seq[:, :, s] == -1, self.choose(s, logits), seq[:, :, s])
+            if self.pick is not None:
+                tokens, nonfinite = self.pick(logits)
+                self._check(s, nonfinite[0], nonfinite[1])
+            else:
+                self._check(s, not np.isfinite(logits).all(), False)
+                if self.use_cfg:
+                    logits = classifier_free_guidance(logits, self.guidance_scale)
+                    self._check(s, False, not np.isfinite(logits).all())
+                tokens = self.choose(s, logits)
+            seq[:, :, s] = np.where(seq[:, :, s] == -1, tokens, seq[:, :, s])
             yield s
+
+    def _check(self, s: int, decoder_nonfinite, guided_nonfinite) -> None:
+        if decoder_nonfinite:
+            raise ModelFolderError(f"the decoder produced non-finite logits at step {s}: the graph's weights "
+                                   f"are broken")
+        if guided_nonfinite:
+            raise InvalidInputError(f"guidance_scale {self.guidance_scale:g} made the logits overflow at step "
+                                    f"{s}; use a smaller guidance_scale")
 
     def keep_rows(self, index: np.ndarray) -> None:
         """Go on with rows ``index`` only: their sequences, and their conditional and CFG null rows in
@@ -232,6 +247,9 @@ class GenerationTask:
             raise InvalidInputError(f"rows: {len(self.rows.live)} live rows for {len(inputs.descriptions)} prompts")
         self.descriptions, self.melodies = inputs.descriptions, inputs.melodies  # the live rows' (see _drop)
         self.sampler = Sampler(o.greedy, o.temperature, o.top_k, o.top_p, o.seed, rows=len(inputs.descriptions))
+        self.pick = None  # the sampling graphs on the decoder's device, when the settings ask for them
+        if parts.settings.device_sampler and device_sampler.available(m.codebook_size, o.guidance_scale != 1.0):
+            self.pick = device_sampler.GraphSampler(self.sampler, o.guidance_scale, parts.settings)
         prompt_frames = 0 if inputs.prompt_codes is None else inputs.prompt_codes.shape[2]
         self.windows = plan_windows(o.duration, m.frame_rate, m.max_duration, o.extend_stride, prompt_frames)
         self.total_steps = sum(w.new_frames + m.max_delay for w in self.windows)
@@ -248,7 +266,8 @@ class GenerationTask:
             yield carried
         for i, window in enumerate(self.windows):
             loop = StepLoop(self.parts, self.descriptions, self.window_chroma(window), window.frames,
-                            self.inputs.options.guidance_scale, lambda s, logits: self.sampler(logits), carried)
+                            self.inputs.options.guidance_scale, lambda s, logits: self.sampler(logits), carried,
+                            self.pick)
             emitted = window.prompt_frames
             for s in loop:
                 self._advance()

@@ -36,12 +36,47 @@ SOURCE_FORMATS = ("transformers", "audiocraft")  # what `export` read (optimum f
 REFERENCES = ("transformers", "audiocraft")
 KV_CACHES = ("static", "concat")  # in-place buffers (GroupQueryAttention) or past+new concatenation
 KV_DTYPES = ("fp32", "fp16")
+# what a static decoder's step takes: the past length, from which the graph derives positions and lengths
+# (older folders), or the positions and lengths themselves (capturable as a CUDA graph; roles.STEP_INPUTS)
+STEP_INPUT_KINDS = ("past_length", "positions")
 REQUIRED_GRAPHS = ("text_encoder", "decoder", "audio_decoder")
 OPTIONAL_GRAPHS = ("audio_encoder", "stems", "decoder_with_past")  # opened on first use: continuation, stem
 # separation; optimum's split decoder (its steps after the first)
 GRAPH_NAMES = REQUIRED_GRAPHS + OPTIONAL_GRAPHS
 MAX_FRAME_RATE = 200
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few kB
+
+
+def codebook_delays(num_codebooks: int, audio_channels: int) -> tuple[int, ...]:
+    """audiocraft's delay pattern per codebook: a stereo checkpoint interleaves its two channels' codebooks
+    (left, right, left, right...), each pair sharing one delay. Written here once for every folder kind
+    (the exporter and the optimum layout both derive a manifest's ``delays`` from it)."""
+    if audio_channels == 2:
+        return tuple(k // 2 for k in range(num_codebooks))
+    return tuple(range(num_codebooks))
+
+
+def hop_length(upsampling_ratios) -> int:
+    """EnCodec's samples per code frame: the product of its upsampling ratios."""
+    return math.prod(upsampling_ratios)
+
+
+def checkpoint_defaults(codebook_size: int, guidance_scale: float | None = None) -> GenerationOptions:
+    """A folder's default options: audiocraft's, with the checkpoint's own guidance when it names one and
+    ``top_k`` within the codebook (see :func:`top_k_within`)."""
+    base = GenerationOptions()
+    if guidance_scale is not None:
+        base = dataclasses.replace(base, guidance_scale=guidance_scale)
+    return top_k_within(base, codebook_size)
+
+
+def top_k_within(options: GenerationOptions, codebook_size: int) -> GenerationOptions:
+    """Top-k over fewer codes than k takes them all, which is what audiocraft's 250 means for a model with
+    64 or 128 codes; clamped so that such a model's default is a valid option (and folders exported with
+    250 before this rule still load)."""
+    if codebook_size >= 1 and options.top_k > codebook_size:
+        return dataclasses.replace(options, top_k=codebook_size)
+    return options
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -173,6 +208,7 @@ class Manifest:
     graphs: dict[str, GraphInfo]
     kv_cache: str = "concat"
     kv_dtype: str | None = None  # the cache's precision at the graph boundary (None: version 1 folders)
+    step_inputs: str = "past_length"  # STEP_INPUT_KINDS; "positions" only with the static cache
     text_hidden_size: int = 768
     codebook_size: int = 2048
     special_token_id: int = 2048
@@ -271,10 +307,12 @@ class Manifest:
             graphs=graphs,
             kv_cache=r.text(data.get("kv_cache", "concat"), "kv_cache"),
             kv_dtype=None if data.get("kv_dtype") is None else r.text(data["kv_dtype"], "kv_dtype"),
+            step_inputs=r.text(data.get("step_inputs", "past_length"), "step_inputs"),
             max_duration=r.number(data.get("max_duration", 30.0), "max_duration"),
             max_positions=r.optional_integer(data.get("max_positions"), "max_positions"),
             text_vocab_size=r.optional_integer(data.get("text_vocab_size"), "text_vocab_size"),
-            chroma=chroma, stems=stems, defaults=defaults,
+            chroma=chroma, stems=stems,
+            defaults=top_k_within(defaults, ints.get("codebook_size", cls.codebook_size)),
             tokenizer=r.file(data.get("tokenizer", "tokenizer.json"), "tokenizer"),
             tokenizer_sha256=None if data.get("tokenizer_sha256") is None else r.sha256(data["tokenizer_sha256"], "tokenizer_sha256"),
             source=source, source_format=r.text(data.get("source_format", "transformers"), "source_format"),
@@ -296,6 +334,8 @@ class Manifest:
         need(self.conditioning in CONDITIONINGS, f"conditioning must be one of {CONDITIONINGS}, got {self.conditioning!r}")
         need(self.kv_cache in KV_CACHES, f"kv_cache must be one of {KV_CACHES}, got {self.kv_cache!r}")
         need(self.conditioning != "states" or self.kv_cache == "concat", "a states-conditioned folder has a concat KV cache")
+        need(self.step_inputs in STEP_INPUT_KINDS, f"step_inputs must be one of {STEP_INPUT_KINDS}, got {self.step_inputs!r}")
+        need(self.step_inputs == "past_length" or self.kv_cache == "static", "step_inputs 'positions' needs the static KV cache")
         need(self.source_format in SOURCE_FORMATS,
              f"source_format must be one of {SOURCE_FORMATS}, got {self.source_format!r}")
         need(self.reference in REFERENCES, f"reference must be one of {REFERENCES}, got {self.reference!r}")
@@ -346,7 +386,8 @@ class Manifest:
         for name in REQUIRED_GRAPHS:
             need(name in self.graphs, f"graph {name!r} is missing from the manifest")
         for name, info in self.graphs.items():
-            _check_graph(need, name, info, *roles.required(name, self.conditioning, self.kv_cache, self.num_layers))
+            _check_graph(need, name, info, *roles.required(name, self.conditioning, self.kv_cache, self.num_layers,
+                                                            self.step_inputs))
 
 
 def _check_graph(need, name: str, info: GraphInfo, inputs: list[str], outputs: list[str]) -> None:

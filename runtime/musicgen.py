@@ -314,7 +314,7 @@ class MusicGen:
     def parts(self) -> ModelParts:
         """What a generation call reads from this model (the loop never holds the model itself)."""
         return ModelParts(self.folder, self.manifest, self.pattern, self.conditioner, self.new_stepper,
-                          self.separate_melodies)
+                          self.separate_melodies, self.settings)
 
     # ------------------------------------------------------------------ stems
     @property

@@ -17,8 +17,9 @@ import numpy as np
 from .codec import AudioCodec
 from .conditioning import Conditioner
 from .manifest import Manifest, folder_file, load_manifest, verify_files
+from .capture import GraphIds
 from .session import check_memory
-from .stepper import ConcatStepper, Conditioning, DecoderIO, StaticStepper
+from .stepper import BufferPool, CapturableStepper, ConcatStepper, Conditioning, DecoderIO, StaticStepper
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class NativeFolder:
 
     folder: Path
     manifest: Manifest
-    _decoder: dict = field(default_factory=dict, repr=False, compare=False)  # DecoderIO + cache dtype, once
+    _decoder: dict = field(default_factory=dict, repr=False, compare=False)  # DecoderIO, cache dtype, pool: once
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     has_variants = False  # one precision per folder: ``precision=`` has nothing to choose here
@@ -75,27 +76,41 @@ class NativeFolder:
     def codec(self, graphs) -> AudioCodec:
         return AudioCodec(graphs, self.manifest)
 
-    def _decoder_io(self, graphs) -> tuple[DecoderIO, type]:
-        """The decoder's tensor names and its cache dtype (fp16 graphs take float16 caches), read once."""
+    def _decoder_io(self, graphs) -> dict:
+        """The decoder's tensor names (``io``), its cache dtype (fp16 graphs take float16 caches) and, with
+        CUDA graphs on a decoder that takes its step inputs (``positions``), the buffer pool and graph ids
+        (capture.py, stepper.BufferPool): made once."""
         with self._lock:
             if not self._decoder:
-                m = self.manifest
-                io = DecoderIO.of(m.graphs["decoder"], m.num_layers, m.kv_cache)
+                m, settings = self.manifest, graphs.settings
+                io = DecoderIO.of(m.graphs["decoder"], m.num_layers, m.kv_cache, m.step_inputs)
                 past_type = next(i.type for i in graphs["decoder"].get_inputs() if i.name == io.past[0])
-                self._decoder.update(io=io, dtype=np.float16 if past_type == "tensor(float16)" else np.float32)
-            return self._decoder["io"], self._decoder["dtype"]
+                pool = graph_ids = None
+                if settings.cuda_graph and m.step_inputs == "positions":
+                    import onnxruntime as ort
+
+                    graph_ids = GraphIds()
+                    max_steps = int(np.ceil(m.max_duration * m.frame_rate)) + m.max_delay + 1
+                    pool = BufferPool(ort, settings.device, max_steps, graph_ids)
+                self._decoder.update(io=io, dtype=np.float16 if past_type == "tensor(float16)" else np.float32,
+                                     pool=pool, graph_ids=graph_ids)
+            return self._decoder
 
     def new_stepper(self, graphs, rows: int, conditioning: Conditioning, steps: int):
         m = self.manifest
-        io, dtype = self._decoder_io(graphs)
+        d = self._decoder_io(graphs)
+        io, dtype = d["io"], d["dtype"]
         if m.kv_cache == "concat":
             return ConcatStepper(graphs["decoder"], io, conditioning, rows, m.num_heads, m.head_dim, dtype)
         check_memory("the static KV cache", 2 * m.num_layers * rows * m.num_heads * m.head_dim
                      * (conditioning.prefix_length + steps) * np.dtype(dtype).itemsize)
-        return StaticStepper(graphs["decoder"], io, conditioning, rows, m.num_heads, m.head_dim,
-                             max_length=conditioning.prefix_length + steps,
-                             logits_shape=(rows, m.num_codebooks, m.codebook_size), device=graphs.settings.device,
-                             dtype=dtype)
+        args = (graphs["decoder"], io, conditioning, rows, m.num_heads, m.head_dim)
+        kw = dict(max_length=conditioning.prefix_length + steps, logits_shape=(rows, m.num_codebooks, m.codebook_size),
+                  device=graphs.settings.device, dtype=dtype)
+        if m.step_inputs == "past_length":
+            return StaticStepper(*args, **kw)
+        pool = d["pool"] if d["pool"] is not None and steps <= d["pool"].max_steps else None
+        return CapturableStepper(*args, **kw, pool=pool, graph_ids=d["graph_ids"])
 
     def stems(self, graphs):
         """The folder's :class:`~.stems.StemSeparator` (``stems.onnx`` opened on first use), or None."""

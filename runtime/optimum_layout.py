@@ -37,8 +37,7 @@ from . import roles
 from .codec import AudioCodec
 from .errors import InvalidInputError, ModelFolderError
 from .json_file import read_json_file
-from .manifest import FieldReader, GraphInfo, Manifest, folder_file
-from .options import GenerationOptions
+from .manifest import FieldReader, GraphInfo, Manifest, checkpoint_defaults, codebook_delays, folder_file, hop_length
 from .stepper import Conditioning
 
 log = logging.getLogger(__name__)
@@ -345,15 +344,13 @@ def _manifest(folder: Path, graph_dir: Path, config: dict, gen: dict, files: dic
     num_codebooks = r.integer(r.req(dec, "num_codebooks", "decoder"), "decoder.num_codebooks", 1, 32)
     channels = r.integer(dec.get("audio_channels", 1), "decoder.audio_channels", 1, 2)
     ratios = r.array(r.req(codec, "upsampling_ratios", "audio_encoder"), "audio_encoder.upsampling_ratios", 8)
-    hop = 1
-    for x in ratios:
-        hop *= r.integer(x, "audio_encoder.upsampling_ratios[]", 1, 64)
+    hop = hop_length([r.integer(x, "audio_encoder.upsampling_ratios[]", 1, 64) for x in ratios])
     special = dec.get("pad_token_id")
     if special is None:
         special = config.get("decoder_start_token_id", gen.get("decoder_start_token_id"))
-    guidance = gen.get("guidance_scale", GenerationOptions.guidance_scale)
-    defaults = GenerationOptions(guidance_scale=float(r.number(guidance, "generation_config.guidance_scale")))
-    stereo = channels == 2
+    guidance = gen.get("guidance_scale")
+    guidance = None if guidance is None else float(r.number(guidance, "generation_config.guidance_scale"))
+    codebook_size = r.integer(r.req(dec, "vocab_size", "decoder"), "decoder.vocab_size")
     merged = "merged" in files
     graphs = {"text_encoder": _graph(graph_dir, "text_encoder", files["text_encoder"], precision, num_layers),
               "decoder": _graph(graph_dir, "decoder", files["merged" if merged else "decoder"], precision, num_layers,
@@ -368,16 +365,16 @@ def _manifest(folder: Path, graph_dir: Path, config: dict, gen: dict, files: dic
         num_layers=num_layers,
         num_heads=r.integer(r.req(dec, "num_attention_heads", "decoder"), "decoder.num_attention_heads"),
         num_codebooks=num_codebooks, audio_channels=channels,
-        delays=tuple(k // 2 for k in range(num_codebooks)) if stereo else tuple(range(num_codebooks)),
+        delays=codebook_delays(num_codebooks, channels),
         graphs=graphs,
         text_hidden_size=r.integer(r.req(text, "d_model", "text_encoder"), "text_encoder.d_model"),
         text_vocab_size=r.integer(r.req(text, "vocab_size", "text_encoder"), "text_encoder.vocab_size"),
-        codebook_size=r.integer(r.req(dec, "vocab_size", "decoder"), "decoder.vocab_size"),
+        codebook_size=codebook_size,
         special_token_id=r.integer(special, "decoder.pad_token_id (or decoder_start_token_id)"),
         sample_rate=r.integer(r.req(codec, "sampling_rate", "audio_encoder"), "audio_encoder.sampling_rate"),
         hop_length=hop, max_duration=30.0,
         max_positions=r.optional_integer(dec.get("max_position_embeddings"), "decoder.max_position_embeddings"),
-        defaults=defaults, tokenizer=TOKENIZER,
+        defaults=checkpoint_defaults(codebook_size, guidance), tokenizer=TOKENIZER,
         source={"checkpoint": str(folder), "layout": "optimum", "precision": precision},
     )
     manifest.check(f"{folder}/{CONFIG}")

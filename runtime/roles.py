@@ -18,7 +18,13 @@ TEXT_STATES = "text_states"  # "states" folders (optimum): the raw T5 states; th
 TOKEN_IDS = "input_ids"
 PREFIX_EMBEDS = "prefix_embeds"  # melody models: the prefix on the first call, empty afterwards
 ENCODER_MASK = "encoder_attention_mask"  # text-only models: which text positions cross-attention sees
-PAST_LENGTH = "past_length"  # static cache: how many positions of the buffers are filled
+PAST_LENGTH = "past_length"  # older static folders: how many positions of the buffers are filled
+# static folders with manifest step_inputs "positions": the step's values computed by the runtime, not by
+# the graph from the past length (so no host computation sits inside the step; see export/wrappers.py)
+POSITION_IDS = "position_ids"  # [rows, new] int64: the positions of the new columns (prefix included)
+SEQLENS_K = "seqlens_k"  # [rows] int32: filled positions after this call, minus 1 (GroupQueryAttention's)
+TOTAL_LENGTH = "total_sequence_length"  # [] int32: GroupQueryAttention's host input
+STEP_INPUTS = [POSITION_IDS, SEQLENS_K, TOTAL_LENGTH]
 LOGITS = "logits"  # [rows, codebooks, vocab], last position only
 USE_CACHE_BRANCH = "use_cache_branch"  # optimum's merged decoder: False on the first call, True afterwards
 # codec
@@ -40,8 +46,10 @@ def layers(kind: str, num_layers: int) -> list[str]:
     return [f"{kind}.{i}.{which}" for i in range(num_layers) for which in ("key", "value")]
 
 
-def required(graph: str, conditioning: str, kv_cache: str, num_layers: int) -> tuple[list[str], list[str]]:
-    """``(input roles, output roles)`` a graph must map for the runtime to drive it."""
+def required(graph: str, conditioning: str, kv_cache: str, num_layers: int,
+             step_inputs: str = "past_length") -> tuple[list[str], list[str]]:
+    """``(input roles, output roles)`` a graph must map for the runtime to drive it; ``step_inputs`` is the
+    manifest's (static cache: ``past_length`` or ``positions``)."""
     prefix = conditioning == "prefix"
     if conditioning == "states":  # optimum / transformers.js layout (optimum_layout.py); concat cache only
         past, present = layers("past", num_layers), layers("present", num_layers)
@@ -58,7 +66,7 @@ def required(graph: str, conditioning: str, kv_cache: str, num_layers: int) -> t
         return [TEXT_IDS, TEXT_MASK], layers("cross", num_layers)
     if graph == "decoder":
         conditioning_inputs = [PREFIX_EMBEDS] if prefix else [ENCODER_MASK, *layers("cross", num_layers)]
-        cache = [PAST_LENGTH] if kv_cache == "static" else []
+        cache = ([PAST_LENGTH] if step_inputs == "past_length" else STEP_INPUTS) if kv_cache == "static" else []
         return [TOKEN_IDS, *conditioning_inputs, *cache, *layers("past", num_layers)], \
             [LOGITS, *layers("present", num_layers)]
     if graph == "audio_decoder":

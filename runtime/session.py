@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import capture
 from .errors import InvalidInputError, ModelFolderError
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class SessionSettings:
     # exporter's validation uses it; the runtime does not (small int4 on CPU, alternating under load:
     # 8.3 / 9.4 / 8.0 steps/s vs 8.9 / 9.9 / 10.5 with the default order).
     priority_order: bool = False
+    cuda_graph: bool = False  # capture the decoder's steps as CUDA graphs (capture.py; static folders with step inputs)
+    device_sampler: bool = False  # pick tokens with the sampling graphs where the logits are (device_sampler.py)
 
     @classmethod
     def resolve(cls, providers=None, threads: int | None = None, provider_options=None) -> "SessionSettings":
@@ -112,7 +115,8 @@ class SessionSettings:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
 
-def open_session(path: Path, settings: SessionSettings = SessionSettings()):
+def open_session(path: Path, settings: SessionSettings = SessionSettings(), graph: str | None = None):
+    """``graph``: the folder's name for it, which decides whether it may be captured (capture.py)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -129,7 +133,7 @@ def open_session(path: Path, settings: SessionSettings = SessionSettings()):
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if settings.threads:
         opts.intra_op_num_threads = settings.threads
-    providers = [(p, settings.provider_options.get(p, {})) for p in settings.providers]
+    providers = capture.provider_options(settings, graph)
     try:
         return ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:
@@ -167,9 +171,9 @@ class Graph:
         except self._errors as exc:
             raise self._failed(exc) from None
 
-    def run_with_iobinding(self, binding):
+    def run_with_iobinding(self, binding, run_options=None):
         try:
-            return self.session.run_with_iobinding(binding)
+            return self.session.run_with_iobinding(binding, run_options)
         except self._errors as exc:
             raise self._failed(exc) from None
 
@@ -200,7 +204,9 @@ class GraphSessions:
         return folder_file(self.folder, self.manifest.graphs[name].file)
 
     def _open_checked(self, name: str):
-        session = open_session(self._path(name), self.settings)
+        # a decoder that computes its step's values from past_length (older folders) cannot be captured
+        capturable = name != "decoder" or self.manifest.step_inputs == "positions"
+        session = open_session(self._path(name), self.settings, name if capturable else None)
         check_graph_io(self.folder, name, session, self.manifest)
         return Graph(session, f"{self.folder}: graph {name}")
 

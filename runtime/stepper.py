@@ -12,7 +12,11 @@ the cache (the first call adds the prefix too). Two implementations, matching th
   IOBinding as both the past input and the present output, so GroupQueryAttention writes each new
   column in place. Everything constant for the window (cache buffers, cross-attention keys/values,
   masks, the logits buffer) is bound once; a step writes its token ids and the past length into
-  fixed buffers. This is where a device-resident or CUDA-graph step plugs in.
+  fixed buffers (folders whose decoder takes the past length: manifest ``step_inputs`` "past_length").
+* :class:`CapturableStepper` - the static graph with step inputs (``position_ids``, ``seqlens_k``,
+  ``total_sequence_length``): what a CUDA graph can capture. Every buffer a single-column step binds
+  is allocated once on the session's device and updated in place, so its address never changes; the
+  first call (prefix and start columns) has a binding of its own, as it runs uncaptured.
 
 Both can drop rows between steps (``keep_rows``: a server's client left): every per-row tensor is cut
 to the rows that stay and the loop goes on with a smaller batch. The static stepper copies its cache
@@ -21,11 +25,14 @@ rows into new, smaller buffers and binds everything again (once per drop, not pe
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import roles
+from .capture import PREFILL
 
 
 @dataclass(frozen=True)
@@ -36,13 +43,15 @@ class DecoderIO:
     logits: str
     past: list[str]
     present: list[str]
-    past_length: str | None  # static cache only
+    past_length: str | None  # older static folders only
+    step_inputs: list[str] | None = None  # static folders with step_inputs "positions": roles.STEP_INPUTS' names
 
     @classmethod
-    def of(cls, graph, num_layers: int, kv_cache: str) -> "DecoderIO":
+    def of(cls, graph, num_layers: int, kv_cache: str, step_inputs: str = "past_length") -> "DecoderIO":
+        old = kv_cache == "static" and step_inputs == "past_length"
         return cls(graph.name(roles.TOKEN_IDS), graph.name(roles.LOGITS), graph.names(roles.layers("past", num_layers)),
-                   graph.names(roles.layers("present", num_layers)),
-                   graph.name(roles.PAST_LENGTH) if kv_cache == "static" else None)
+                   graph.names(roles.layers("present", num_layers)), graph.name(roles.PAST_LENGTH) if old else None,
+                   graph.names(roles.STEP_INPUTS) if kv_cache == "static" and not old else None)
 
 
 @dataclass(frozen=True)
@@ -88,10 +97,10 @@ class ConcatStepper:
         self._past = {name: value[index] for name, value in self._past.items()}
 
 
-class StaticStepper:
-    def __init__(self, session, io: DecoderIO, conditioning: Conditioning, rows: int, num_heads: int,
-                 head_dim: int, max_length: int, logits_shape: tuple[int, ...], device: str = "cpu",
-                 dtype=np.float32):
+class _BoundWindow:
+    """What both IOBinding steppers hold for a window: the session, its names, the cache's fill."""
+
+    def __init__(self, session, io: DecoderIO, conditioning: Conditioning, max_length: int, device: str):
         import onnxruntime as ort
 
         self.length = 0
@@ -101,6 +110,13 @@ class StaticStepper:
         self._session = session
         self._io = io
         self._conditioning = conditioning
+
+
+class StaticStepper(_BoundWindow):
+    def __init__(self, session, io: DecoderIO, conditioning: Conditioning, rows: int, num_heads: int,
+                 head_dim: int, max_length: int, logits_shape: tuple[int, ...], device: str = "cpu",
+                 dtype=np.float32):
+        super().__init__(session, io, conditioning, max_length, device)
         shape = (rows, num_heads, max_length, head_dim)
         self._bind_window([np.zeros(shape, dtype=dtype) for _ in io.past], logits_shape)
 
@@ -150,3 +166,160 @@ class StaticStepper:
         caches = [np.ascontiguousarray(buf.numpy()[index]) for buf in self._buffers]
         self._conditioning = self._conditioning.rows(index)
         self._bind_window(caches, (len(index), *self._logits.shape()[1:]))
+
+
+class StepBuffers:
+    """Everything a single-column step binds, allocated on the session's device: the KV cache (never
+    copied from host zeros), token ids ``[rows, K, 1]``, positions, ``seqlens_k``, the logits, the
+    window's constant conditioning (copied in at each window's start) and the host-side total. A set
+    keeps its addresses for life, so a CUDA graph captured over it replays for every window that
+    gets it from the pool (``graph_id``, capture.py)."""
+
+    def __init__(self, ort, device: str, cache_shape: tuple[int, ...], n_caches: int, dtype,
+                 logits_shape: tuple[int, ...], steps: dict[str, np.ndarray], graph_id: int):
+        def alloc(shape, dt):
+            return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dt, device, 0)
+
+        rows = cache_shape[0]
+        self.cache_shape = cache_shape
+        self.caches = [alloc(cache_shape, dtype) for _ in range(n_caches)]
+        self.ids = alloc((rows, logits_shape[1], 1), np.int64)
+        self.positions = alloc((rows, 1), np.int64)
+        self.seqlens = alloc((rows,), np.int32)
+        self.total = ort.OrtValue.ortvalue_from_numpy(np.array(cache_shape[2], dtype=np.int32))  # a host input
+        self.logits = alloc(logits_shape, np.float32)
+        self.steps = {name: alloc(value.shape, value.dtype) for name, value in steps.items()}
+        self.graph_id = graph_id
+
+
+def conditioning_key(rows: int, conditioning: Conditioning) -> tuple:
+    """What a buffer set (and its captured graph) is specific to: the rows and the conditioning's shapes."""
+    return rows, conditioning.prefix_length, tuple((name, value.shape, str(value.dtype))
+                                                   for name, value in sorted(conditioning.steps.items()))
+
+
+class BufferPool:
+    """Step buffer sets with room for the model's longest window (``max_steps`` after the prefix), kept
+    per :func:`conditioning_key` and lent to one window at a time: a new call with the same rows and text
+    length reuses a set, and its captured graph. Used only with CUDA graphs (a set sized for the longest
+    call costs memory a CPU run need not spend)."""
+
+    def __init__(self, ort, device: str, max_steps: int, graph_ids):
+        self.ort, self.device, self.max_steps, self.graph_ids = ort, device, max_steps, graph_ids
+        self._free: dict[tuple, list[StepBuffers]] = {}
+        self._made: dict[tuple, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, conditioning: Conditioning, cache_shape, n_caches, dtype, logits_shape) -> StepBuffers:
+        key = conditioning_key(cache_shape[0], conditioning)
+        with self._lock:
+            if self._free.get(key):
+                return self._free[key].pop()
+            slot = self._made[key] = self._made.get(key, 0) + 1
+        graph_id = self.graph_ids.id_for((key, slot)) if self.graph_ids is not None else -1
+        return StepBuffers(self.ort, self.device, cache_shape, n_caches, dtype, logits_shape, conditioning.steps,
+                           graph_id)
+
+    def give_back(self, conditioning: Conditioning, buffers: StepBuffers) -> None:
+        with self._lock:
+            self._free.setdefault(conditioning_key(buffers.cache_shape[0], conditioning), []).append(buffers)
+
+
+class CapturableStepper(_BoundWindow):
+    """The static cache with the step's values fed as fixed device buffers (see the module docstring).
+
+    ``total_sequence_length`` is GroupQueryAttention's host input; a replayed CUDA graph keeps the value
+    it had at capture, so single-column steps hold it at the buffer length and the per-row ``seqlens_k``
+    carries the real length. The first call keeps the real total (with several new columns and a total
+    above them GroupQueryAttention takes a path that needs batch 1) and never runs captured.
+    ``pool``: lend the buffers from a :class:`BufferPool` (CUDA graphs) instead of allocating them for
+    this window; ``graph_ids``: a :class:`~.capture.GraphIds` whose lock and run options drive the session.
+    """
+
+    def __init__(self, session, io: DecoderIO, conditioning: Conditioning, rows: int, num_heads: int,
+                 head_dim: int, max_length: int, logits_shape: tuple[int, ...], device: str = "cpu",
+                 dtype=np.float32, pool: BufferPool | None = None, graph_ids=None):
+        super().__init__(session, io, conditioning,
+                         max_length if pool is None else conditioning.prefix_length + pool.max_steps, device)
+        self._dtype = dtype
+        self._pool = pool
+        self._graph_ids = graph_ids
+        self._buffers_of(rows, head_dim, num_heads, logits_shape)
+        self._bind_window(None)
+
+    def _buffers_of(self, rows, head_dim, num_heads, logits_shape) -> None:
+        shape = (rows, num_heads, self.max_length, head_dim)
+        c, n = self._conditioning, len(self._io.past)
+        if self._pool is None:
+            self._set = StepBuffers(self._ort, self._device, shape, n, self._dtype, logits_shape, c.steps, -1)
+        else:
+            self._set = self._pool.take(c, shape, n, self._dtype, logits_shape)
+            weakref.finalize(self, self._pool.give_back, c, self._set)
+
+    def _bind_window(self, caches: list[np.ndarray] | None) -> None:
+        """Bind the window's buffers; ``caches``: the rows that stay after a drop, copied in."""
+        io, b = self._io, self._set
+        for buf, cache in zip(b.caches, caches or ()):
+            buf.update_inplace(cache)
+        self._held = []  # the first call's conditioning: kept alive as long as it is bound
+        for name, value in self._conditioning.steps.items():
+            b.steps[name].update_inplace(np.ascontiguousarray(value))
+        self._prefill = self._new_binding()
+        for name, value in self._conditioning.first.items():
+            self._held.append(self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), self._device, 0))
+            self._prefill.bind_ortvalue_input(name, self._held[-1])
+        self._step = self._new_binding()
+        for name, value in b.steps.items():
+            self._step.bind_ortvalue_input(name, value)
+        for name, value in zip([io.ids, *io.step_inputs], (b.ids, b.positions, b.seqlens, b.total)):
+            self._step.bind_ortvalue_input(name, value)
+
+    def _new_binding(self):
+        binding = self._session.io_binding()
+        for past, present, buf in zip(self._io.past, self._io.present, self._set.caches):
+            binding.bind_ortvalue_input(past, buf)
+            binding.bind_ortvalue_output(present, buf)
+        binding.bind_ortvalue_output(self._io.logits, self._set.logits)
+        return binding
+
+    def bound(self) -> dict[str, int]:
+        """Each buffer a single-column step binds, by name -> its address (what a captured graph keeps)."""
+        io, b = self._io, self._set
+        named = {io.ids: b.ids, io.logits: b.logits, **dict(zip(io.step_inputs, (b.positions, b.seqlens, b.total))),
+                 **dict(zip(io.past, b.caches)), **b.steps}
+        return {name: value.data_ptr() for name, value in named.items()}
+
+    def _run(self, binding, graph_id: int) -> None:
+        if self._graph_ids is None:
+            self._session.run_with_iobinding(binding)
+            return
+        with self._graph_ids.lock:
+            self._session.run_with_iobinding(binding, self._graph_ids.run_options(graph_id))
+
+    def run(self, ids: np.ndarray, new_positions: int) -> np.ndarray:
+        if self.length + new_positions > self.max_length:
+            raise RuntimeError(f"static KV cache overflow: {self.length} + {new_positions} > {self.max_length}")
+        rows, filled, b = ids.shape[0], self.length + new_positions, self._set
+        if self.length == 0 or ids.shape[2] != 1:  # the first call: the prefix, the start column(s), any prompt
+            positions, seqlens, total = self._io.step_inputs
+            self._prefill.bind_cpu_input(self._io.ids, np.ascontiguousarray(ids))
+            self._prefill.bind_cpu_input(positions, np.broadcast_to(np.arange(self.length, filled, dtype=np.int64),
+                                                                    (rows, new_positions)).copy())
+            self._prefill.bind_cpu_input(seqlens, np.full(rows, filled - 1, dtype=np.int32))
+            self._prefill.bind_cpu_input(total, np.array(filled, dtype=np.int32))
+            self._run(self._prefill, PREFILL)
+        else:
+            b.ids.update_inplace(np.ascontiguousarray(ids))
+            b.positions.update_inplace(np.full((rows, 1), self.length, dtype=np.int64))
+            b.seqlens.update_inplace(np.full(rows, self.length, dtype=np.int32))
+            self._run(self._step, b.graph_id)
+        self.length = filled
+        return b.logits.numpy().copy()  # the buffer is rewritten by the next step
+
+    def keep_rows(self, index: np.ndarray) -> None:
+        """Go on with decoder rows ``index`` only: their cache rows move to a smaller buffer set."""
+        caches = [np.ascontiguousarray(buf.numpy()[index]) for buf in self._set.caches]
+        shape, logits = self._set.cache_shape, self._set.logits.shape()
+        self._conditioning = self._conditioning.rows(index)
+        self._buffers_of(len(index), shape[3], shape[1], (len(index), *logits[1:]))
+        self._bind_window(caches)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 
 import numpy as np
 from starlette.applications import Starlette
@@ -23,7 +24,7 @@ from .access import Access
 from .batcher import END, Batcher, Draining, Job, QueueFull
 from .bodies import HttpError, error, read_fields
 from .melody_view import melody_chroma
-from .metrics import Metrics
+from .metrics import Metrics, render as render_metrics
 from .openapi import openapi_spec
 from .page import PAGE
 from .params import DEFAULT_NORMALIZE, MEDIA_TYPES, RequestChecker
@@ -36,14 +37,19 @@ from .uploads import decode_audio
 logger = logging.getLogger(__name__)
 
 
-def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
+def create_app(model, settings: ServeSettings, stems=None, replica: str | None = None, peers=None) -> Starlette:
     """``stems``: a :class:`~..runtime.stems.StemSeparator` for ``POST /v1/stems`` (default: the model
-    folder's own, if it was exported with ``--stems``; none: no stems endpoint)."""
+    folder's own, if it was exported with ``--stems``; none: no stems endpoint). ``replica``: this process's
+    name among several (Ray Serve), a label on every metric; ``peers``: a callable giving the other replicas'
+    metric families, so that any replica's /metrics shows them all."""
     settings = settings.check()
-    metrics = Metrics()
+    m = model.manifest
+    metrics = Metrics(info={"checkpoint": (m.source or {}).get("checkpoint"), "family": m.family,
+                            "precision": m.graphs["decoder"].precision, "providers": ",".join(model.providers),
+                            "sample_rate": m.sample_rate, "channels": m.audio_channels},
+                      labels={"replica": replica} if replica else None)
     batcher = Batcher(model, settings, metrics)
     checker = RequestChecker(model, settings)
-    m = model.manifest
     results = ResultStore()
     stems = stems if stems is not None else model.stems
     stems_service = StemsService(stems, settings.max_duration) if stems is not None else None
@@ -178,8 +184,9 @@ def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
         return JSONResponse(health_facts("ready"))
 
     async def metrics_route(request: Request) -> Response:
-        return PlainTextResponse(metrics.render(batcher.queue_length(), batcher.in_flight()),
-                                 media_type="text/plain; version=0.0.4")
+        others = await run_in_threadpool(peers) if peers is not None else []
+        text = render_metrics([metrics.families(batcher.queue_length(), batcher.in_flight()), *others])
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_spec(settings))
@@ -210,7 +217,7 @@ def create_app(model, settings: ServeSettings, stems=None) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         Exception: on_http_error, HTTPException: on_http_error, HttpError: on_http_error,
         MusicGenError: on_http_error, ClientDisconnect: on_http_error})
-    app.state.batcher, app.state.metrics = batcher, metrics
+    app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
     return CountRequests(Access(app, settings.api_key, settings.cors_origins), metrics, routes)
 
 
@@ -221,7 +228,7 @@ def _encode(wav: np.ndarray, sample_rate: int, strategy: str, fmt: str) -> bytes
 class CountRequests:
     """ASGI wrapper: count every HTTP response by route and status for /metrics, labelled by the route's
     template (``/v1/results/{result_id}``, not each id) and unknown paths as 'other', so a scanner or
-    the kept results cannot grow the label set."""
+    the kept results cannot grow the label set; and time the /v1/* ones to their last byte."""
 
     def __init__(self, app, metrics: Metrics, routes: list[Route]):
         self.app, self.metrics, self.routes = app, metrics, routes
@@ -231,10 +238,15 @@ class CountRequests:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         route = next((r.path for r in self.routes if r.matches(scope)[0] != Match.NONE), "other")
+        t0 = time.monotonic()
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
                 self.metrics.request(route, message["status"])
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if route.startswith("/v1/"):
+                self.metrics.request_done(route, time.monotonic() - t0)

@@ -146,6 +146,11 @@ class Batcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    def working(self) -> bool:
+        """The worker thread runs, or has ended only because stop() drained it (a health check: a worker
+        that died otherwise leaves every request waiting)."""
+        return self._thread.is_alive() or self._stopping
+
     @property
     def draining(self) -> bool:
         """stop() was called: new work is refused (HTTP 503; /health/ready reports it)."""
@@ -192,9 +197,10 @@ class Batcher:
                     mates = [j for j in self._pending if j.spec.key == first.spec.key][: s.max_batch]
                     left = deadline - time.monotonic()
                     if len(mates) >= s.max_batch or left <= 0 or self._stopping:
-                        rows = LiveRows(len(mates))
+                        rows, now = LiveRows(len(mates)), time.monotonic()
                         for i, job in enumerate(mates):
                             self._pending.remove(job)
+                            self.metrics.waited(now - job.enqueued)
                             job.batch_size, job.rows, job.row = len(mates), rows, i
                         return mates
                     self._cond.wait(left)
@@ -220,6 +226,7 @@ class Batcher:
             audio = model.generate(descriptions, **kw)
             samples = audio.shape[-1]
             for row, wav in zip(rows.live, audio):
+                self.metrics.first_audio_after(time.monotonic() - jobs[row].enqueued)
                 jobs[row].resolve(wav)
         freed = len(jobs) - len(rows.live)
         left_late = sum(jobs[row].cancelled for row in rows.live)  # left after their row's last step
@@ -235,6 +242,9 @@ class Batcher:
         stream = self.model.generate_stream(descriptions, chunk_frames=STREAM_CHUNK_FRAMES, **kw)
         try:
             for chunk in stream:
+                if not samples:
+                    for row in rows.live:
+                        self.metrics.first_audio_after(time.monotonic() - jobs[row].enqueued)
                 samples += chunk.shape[-1]
                 for row, wav in zip(rows.live, chunk):
                     if not jobs[row].cancelled:

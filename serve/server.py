@@ -3,7 +3,7 @@
 What plain ``uvicorn.run`` left open (issue 24 items 4-5): a connection that never completes its request
 headers held a file descriptor for ever; past the process's open-file limit every accept logged a
 "Too many open files" traceback and /health went unanswered; SIGTERM waited for ever on one stalled client.
-Here: a cap on connections below the open-file limit (over it: a quick 503), a deadline for request
+Here: a cap on connections below the open-file limit (over it: a quick JSON 503 with Retry-After), a deadline for request
 headers (the app bounds the body), accept errors logged as one line, and a shutdown that drains the
 queue, gives open sockets ``graceful_timeout_s``, then closes what is left and exits.
 """
@@ -22,6 +22,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..runtime.errors import InvalidInputError
+from .bodies import error
 from .logs import FORMATS, log_config
 from .settings import refuse_flag
 
@@ -169,16 +170,40 @@ def _one_line_loop_errors(loop, context):
     loop.default_exception_handler(context)
 
 
+class ConnectionCap:
+    """Over ``cap`` open connections (or requests running): the app's own 503, a one-line JSON error with
+    Retry-After, where uvicorn's ``limit_concurrency`` answers plain text "Service Unavailable" without
+    one. The same count as uvicorn's: this request's connection is among those open."""
+
+    def __init__(self, app, cap: int, retry_after_s: int):
+        self.app, self.cap, self.retry_after = app, cap, str(retry_after_s)
+        self.state = app.state
+        self.server_state = None  # set by run(): uvicorn's open connections and running requests
+
+    async def __call__(self, scope, receive, send):
+        st = self.server_state
+        if scope["type"] == "http" and st is not None and (len(st.connections) >= self.cap or
+                                                           len(st.tasks) > self.cap):
+            logger.warning("503 for %s %s: %d connections open (--max-connections %d)", scope.get("method"),
+                           scope.get("path"), len(st.connections), self.cap)
+            busy = error(503, f"server busy: {len(st.connections)} connections open (--max-connections "
+                              f"{self.cap}); retry later", {"Retry-After": self.retry_after, "Connection": "close"})
+            return await busy(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def run(app, host: str, port: int, options: ServerOptions) -> None:
     """Serve ``app`` (from ``create_app``) until SIGTERM or Ctrl-C."""
     options = options.check()
     cap = connection_cap(options.max_connections)
+    capped = ConnectionCap(app, cap, app.state.settings.retry_after_s)
     config = uvicorn.Config(
-        app, host=host, port=port, http=guarded_protocol(options.header_timeout_s), limit_concurrency=cap,
+        capped, host=host, port=port, http=guarded_protocol(options.header_timeout_s),
         timeout_keep_alive=options.keep_alive_s, timeout_graceful_shutdown=1.0, log_config=log_config(
             options.log_format), ssl_certfile=options.ssl_certfile, ssl_keyfile=options.ssl_keyfile)
     if cap < options.max_connections:  # logged once the log configuration is in place
         logger.warning("--max-connections %d lowered to %d: the open-file limit is %d", options.max_connections,
                        cap, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     server = DrainingServer(config, app.state.batcher, options.graceful_timeout_s)
+    capped.server_state = server.server_state
     server.run()

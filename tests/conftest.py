@@ -1,110 +1,89 @@
-"""Shared fixtures: tiny random-weight checkpoints of each family, exported once per session, and the CLI.
+"""Shared fixtures (the bundled model, tiny checkpoints and their exports, the CLI) and the two markers.
 
-Two kinds of test live here. Runtime tests need only the runtime install (numpy, onnxruntime,
-soundfile, soxr, click) plus the test tools; export tests need the ``export`` extra (torch,
-transformers) to build checkpoints or compute references. Export tests are marked ``export``:
-automatically when they use a checkpoint fixture, by ``pytestmark`` where a whole module needs torch.
-``.ci/run`` runs everything, then ``-m "not export"`` again in a virtual environment without torch;
-there the modules that import torch at the top are not collected (``collect_ignore``).
+``export``: the test needs the export extra (torch, transformers, onnx). One rule gives it: every test
+under tests/export/, and every test that asks for a fixture built with torch (``EXPORT_FIXTURES``) or is
+marked by hand because it calls the onnx or tokenizers packages. Without torch, tests/export/ is not even
+collected (its modules import torch at the top); ``-m "not export"`` deselects the rest.
+
+``slow``: soak, kill -9, browser, desktop packaging, long-form and client-disconnect tests; the fast lane
+is ``pytest -m "not slow and not export"``. The README's one test command runs everything.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "tests") not in sys.path:  # the tests' shared helpers (`from conftest import ...`)
-    sys.path.insert(0, str(ROOT / "tests"))
+from export_cache import BuildCache
+from helpers import BUNDLED, run_cli_here
 
-FAMILIES = ["tiny-melody", "tiny-melody-stereo", "tiny-text", "tiny-text-stereo"]
-BUNDLED = ROOT / "models" / "tiny-melody"
-CLI = [sys.executable, "-m", "musicgen_onnx.cli"]
+EXPORT_DIR = Path(__file__).resolve().parent / "export"
 EXPORT_FIXTURES = {"checkpoint_dir", "exported", "reference_model"}
-EXPORT_MODULES = ["export/test_export.py", "export/test_export_streaming.py", "export/test_parity.py",
-                  "export/test_sensitivity.py", "export/test_stems_parity.py", "export/test_tiers.py",
-                  "export/test_tokenizer.py"]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
-collect_ignore = [] if HAVE_TORCH else EXPORT_MODULES
+collect_ignore_glob = [] if HAVE_TORCH else ["export/*"]
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "export: needs the export extra (torch, transformers)")
+    config.addinivalue_line("markers", "slow: soak, kill -9, browser, desktop, long-form or disconnect test; "
+                                       "left out of the fast lane")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if EXPORT_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if item.path.is_relative_to(EXPORT_DIR) or EXPORT_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.export)
-
-
-def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    """``musicgen-onnx ARGS`` in a fresh interpreter, output captured as text."""
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, **kw)
-
-
-@contextlib.contextmanager
-def serving(app):
-    """A uvicorn server for ``app`` in a thread of this process, on a free 127.0.0.1 port; yields its URL."""
-    import uvicorn
-
-    from musicgen_onnx.serve.health import free_port, wait_until_healthy
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if not wait_until_healthy(url, timeout_s=30):
-            raise RuntimeError(f"the test server on {url} did not start")
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture
 def cli():
-    """``cli("generate", "a prompt", "-o", path)`` -> CompletedProcess (returncode, stdout, stderr)."""
-    return run_cli
+    """``cli("generate", "a prompt", "-o", path)`` -> CompletedProcess (returncode, stdout, stderr), run in
+    this process; ``helpers.run_cli`` where a test is about the process itself."""
+    return run_cli_here
 
 
 @pytest.fixture(scope="session")
-def checkpoint_dir(tmp_path_factory):
-    """``checkpoint_dir(arch)`` -> a transformers checkpoint folder, built on first use."""
+def model():
+    """The bundled tiny-melody model, loaded once per session: tests must leave it as they found it
+    (test_hostile_folder checks that a call never changes it)."""
+    from musicgen_onnx.runtime import MusicGen
+
+    return MusicGen.from_pretrained(BUNDLED, providers="cpu")
+
+
+@pytest.fixture(scope="session")
+def build_cache(tmp_path_factory):
+    return BuildCache(tmp_path_factory.mktemp("builds"))
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(build_cache):
+    """``checkpoint_dir(arch)`` -> a seed-0 transformers checkpoint folder, built on first use."""
     from musicgen_onnx.export.random_checkpoints import build_checkpoint
 
-    root = tmp_path_factory.mktemp("checkpoints")
-    built = {}
-
-    def get(arch: str) -> Path:
-        if arch not in built:
-            built[arch] = build_checkpoint(arch, root / arch, seed=0)
-        return built[arch]
-
-    return get
+    return lambda arch: build_cache.get(f"{arch}-seed0", lambda out: build_checkpoint(arch, out, seed=0))
 
 
 @pytest.fixture(scope="session")
-def exported(checkpoint_dir, tmp_path_factory):
-    """``exported(arch, kv_cache)`` -> an exported (and validated) model folder, built on first use."""
+def exported(checkpoint_dir, build_cache):
+    """``exported(arch, kv_cache, **export_options)`` -> an exported model folder, built on first use.
+
+    Validation runs once per family, on the static-cache export, and on one concat export (tiny-text) so
+    that its checks stay exercised; the other concat exports are built without it, since the parity tests
+    compare their greedy tokens and audio with transformers. Other options (``precision``, ``kv_dtype``)
+    are exports of their own, validated."""
     from musicgen_onnx.export.exporter import export
 
-    root = tmp_path_factory.mktemp("onnx")
-    done = {}
+    def get(arch: str, kv_cache: str = "static", **options) -> Path:
+        validate = kv_cache == "static" or arch == "tiny-text"
 
-    def get(arch: str, kv_cache: str = "static") -> Path:
-        key = (arch, kv_cache)
-        if key not in done:
-            done[key] = export(str(checkpoint_dir(arch)), root / f"{arch}-{kv_cache}", kv_cache=kv_cache)
-        return done[key]
+        def build(out: Path) -> None:
+            export(str(checkpoint_dir(arch)), out, kv_cache=kv_cache, validate_graphs=validate, **options)
+
+        name = "-".join([arch, "seed0", kv_cache, *(f"{k}-{v}" for k, v in sorted(options.items()))])
+        return build_cache.get(name, build)
 
     return get
 

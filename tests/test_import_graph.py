@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "musicgen_onnx"
 # The parts of the package held to these rules. export/ joins once its circles are gone (issue 23).
-SCOPE = ("runtime", "serve", "cli.py", "__init__.py")
+SCOPE = ("runtime", "serve", "export", "cli.py", "__init__.py")
 
 
 def _modules() -> dict[str, Path]:

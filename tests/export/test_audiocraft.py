@@ -18,8 +18,6 @@ import pytest
 
 from musicgen_onnx.runtime.errors import ExportError
 
-pytestmark = pytest.mark.export
-
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "audiocraft-tiny"
 T5 = FIXTURE / "t5"
 TOKENS = json.loads((FIXTURE / "tokens.json").read_text())
@@ -48,21 +46,22 @@ def audiocraft_folder(name: str, root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ac_exported(tmp_path_factory):
-    """``ac_exported(name, reference=None)`` -> the exported folder of a fixture model, built once."""
+def ac_exported(tmp_path_factory, build_cache):
+    """``ac_exported(name, reference=None)`` -> the exported folder of a fixture model, built once
+    (and kept across runs for the same exporter code and fixture files: conftest's build cache)."""
     from musicgen_onnx.export.exporter import export
 
     root = tmp_path_factory.mktemp("audiocraft")
-    done = {}
 
     def get(name: str, reference: str | None = None) -> Path:
-        if (name, reference) not in done:
-            out = root / f"onnx-{name}-{reference}"
+        def build(out: Path) -> None:
             # No graph validation: the converted folder is a transformers checkpoint, which test_export.py
             # validates; the tokens below are the stronger check (and keep this module under a minute).
-            done[name, reference] = export(str(audiocraft_folder(name, root / "src")), out, text_encoder=str(T5),
-                                           reference=reference, validate_graphs=False)
-        return done[name, reference]
+            export(str(audiocraft_folder(name, root / "src")), out, text_encoder=str(T5), reference=reference,
+                   validate_graphs=False)
+
+        inputs = (FIXTURE / name, FIXTURE / "compression_state_dict.bin", T5)
+        return build_cache.get(f"audiocraft-{name}-{reference}", build, inputs)
 
     return get
 
@@ -292,3 +291,75 @@ def test_a_named_codec_comes_from_codec_folder(checkpoint_dir, tmp_path):
     got, want = load_file(out / "model.safetensors"), load_file(source / "model.safetensors")
     codec_keys = [k for k in want if k.startswith("audio_encoder.")]
     assert codec_keys and all(torch.equal(got[k], want[k]) for k in codec_keys)
+
+
+def _alias_bomb() -> str:
+    """A billion-laughs document under 1 KB: nine levels of nine aliases, the last one as the dim."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda cfg: cfg.replace("transformer_lm:\n  dim: 16", "transformer_lm:\n  dim: ${transformer_lm.dim}"),
+     "interpolates in a cycle"),
+    (lambda cfg: "[" * 100000, "nested deeper than 64 levels"),
+    (lambda cfg: "a: " + "{b: " * 200 + "1" + "}" * 200 + "\n", "nested deeper than 64 levels"),
+    (lambda cfg: _alias_bomb() + cfg.replace("transformer_lm:\n  dim: 16", "transformer_lm:\n  dim: *l8"),
+     "values once its aliases are expanded"),
+    (lambda cfg: "a: &a [*a]\n" + cfg, "an alias repeats a node that contains it"),
+    (lambda cfg: cfg + "#" * (2 << 20), "at most 1048576 are read"),
+])
+def test_hostile_xp_cfg_is_one_line_quickly_in_bounded_memory(edit, message, tmp_path):
+    """Issue 24 item 16: a self-reference, deep nesting and an alias bomb ended in RecursionError
+    tracebacks or 4.9 GB and 75 s before a MemoryError."""
+    import time
+    import tracemalloc
+
+    from musicgen_onnx.export import audiocraft
+
+    folder = _edited(tmp_path, lambda p: p.__setitem__("xp.cfg", edit(p["xp.cfg"])))
+    # what convert imports, imported before tracing starts (under tracemalloc it takes most of a minute)
+    from transformers import GenerationConfig, MusicgenConfig, MusicgenMelodyConfig  # noqa: F401
+    from transformers.models.musicgen.configuration_musicgen import MusicgenDecoderConfig  # noqa: F401
+    from transformers.models.musicgen_melody.configuration_musicgen_melody import MusicgenMelodyDecoderConfig  # noqa: F401
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(ExportError, match=message) as err:
+            audiocraft.convert(folder, tmp_path / "out", text_encoder=str(T5))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
+    assert time.perf_counter() - t0 < 30 and peak < 64 << 20, (time.perf_counter() - t0, peak)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("part", ["text_encoder", "codec"])
+def test_a_pickled_callable_in_a_parts_folder_is_one_line(part, checkpoint_dir, tmp_path):
+    """Issue 24 item 17: pytorch_model.bin holding a pickled callable (torch refuses it: no code runs)
+    gave an UnpicklingError traceback; it gets the line state_dict.bin gets."""
+    import torch
+
+    from musicgen_onnx.export import audiocraft
+
+    folder = audiocraft_folder("tiny-text", tmp_path)
+    parts = {"text_encoder": str(T5)}
+    if part == "codec":
+        torch.save({"pretrained": "facebook/encodec_32khz", "exported": True, "version": "1.3.0"},
+                   folder / "compression_state_dict.bin")
+        source = checkpoint_dir("tiny-text")
+    else:
+        source = T5
+    hostile = tmp_path / f"hostile-{part}"
+    hostile.mkdir()
+    shutil.copyfile(source / "config.json", hostile / "config.json")
+    if part == "text_encoder":
+        shutil.copyfile(T5 / "spiece.model", hostile / "spiece.model")
+    torch.save({"shared.weight": torch.zeros(2, 2), "hook": print}, hostile / "pytorch_model.bin")
+    parts[part] = str(hostile)
+    with pytest.raises(ExportError, match=r"pytorch_model\.bin' holds pickled objects .* --allow-pickle") as err:
+        audiocraft.convert(folder, tmp_path / "out", **parts)
+    assert "\n" not in str(err.value)

@@ -11,11 +11,11 @@ import onnx
 import pytest
 
 from musicgen_onnx.export.exporter import export
-from musicgen_onnx.runtime import MusicGen
+from musicgen_onnx.runtime import MusicGen, roles
 from musicgen_onnx.runtime.errors import ExportError, ModelFolderError
 from musicgen_onnx.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, load_manifest, verify_files
 
-from conftest import BUNDLED, FAMILIES
+from helpers import BUNDLED, FAMILIES
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -32,7 +32,10 @@ def test_each_family_exports_and_validates(arch, exported):
     assert dims["input_ids"] == ["batch_x_cfg", m.num_codebooks, "new_length"]
     assert m.kv_cache == "static"
     assert dims["past.0.key"] == ["batch_x_cfg", m.num_heads, "max_length", m.head_dim]
-    assert dims["past_length"] == []  # the explicit position offset / filled part of the buffers
+    # the step's values come in as inputs (issue 26), so nothing in the step is computed on the host
+    assert m.step_inputs == "positions" and "past_length" not in dims
+    assert dims["position_ids"] == ["batch_x_cfg", "new_positions"] and dims["seqlens_k"] == ["batch_x_cfg"]
+    assert dims["total_sequence_length"] == []
     assert any(n.op_type == "GroupQueryAttention" for n in dec.graph.node)
     if m.is_melody:
         assert dims["prefix_embeds"] == ["batch_x_cfg", "prefix_length", m.hidden_size]
@@ -70,10 +73,21 @@ def test_manifest_round_trip_and_version_check(exported, tmp_path):
 
 
 @pytest.mark.parametrize("stage", ["text_encoder", "decoder", "audio_encoder"])
-def test_failure_mid_export_leaves_nothing(stage, checkpoint_dir, tmp_path):
+def test_failure_mid_export_leaves_nothing(stage, checkpoint_dir, tmp_path, monkeypatch):
+    from musicgen_onnx.export import folder_manifest
+
+    real = folder_manifest.graph_info
+
+    def fail_after(folder, name, *args):
+        info = real(folder, name, *args)
+        if name == stage:
+            raise ExportError(f"injected failure after {name}")
+        return info
+
+    monkeypatch.setattr(folder_manifest, "graph_info", fail_after)
     out = tmp_path / "model"
     with pytest.raises(ExportError, match="injected"):
-        export(str(checkpoint_dir("tiny-text")), out, _fail_after=stage)
+        export(str(checkpoint_dir("tiny-text")), out)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # the temporary sibling is gone too
 
@@ -92,6 +106,26 @@ def test_force_replaces_and_existing_folder_is_refused(checkpoint_dir, tmp_path)
 def _copy_ckpt(src, dst):
     shutil.copytree(src, dst)
     return dst
+
+
+def test_export_options_are_one_checked_object(tmp_path):
+    """export() takes an ExportOptions (frozen, checked when made) or its fields as keywords, which are
+    applied over it; a bad value fails before any checkpoint is looked at."""
+    import dataclasses
+
+    from musicgen_onnx.export.options import ExportOptions
+
+    options = ExportOptions(precision="int8", atol=0.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.precision = "fp32"
+    with pytest.raises(ExportError, match=r"opset 13 is not supported; choose an opset in \[14, 21\]"):
+        ExportOptions(opset=13)
+    with pytest.raises(ExportError, match="rtol must be a finite number >= 0, got nan"):
+        export(str(tmp_path / "not-looked-at"), tmp_path / "a", options, rtol=float("nan"))
+    with pytest.raises(ExportError, match="kv_dtype 'fp16' needs precision int8 or int4 with the static KV cache"):
+        export(str(tmp_path / "not-looked-at"), tmp_path / "a", ExportOptions(kv_dtype="fp16"))
+    with pytest.raises(ExportError, match="no such folder"):  # options pass: the checkpoint is looked at next
+        export(str(tmp_path / "missing"), tmp_path / "a", options, kv_dtype="fp16")
 
 
 def test_export_errors(checkpoint_dir, tmp_path):
@@ -186,19 +220,27 @@ def test_bundled_model_matches_what_the_exporter_builds(tmp_path):
     fresh = load_manifest(build(tmp_path / "tiny", progress=lambda m: None))
     committed = load_manifest(BUNDLED)
 
+    # the committed folder predates the decoder's step inputs (issue 26); it stays as the old folders' case
+    step = {"past_length"} | set(roles.STEP_INPUTS)
+
     def shape_of(m):
         d = m.to_dict()
         d.pop("source")
+        d.pop("step_inputs")
         for g in d["graphs"].values():
             g.pop("files")
             g.pop("size_bytes")
+            g["inputs"] = [i for i in g["inputs"] if i not in step]
+            g["roles"] = {k: v for k, v in g["roles"].items() if k not in step}
         return d
 
+    assert (committed.step_inputs, fresh.step_inputs) == ("past_length", "positions")
     assert shape_of(fresh) == shape_of(committed)
     for name in committed.graphs:
         a = onnx.load(str(BUNDLED / f"{name}.onnx"), load_external_data=False)
         b = onnx.load(str(tmp_path / "tiny" / f"{name}.onnx"), load_external_data=False)
-        assert [str(i.type) for i in a.graph.input] == [str(i.type) for i in b.graph.input]
+        assert [str(i.type) for i in a.graph.input if i.name not in step] == \
+            [str(i.type) for i in b.graph.input if i.name not in step]
         assert [str(o.type) for o in a.graph.output] == [str(o.type) for o in b.graph.output]
     # same seed, same weights: the committed graphs compute what a fresh export computes
     import onnxruntime as ort
@@ -225,7 +267,7 @@ def test_fp16_export_validates_and_is_recorded(checkpoint_dir, tmp_path):
 
 def test_hub_id_resolves_through_the_local_cache(checkpoint_dir, tmp_path, monkeypatch):
     """An 'owner/name' id is looked up in the Hugging Face cache (offline here), exactly as on a user's machine."""
-    from musicgen_onnx.export.checkpoint import resolve
+    from musicgen_onnx.export.sources import resolve
 
     cache = tmp_path / "hub"
     snap = cache / "models--facebook--musicgen-tiny" / "snapshots" / "0123abc"
@@ -246,9 +288,9 @@ def test_hub_id_resolves_through_the_local_cache(checkpoint_dir, tmp_path, monke
 def test_external_weight_files_load_like_inline_graphs(checkpoint_dir, exported, tmp_path, monkeypatch):
     """Above EXTERNAL_DATA_THRESHOLD (64 MB: every full-size graph) weights live in NAME.onnx.data; the
     tiny model is forced over it here so the layout the real exports use is tested in CI."""
-    from musicgen_onnx.export import exporter
+    from musicgen_onnx.export import tracing
 
-    monkeypatch.setattr(exporter, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr(tracing, "EXTERNAL_DATA_THRESHOLD", 0)
     out = export(str(checkpoint_dir("tiny-text")), tmp_path / "ext")
     m = load_manifest(out)
     for name, graph in m.graphs.items():
@@ -304,5 +346,5 @@ def test_a_transformers_known_to_be_a_wrong_reference_is_refused(checkpoint_dir,
         ckpt_mod.check_transformers("cross", "4.57.6")
     monkeypatch.setattr(ckpt_mod, "_installed_transformers", lambda: "5.17.0")
     with pytest.raises(ExportError, match="install transformers>=5.18.0"):
-        ckpt_mod.resolve(str(checkpoint_dir("tiny-melody")))
-    ckpt_mod.resolve(str(checkpoint_dir("tiny-text")))  # text-only is fine on 5.17
+        ckpt_mod.transformers_folder(str(checkpoint_dir("tiny-melody")))
+    ckpt_mod.transformers_folder(str(checkpoint_dir("tiny-text")))  # text-only is fine on 5.17

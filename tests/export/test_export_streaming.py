@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-import torch  # conftest.EXPORT_MODULES: not collected without the export extra
+import torch  # tests/export/ is not collected without the export extra (conftest)
 import onnx
 
 from musicgen_onnx.export import checkpoint as ckpt_mod  # noqa: E402
-from musicgen_onnx.export import exporter, placeholders  # noqa: E402
+from musicgen_onnx.export import graph_specs, graph_validation, placeholders, precision as precision_mod, tracing  # noqa: E402
+from musicgen_onnx.export.sources import resolve  # noqa: E402
 from musicgen_onnx.runtime.errors import ExportError  # noqa: E402
 
 pytestmark = pytest.mark.export
@@ -31,7 +32,7 @@ THRESHOLD = 1000  # bytes: every tiny graph goes external, as the full-size ones
 def legacy_save(model, path: Path) -> None:
     """The previous writer (exporter._save): one data file above the threshold, everything inline otherwise."""
     path.with_name(path.name + ".data").unlink(missing_ok=True)
-    if sum(t.ByteSize() for t in model.graph.initializer) > exporter.EXTERNAL_DATA_THRESHOLD:
+    if sum(t.ByteSize() for t in model.graph.initializer) > tracing.EXTERNAL_DATA_THRESHOLD:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
     else:
@@ -55,7 +56,7 @@ def legacy_to_fp16(path: Path) -> None:
     model = onnx.load(str(path), load_external_data=True)
     io = [v.name for v in [*model.graph.input, *model.graph.output] if not v.name.startswith(("past.", "present."))]
     fp16 = convert_float_to_float16(model, keep_io_types=io, disable_shape_infer=True,
-                                    node_block_list=sorted(exporter._position_nodes(model)))
+                                    node_block_list=sorted(precision_mod.position_nodes(model)))
     legacy_save(fp16, path)
 
 
@@ -65,8 +66,8 @@ def legacy_quantize(path: Path, precision: str) -> None:
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     model = onnx.load(str(path), load_external_data=True)
     heads = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith("/heads.")]
-    for bits, scope in ((exporter.QUANT_BITS[precision], {"nodes_to_exclude": heads}), (8, {"nodes_to_include": heads})):
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=exporter.QUANT_BLOCK, is_symmetric=True,
+    for bits, scope in ((precision_mod.QUANT_BITS[precision], {"nodes_to_exclude": heads}), (8, {"nodes_to_include": heads})):
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=precision_mod.QUANT_BLOCK, is_symmetric=True,
                                          accuracy_level=4, **scope)
         quantizer.process()
         model = quantizer.model.model
@@ -76,19 +77,19 @@ def legacy_quantize(path: Path, precision: str) -> None:
 def build_folders(checkpoint: Path, out: Path, precisions, streamed: bool) -> dict[str, Path]:
     """Every graph of every precision (the codec's graphs are fp32 in all of them): the previous way,
     or the way ``exporter.export`` does it now (placeholders, graph-only trace, then the same per-graph steps)."""
-    ckpt = ckpt_mod.resolve(str(checkpoint))
+    ckpt = resolve(str(checkpoint))
     model = ckpt_mod.load_model(ckpt)
-    specs = {s.name: s for s in exporter.graph_specs(model, ckpt.conditioning)}
+    specs = {s.name: s for s in graph_specs.graph_specs(model, ckpt.conditioning)}
     markers = None
     if streamed:
-        markers = placeholders.swap_in(model, [specs[n].module for n in exporter.STREAMED_GRAPHS],
+        markers = placeholders.swap_in(model, [specs[n].module for n in graph_specs.STREAMED_GRAPHS],
                                        placeholders.CheckpointTensors(ckpt.weight_files))
     base = out / "fp32"
     base.mkdir(parents=True)
     for name in specs:
         if streamed:
-            exporter._export_graph(specs[name], base / f"{name}.onnx", 17,
-                                   markers if name in exporter.STREAMED_GRAPHS else None)
+            tracing.export_graph(specs[name], base / f"{name}.onnx", 17,
+                                 markers if name in graph_specs.STREAMED_GRAPHS else None)
         else:
             legacy_export_graph(specs[name], base / f"{name}.onnx")
     folders = {}
@@ -96,12 +97,12 @@ def build_folders(checkpoint: Path, out: Path, precisions, streamed: bool) -> di
         folder = out / precision
         if precision != "fp32":
             shutil.copytree(base, folder)
-            for name in exporter.STREAMED_GRAPHS:
+            for name in graph_specs.STREAMED_GRAPHS:
                 path = folder / f"{name}.onnx"
                 if precision == "fp16":
-                    (exporter._to_fp16 if streamed else legacy_to_fp16)(path)
+                    (precision_mod.to_fp16 if streamed else legacy_to_fp16)(path)
                 elif name == "decoder":
-                    (exporter._quantize if streamed else legacy_quantize)(path, precision)
+                    (precision_mod.quantize if streamed else legacy_quantize)(path, precision)
         folders[precision] = folder
     return folders
 
@@ -109,7 +110,7 @@ def build_folders(checkpoint: Path, out: Path, precisions, streamed: bool) -> di
 @pytest.mark.parametrize("arch, precisions", [("tiny-text", ("fp32", "fp16", "int8", "int4")),
                                                ("tiny-melody", ("fp32", "fp16", "int4"))])
 def test_streamed_export_writes_the_previous_bytes(arch, precisions, checkpoint_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(exporter, "EXTERNAL_DATA_THRESHOLD", THRESHOLD)
+    monkeypatch.setattr(tracing, "EXTERNAL_DATA_THRESHOLD", THRESHOLD)
     checkpoint = checkpoint_dir(arch)
     want = build_folders(checkpoint, tmp_path / "legacy", precisions, streamed=False)
     got = build_folders(checkpoint, tmp_path / "streamed", precisions, streamed=True)
@@ -143,16 +144,16 @@ def _toy_export(tmp_path: Path, module: Toy, checkpoint_state: dict) -> Path:
     weights = tmp_path / "model.safetensors"
     save_file(checkpoint_state, str(weights))
     markers = placeholders.swap_in(module, [module], placeholders.CheckpointTensors([weights]))
-    spec = exporter.GraphSpec("toy", module.eval(), (torch.randint(0, 40, (2, 5)),), ["ids"], ["out"],
-                              {"ids": {0: "b", 1: "t"}})
+    spec = tracing.GraphSpec("toy", module.eval(), (torch.randint(0, 40, (2, 5)),), ["ids"], ["out"],
+                             {"ids": {0: "b", 1: "t"}})
     path = tmp_path / "out" / "toy.onnx"
     path.parent.mkdir()
-    exporter._export_graph(spec, path, 17, markers)
+    tracing.export_graph(spec, path, 17, markers)
     return path
 
 
 def test_streamed_toy_matches_the_real_weights_transposed(tmp_path, monkeypatch):
-    monkeypatch.setattr(exporter, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr(tracing, "EXTERNAL_DATA_THRESHOLD", 0)
     torch.manual_seed(0)
     module = Toy()
     state = {k: v.clone().contiguous() for k, v in module.state_dict().items()}
@@ -208,14 +209,14 @@ def test_references_with_weights_released_after_use_are_unchanged(checkpoint_dir
     """The reference forward with each module's mapped pages dropped after use gives the same bits."""
     from musicgen_onnx.export import mapped_weights
 
-    ckpt = ckpt_mod.resolve(str(checkpoint_dir("tiny-text")))
+    ckpt = resolve(str(checkpoint_dir("tiny-text")))
     model = ckpt_mod.load_model(ckpt)
     assert mapped_weights._mappings(), "transformers no longer maps safetensors: the release does nothing"
-    spec = {s.name: s for s in exporter.graph_specs(model, ckpt.conditioning)}["decoder"]
-    plain = [want for _, want in exporter._reference_cases(spec)]
+    spec = {s.name: s for s in graph_specs.graph_specs(model, ckpt.conditioning)}["decoder"]
+    plain = [want for _, want in graph_validation.reference_cases(spec)]
     with mapped_weights.released_after_use(model):
-        released = [want for _, want in exporter._reference_cases(spec)]
-        released_again = [want for _, want in exporter._reference_cases(spec)]  # pages faulted back in from the file
+        released = [want for _, want in graph_validation.reference_cases(spec)]
+        released_again = [want for _, want in graph_validation.reference_cases(spec)]  # pages faulted back in from the file
     for a, b, c in zip(plain, released, released_again):
         for x, y, z in zip(a, b, c):
             assert torch.equal(x, y) and torch.equal(x, z)
@@ -242,7 +243,7 @@ def test_validation_session_order_gives_the_same_outputs(tmp_path):
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     x = rng.standard_normal((2, 64)).astype(np.float32)
     plain = open_session(path).run(["y"], {"x": x})[0]
-    ordered = open_session(path, exporter.VALIDATION_SESSION).run(["y"], {"x": x})[0]
-    assert exporter.VALIDATION_SESSION.priority_order
+    ordered = open_session(path, graph_validation.VALIDATION_SESSION).run(["y"], {"x": x})[0]
+    assert graph_validation.VALIDATION_SESSION.priority_order
     np.testing.assert_array_equal(plain, ordered)
     assert np.abs(plain).max() > 0

@@ -13,7 +13,7 @@ from musicgen_onnx.export import reference
 
 from musicgen_onnx.runtime import MusicGen
 
-from conftest import FAMILIES
+from helpers import FAMILIES
 
 PROMPTS_3 = ["A happy rock track with guitar", "sad jazz with piano at a slow tempo and soft vocals", "techno"]
 FRAMES = 12

@@ -1,7 +1,7 @@
 """Melody stems on ONNX against the references: ``demucs.apply.apply_model`` for the stems, audiocraft's
 ``ChromaStemConditioner`` recipe (torch + demucs) for the chroma, transformers for greedy tokens.
 
-One tiny random HTDemucs (``export/stems.py`` TINY_KWARGS: the released architecture's structure, small)
+One tiny random HTDemucs (``export/random_demucs.py`` TINY_KWARGS: the released architecture's structure, small)
 is saved in the Hugging Face hub layout and exported with the tiny melody checkpoint
 (``export --stems``); the same weights, loaded by demucs from the same folder, are the reference.
 The random shift of ``apply_model(shifts=1)`` is the one the runtime draws from the seed, fed to demucs
@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from musicgen_onnx.export import reference
+from musicgen_onnx.export import random_demucs
 from musicgen_onnx.export import stems as export_stems
 from musicgen_onnx.runtime import MusicGen
 from musicgen_onnx.runtime.chroma import batch_chroma
@@ -26,8 +27,6 @@ from musicgen_onnx.runtime.generation import GenerationInputs, GenerationTask
 from musicgen_onnx.runtime.melody import prepare_melodies, window_cut
 from musicgen_onnx.runtime.resample_frac import resample_frac
 from musicgen_onnx.runtime.stems import StemSeparator
-
-pytestmark = pytest.mark.export
 
 STEMS_TOL = 1e-4  # max |ONNX stems - apply_model| / input peak (the issue's bound)
 FRAMES = 12
@@ -45,7 +44,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def demucs_folder(tmp_path_factory):
-    return export_stems.save_hub_folder(export_stems.random_htdemucs("tiny", seed=1),
+    return random_demucs.save_hub_folder(random_demucs.random_htdemucs("tiny", seed=1),
                                         tmp_path_factory.mktemp("demucs") / "tiny-htdemucs")
 
 
@@ -172,6 +171,18 @@ def test_stems_folder_and_melody_folder_agree(model, demucs_folder, tmp_path, cl
     assert json.loads((out / "musicgen_onnx_stems.json").read_text())["stems"]["sources"] == list(alone.sources)
     info = cli("info", model.folder)
     assert info.returncode == 0 and "melody = vocals + other" in info.stdout and "stems.onnx" in info.stdout
+
+
+def test_attention_is_exported_as_one_fused_op(model):
+    """The cross-transformer's attention is onnxruntime's MultiHeadAttention (flash attention on CPU, no
+    tokens x tokens matrix), not MatMul -> Softmax -> MatMul; parity with apply_model is checked above."""
+    import onnx
+
+    graph = onnx.load(str(model.folder / "stems.onnx"), load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    # the tiny model's time branch ends merged into the frequency branch (depth 3), so its own attention
+    # output is unused and pruned: one fused op remains (htdemucs: ten)
+    assert ops.count("MultiHeadAttention") == 1 and "Softmax" not in ops
 
 
 def test_shift_comes_from_the_seed(model):

@@ -12,7 +12,7 @@ import pytest
 
 from musicgen_onnx.export.verify import logit_agreement
 
-from conftest import BUNDLED
+from helpers import BUNDLED
 from musicgen_onnx.runtime import MusicGen
 
 PROMPTS = ["A happy rock track with guitar", "sad jazz with piano"]
@@ -20,13 +20,9 @@ TINY_BOUNDS = {"int8": {"top1": 0.95, "kl": 5e-3}, "int4": {"top1": 0.7, "kl": 5
 
 
 @pytest.fixture(scope="module")
-def quantized(checkpoint_dir, tmp_path_factory):
-    from musicgen_onnx.export.exporter import export
-
-    root = tmp_path_factory.mktemp("tiers")
-    folders = {p: export(str(checkpoint_dir("tiny-text")), root / p, precision=p) for p in ("int8", "int4")}
-    folders["int8-kv16"] = export(str(checkpoint_dir("tiny-text")), root / "int8-kv16", precision="int8",
-                                  kv_dtype="fp16")
+def quantized(exported):
+    folders = {p: exported("tiny-text", precision=p) for p in ("int8", "int4")}
+    folders["int8-kv16"] = exported("tiny-text", precision="int8", kv_dtype="fp16")
     return folders
 
 

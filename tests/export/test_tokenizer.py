@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import BUNDLED
+from helpers import BUNDLED
 from musicgen_onnx.export.validate import TOKENIZER_PROBES, check_tokenizer
 from musicgen_onnx.runtime.errors import ExportError, InvalidInputError, ModelFolderError
 from musicgen_onnx.runtime.prompt_ids import TextTokenizer

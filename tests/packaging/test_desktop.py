@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # desktop packaging
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -21,7 +21,7 @@ from musicgen_onnx.runtime.audio import load_audio
 from musicgen_onnx.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
 from musicgen_onnx.runtime.melody import prepare_melodies
 
-from conftest import BUNDLED, CLI
+from helpers import BUNDLED, CLI
 
 
 def _wait_for(predicate, timeout=60.0):
@@ -33,12 +33,15 @@ def _wait_for(predicate, timeout=60.0):
     return False
 
 
+@pytest.mark.slow  # kill -9
 def test_kill_9_during_export_leaves_no_folder(checkpoint_dir, tmp_path, cli):
     out = tmp_path / "model"
     proc = subprocess.Popen([*CLI, "export", str(checkpoint_dir("tiny-melody")), str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # wait until the exporter is writing graphs into its temporary sibling, then kill it
-    assert _wait_for(lambda: any((p / "text_encoder.onnx").exists() for p in tmp_path.glob(".model.partial-*")))
+    # wait until the exporter is writing graphs into its temporary sibling, then kill it (a loaded machine
+    # running pytest -n auto: the fresh interpreter's torch import alone can pass a minute)
+    assert _wait_for(lambda: any((p / "text_encoder.onnx").exists() for p in tmp_path.glob(".model.partial-*")),
+                     timeout=600)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
@@ -50,6 +53,7 @@ def test_kill_9_during_export_leaves_no_folder(checkpoint_dir, tmp_path, cli):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+@pytest.mark.slow  # kill -9
 @pytest.mark.parametrize("stream", [False, True])
 def test_kill_9_during_generate_leaves_no_output(tmp_path, stream, cli):
     out = tmp_path / "song.wav"
@@ -165,6 +169,7 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+@pytest.mark.slow  # soak
 def test_soak_50_generations_and_a_batch_of_16(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     model = MusicGen.from_pretrained(BUNDLED, providers="cpu")

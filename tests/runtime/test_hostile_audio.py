@@ -16,21 +16,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from musicgen_onnx.runtime import InvalidInputError, MusicGen
+from musicgen_onnx.runtime import InvalidInputError
 from musicgen_onnx.runtime import audio as audio_io
 from musicgen_onnx.runtime.chroma import batch_chroma
 from musicgen_onnx.runtime.manifest import ChromaParams
 from musicgen_onnx.runtime.melody import prepare_melodies, window_chroma
 
-from conftest import BUNDLED
 
 CLI = [sys.executable, "-m", "musicgen_onnx.cli"]
 PARAMS = ChromaParams()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return MusicGen.from_pretrained(BUNDLED, providers="cpu")
 
 
 def _pcm16_wav_header(frames: int, channels: int, sr: int, data_size: int | None = None, extra: bytes = b"") -> bytes:

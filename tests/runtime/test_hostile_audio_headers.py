@@ -21,7 +21,7 @@ from musicgen_onnx.runtime.errors import InvalidInputError
 from musicgen_onnx.runtime.stems import StemSeparator
 from musicgen_onnx.serve.uploads import decode_audio
 
-from conftest import ROOT
+from helpers import ROOT
 
 STEMS = ROOT / "models" / "tiny-stems"
 MAX_PEAK = 64 << 20  # what one hostile file may make the process allocate, whatever its header says
@@ -232,7 +232,7 @@ def test_a_hostile_upload_costs_the_server_no_memory(tmp_path, seconds, rate, wo
     import subprocess
     import sys
 
-    from conftest import BUNDLED
+    from helpers import BUNDLED
 
     upload = tmp_path / "dc.flac"
     upload.write_bytes(_flac_of_dc(seconds, rate, 8))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from musicgen_onnx.runtime import InvalidInputError, ModelFolderError, MusicGen
 from musicgen_onnx.runtime.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
 
-from conftest import BUNDLED
+from helpers import BUNDLED
 
 ORIGINAL = json.loads((BUNDLED / MANIFEST_NAME).read_text())
 
@@ -182,11 +182,6 @@ def test_a_version_1_folder_still_loads_and_gives_the_same_codes(tmp_path):
     _write(folder, data)
     with pytest.raises(ModelFolderError, match="tokenizer_sha256 is missing"):
         load_manifest(folder)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return MusicGen.from_pretrained(BUNDLED, providers="cpu")
 
 
 def test_a_call_never_changes_the_shared_model(model):

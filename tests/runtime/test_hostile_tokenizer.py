@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import BUNDLED
+from helpers import BUNDLED
 from musicgen_onnx.runtime import tokenizer as tok_mod
 from musicgen_onnx.runtime.errors import InvalidInputError, ModelFolderError
 from musicgen_onnx.runtime.prompt_ids import MAX_PROMPT_CHARS, MAX_PROMPT_TOKENS, TextTokenizer

@@ -18,7 +18,7 @@ from musicgen_onnx.runtime import ModelFolderError
 from musicgen_onnx.runtime.hub import cache_home, checkpoint_of, resolve_model
 from musicgen_onnx.runtime.manifest import MANIFEST_NAME, load_manifest
 
-from conftest import BUNDLED
+from helpers import BUNDLED
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -138,9 +138,13 @@ def test_names_resolve_to_the_cache_and_never_to_the_bundled_model(tmp_path, mon
 def test_export_on_demand_then_reuse_and_a_failed_export_leaves_nothing(checkpoint_dir, tmp_path, hub_env, cli):
     ckpt = checkpoint_dir("tiny-text")
     lay_out_hub_cache(tmp_path / "hf", "facebook/musicgen-small", {p.name: p for p in ckpt.iterdir() if p.is_file()})
-    fail = ("import sys; from musicgen_onnx.export import exporter; real = exporter.export; "
-            "exporter.export = lambda *a, **k: real(*a, _fail_after='decoder', **k); "
-            "from musicgen_onnx.cli import main; main(sys.argv[1:])")
+    fail = ("import sys\nfrom musicgen_onnx.export import folder_manifest\nfrom musicgen_onnx.runtime.errors import ExportError\n"
+            "real = folder_manifest.graph_info\n"
+            "def graph_info(folder, name, *a):\n"
+            "    if name == 'decoder':\n        raise ExportError('injected failure after decoder')\n"
+            "    return real(folder, name, *a)\n"
+            "folder_manifest.graph_info = graph_info\n"
+            "from musicgen_onnx.cli import main\nmain(sys.argv[1:])")
     args = ["generate", "x", "--model", "small", "--precision", "fp32", "--duration", "0.2", "--quiet"]
     r = subprocess.run([sys.executable, "-c", fail, *args, "--export", "-o", str(tmp_path / "f.wav")],
                        capture_output=True, text=True, env=hub_env)
@@ -258,12 +262,7 @@ def test_serve_offers_the_export_it_asks_for(tmp_path, monkeypatch):
     monkeypatch.setenv("MUSICGEN_ONNX_HOME", str(tmp_path / "home"))
     r = _invoke("serve", "--model", "melody")
     assert r.exit_code == 2 and "is not exported yet; pass export=True (CLI: --export" in r.stderr, r.output
-    # click wraps the help at any word and at hyphens ('tiny- melody'), by the terminal's width: none here
-    from click.testing import CliRunner
-
-    from musicgen_onnx.cli import main
-
-    help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"], terminal_width=1000,
-                                            max_content_width=1000).stdout.split())
+    # click wraps the help at any word and after a hyphen: read it unwrapped
+    help_text = " ".join(_invoke("serve", "--help").stdout.split()).replace("- ", "-")
     assert "--export" in help_text and "audiocraft name" in help_text and "tiny-melody" in help_text
     assert "--model PATH" not in help_text

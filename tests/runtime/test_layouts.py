@@ -4,11 +4,11 @@ description ``info`` prints and ``/v1/model`` serves."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import BUNDLED, ROOT
 from musicgen_onnx.runtime.folder_kind import NATIVE, OPTIMUM, STEMS, folder_kind
 from musicgen_onnx.runtime.generation import GenerationInputs, GenerationTask, ModelParts
 from musicgen_onnx.runtime.layouts import describe, open_layout
@@ -16,6 +16,8 @@ from musicgen_onnx.runtime.musicgen import MusicGen
 from musicgen_onnx.runtime.native_layout import NativeFolder
 from musicgen_onnx.runtime.optimum_layout import OptimumFolder
 
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLED = ROOT / "models" / "tiny-melody"
 STEMS_FOLDER = ROOT / "models" / "tiny-stems"
 OPTIMUM_FOLDER = ROOT / "tests" / "fixtures" / "optimum-tiny-text"
 
@@ -81,7 +83,7 @@ def test_the_task_runs_on_parts_alone():
         return model.new_stepper(rows, conditioning, steps)
 
     parts = ModelParts(model.folder, model.manifest, model.pattern, model.conditioner, new_stepper,
-                       model.separate_melodies)
+                       model.separate_melodies, model.settings)
     inputs = GenerationInputs.check(parts, ["x"], None, None, model.options.updated(duration=0.2, seed=3))
     got = np.concatenate(list(GenerationTask(parts, inputs).codes()), axis=2)
     assert made == [2]  # the conditional row and its CFG null row

@@ -12,8 +12,6 @@ from musicgen_onnx.runtime.chroma import batch_chroma
 from musicgen_onnx.runtime.longform import plan_windows
 from musicgen_onnx.runtime.melody import window_chroma
 
-from conftest import BUNDLED
-
 
 def test_window_plan_reproduces_audiocrafts_60s_example():
     windows = plan_windows(60, 50, 30, 18)
@@ -37,16 +35,12 @@ def test_continuation_plan_counts_the_prompt():
     assert 250 + sum(w.new_frames for w in windows) == 2000
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return MusicGen.from_pretrained(BUNDLED, providers="cpu")
-
-
-def test_120_seconds_of_audio_with_a_melody(tiny):
+@pytest.mark.slow  # long-form
+def test_120_seconds_of_audio_with_a_melody(model):
     seen = []
     t = np.arange(32000 * 7) / 32000
     melody = (0.4 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
-    audio, codes = tiny.generate(["a long ambient piece"], melody=melody, melody_sample_rate=32000, duration=120,
+    audio, codes = model.generate(["a long ambient piece"], melody=melody, melody_sample_rate=32000, duration=120,
                                  top_k=50, seed=0, progress=lambda d, n: seen.append((d, n)), return_codes=True)
     assert audio.shape == (1, 1, 120 * 32000)
     assert codes.shape == (1, 4, 6000) and codes.max() < 2048
@@ -67,12 +61,12 @@ def test_long_form_windows_chain_like_audiocraft(exported):
     assert long.shape[2] == 2500
 
 
-def test_melody_windows_come_from_the_periodic_extension(tiny):
+def test_melody_windows_come_from_the_periodic_extension(model):
     t = np.arange(32000 * 7) / 32000
     wav = (0.4 * np.sin(2 * np.pi * np.where(t < 3, 261.63, 440.0) * t)).astype(np.float32)
-    got = window_chroma([wav], 18.0, 30.0, tiny.manifest.chroma)
+    got = window_chroma([wav], 18.0, 30.0, model.manifest.chroma)
     a = 18 * 32000
-    want = batch_chroma([np.concatenate([wav] * 8)[a:a + 30 * 32000]], tiny.manifest.chroma)
+    want = batch_chroma([np.concatenate([wav] * 8)[a:a + 30 * 32000]], model.manifest.chroma)
     np.testing.assert_array_equal(got, want)
     assert got.shape == (1, 235, 12)
 
@@ -134,16 +128,17 @@ def test_greedy_continuation_is_token_identical_to_transformers(arch, exported, 
     assert not np.array_equal(want[0, :, 10:], want[1, :, 10:])
 
 
-def test_streaming_equals_one_shot(tiny):
+def test_streaming_equals_one_shot(model):
     kw = dict(duration=6.0, seed=3, top_k=50)
-    one_shot = tiny.generate(["a streamed piece"], **kw)
-    chunks = list(tiny.generate_stream(["a streamed piece"], chunk_frames=25, **kw))
+    one_shot = model.generate(["a streamed piece"], **kw)
+    chunks = list(model.generate_stream(["a streamed piece"], chunk_frames=25, **kw))
     assert len(chunks) >= 10 and all(c.shape[:2] == (1, 1) for c in chunks)
     streamed = np.concatenate(chunks, axis=2)
     assert streamed.shape == one_shot.shape
     assert np.max(np.abs(streamed - one_shot)) < 1e-4  # measured ~1e-7 (README, "Streaming")
 
 
+@pytest.mark.slow  # long-form
 def test_cli_stream_continue_and_long(tmp_path, cli):
     def run(*args):
         r = cli("generate", *args)

@@ -22,7 +22,7 @@ import pytest
 from musicgen_onnx.runtime import MusicGen
 from musicgen_onnx.runtime.errors import InvalidInputError, ModelFolderError
 
-from conftest import ROOT
+from helpers import ROOT
 
 FIXTURES = {"tiny-text": ROOT / "tests" / "fixtures" / "optimum-tiny-text",
             "tiny-text-stereo": ROOT / "tests" / "fixtures" / "optimum-tiny-text-stereo"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import BUNDLED, ROOT
+from helpers import BUNDLED, ROOT
 from musicgen_onnx.runtime.musicgen import MusicGen
 from musicgen_onnx.runtime.rows import LiveRows
 
@@ -44,11 +44,6 @@ def cancel_at(rows: LiveRows, plan: dict[int, list[int]]):
     return progress
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    return MusicGen.from_pretrained(BUNDLED, providers="cpu")
-
-
 def models(name, exported=None):
     if name == "bundled":  # melody prefix, static cache
         return MusicGen.from_pretrained(BUNDLED, providers="cpu")
@@ -76,12 +71,12 @@ def test_dropping_a_row_leaves_the_others_codes_unchanged(name, request, monkeyp
     assert len(seen) == full.shape[2] + model.manifest.max_delay  # the survivors ran to the end
 
 
-def test_greedy_and_a_drop_before_the_first_sampled_frame(bundled, monkeypatch):
+def test_greedy_and_a_drop_before_the_first_sampled_frame(model, monkeypatch):
     kw = dict(KW, greedy=True)
-    _, full = bundled.generate(PROMPTS, **kw)
-    seen = count_decoder_rows(bundled, monkeypatch)
+    _, full = model.generate(PROMPTS, **kw)
+    seen = count_decoder_rows(model, monkeypatch)
     rows = LiveRows(3)
-    _, kept = bundled.generate(PROMPTS, rows=rows, progress=cancel_at(rows, {1: [0, 2]}), **kw)
+    _, kept = model.generate(PROMPTS, rows=rows, progress=cancel_at(rows, {1: [0, 2]}), **kw)
     np.testing.assert_array_equal(kept, full[[1]])
     assert seen[0] == 6 and set(seen[1:]) == {2}
 
@@ -110,11 +105,11 @@ def test_long_form_with_melodies_carries_only_the_live_rows(monkeypatch):
     assert len(seen) == first + 50 + model.manifest.max_delay
 
 
-def test_a_stream_follows_the_drop(bundled):
+def test_a_stream_follows_the_drop(model):
     kw = dict(duration=1.5, top_k=50, seed=[1, 2, 3], chunk_frames=25)
-    whole = np.concatenate(list(bundled.generate_stream(PROMPTS, **kw)), axis=2)
+    whole = np.concatenate(list(model.generate_stream(PROMPTS, **kw)), axis=2)
     rows = LiveRows(3)
-    chunks = list(bundled.generate_stream(PROMPTS, rows=rows, progress=cancel_at(rows, {40: [2]}), **kw))
+    chunks = list(model.generate_stream(PROMPTS, rows=rows, progress=cancel_at(rows, {40: [2]}), **kw))
     assert [c.shape[0] for c in chunks[:1]] == [3] and {c.shape[0] for c in chunks[2:]} == {2}
     rows_0_1 = np.concatenate([c[:2] for c in chunks], axis=2)
     assert rows_0_1.shape == whole[:2].shape
@@ -122,14 +117,14 @@ def test_a_stream_follows_the_drop(bundled):
     np.testing.assert_allclose(rows_0_1, whole[:2], atol=1e-6, rtol=0)
 
 
-def test_cancelling_every_row_stops_the_call(bundled, monkeypatch):
-    seen = count_decoder_rows(bundled, monkeypatch)
+def test_cancelling_every_row_stops_the_call(model, monkeypatch):
+    seen = count_decoder_rows(model, monkeypatch)
     rows = LiveRows(2)
-    audio, codes = bundled.generate(PROMPTS[:2], rows=rows, progress=cancel_at(rows, {5: [0, 1]}), **KW | dict(
+    audio, codes = model.generate(PROMPTS[:2], rows=rows, progress=cancel_at(rows, {5: [0, 1]}), **KW | dict(
         seed=[1, 2]))
     assert audio.shape == (0, 1, 0) and codes.shape == (0, 4, 0) and len(seen) == 5
     rows = LiveRows(2)
-    chunks = list(bundled.generate_stream(PROMPTS[:2], rows=rows, progress=cancel_at(rows, {60: [1], 70: [0]}),
+    chunks = list(model.generate_stream(PROMPTS[:2], rows=rows, progress=cancel_at(rows, {60: [1], 70: [0]}),
                                           duration=3.0, seed=[1, 2], chunk_frames=25))
     assert 1 <= len(chunks) < 4 and rows.live == []
 

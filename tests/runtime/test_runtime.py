@@ -16,12 +16,7 @@ import soundfile as sf
 from musicgen_onnx.runtime import InvalidInputError, ModelFolderError, MusicGen
 from musicgen_onnx.runtime.manifest import MANIFEST_NAME
 
-from conftest import BUNDLED
-
-
-@pytest.fixture(scope="module")
-def model():
-    return MusicGen.from_pretrained(BUNDLED, providers="cpu")
+from helpers import BUNDLED
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens(model):

@@ -7,18 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import BUNDLED
 from musicgen_onnx.runtime.errors import InvalidInputError
-from musicgen_onnx.runtime.musicgen import MusicGen
 from musicgen_onnx.runtime.sampling import Sampler
 
 SAME_LENGTH = ["sad jazz", "lofi beat", "calm piano"]  # 8 tokens each with the bundled tokenizer
 KW = dict(duration=0.4, top_k=50, return_codes=True)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return MusicGen.from_pretrained(BUNDLED, providers="cpu")
 
 
 def test_prompts_have_the_same_token_length(model):

@@ -17,7 +17,7 @@ from musicgen_onnx.runtime.manifest import STEMS_MANIFEST_NAME, load_manifest, l
 from musicgen_onnx.runtime.resample_frac import resample_frac
 from musicgen_onnx.runtime.stems import StemSeparator, istft, stft
 
-from conftest import BUNDLED, ROOT
+from helpers import BUNDLED, ROOT
 
 STEMS = ROOT / "models" / "tiny-stems"
 SOURCES = ["drums", "bass", "other", "vocals"]
@@ -190,6 +190,18 @@ def test_blocks_stream_and_add_up_to_the_whole(separator):
     assert max(n for _, n in blocks) <= separator.segments_per_run * p.stride + p.segment_length
     whole = separator.separate(mix, 500)
     assert whole.shape == (1, 4, 2, mix.shape[-1]) and sum(n for _, n in blocks) == mix.shape[-1]
+
+
+def test_melody_blocks_are_the_melody_stems_summed_and_mixed_down(separator):
+    """The melody path sums [vocals, other] and averages channels before the inverse STFT; all after
+    the graph is linear, so it equals the four stems separated and then reduced."""
+    mix = tones(1.3, 44100, 2)[None] + np.float32(0.05) * np.random.default_rng(3).standard_normal((1, 2, 57330),
+                                                                                                    dtype=np.float32)
+    whole = separator.separate(mix, 321)
+    want = whole[:, list(separator.params.melody_indices)].sum(axis=1).mean(axis=1)
+    got = np.concatenate([b[:, 0, 0] for b in separator.blocks(mix, 321, melody=True)], axis=-1)
+    assert got.shape == want.shape and np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, atol=1e-6 * np.abs(want).max())
 
 
 def test_silence_gives_exact_zeros(separator):

@@ -29,7 +29,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import BUNDLED, serving
+from helpers import BUNDLED, serving
+
+pytestmark = pytest.mark.slow  # a real browser
 
 STEMS = BUNDLED.parent / "tiny-stems"
 

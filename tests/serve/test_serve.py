@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import BUNDLED, CLI, serving
-from musicgen_onnx.runtime.musicgen import MusicGen
+from helpers import BUNDLED, CLI, serving
 from musicgen_onnx.serve import ServeSettings, create_app
 from musicgen_onnx.serve.health import free_port, wait_until_healthy
 from musicgen_onnx.serve.settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
@@ -34,11 +33,6 @@ def wav_bytes(seconds: float = 1.0, freq: float = 330.0, sr: int = SR) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, format="WAV", subtype="PCM_16")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return MusicGen.from_pretrained(BUNDLED, providers="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +249,49 @@ def test_queue_full_is_503_with_retry_after(server):
     assert 'status="503"' in httpx.get(url + "/metrics").text
 
 
+def test_metrics_histograms_and_info(server):
+    """Issue 24 item 21: latency histograms (request, queue wait, time to first audio), the batch size as
+    a histogram, and process, build and model info, in the text format Prometheus parses."""
+    url, _ = server
+    before = httpx.get(url + "/metrics").text
+    assert post(url, prompt="jazz", duration=0.2, seed=1).status_code == 200
+    with httpx.stream("POST", url + "/v1/generate", json=dict(prompt="jazz", duration=0.2, stream=True),
+                      timeout=60) as r:
+        r.read()
+    text = httpx.get(url + "/metrics").text
+    for name in ("musicgen_queue_wait_seconds", "musicgen_time_to_first_audio_seconds", "musicgen_batch_size"):
+        assert f"# TYPE {name} histogram" in text
+        assert metric(text, name + "_count") == metric(before, name + "_count") + 2, name
+        assert metric(text, f'{name}_bucket{{le="+Inf"}}') == metric(text, name + "_count")
+    route = 'musicgen_request_seconds_count{route="/v1/generate"}'
+    assert metric(text, route) == metric(before, route) + 2
+    assert metric(text, 'musicgen_request_seconds_bucket{route="/v1/generate",le="300.0"}') == metric(text, route)
+    assert metric(text, 'musicgen_batch_size_bucket{le="1"}') >= 2
+    assert metric(text, "musicgen_time_to_first_audio_seconds_sum") > 0
+    assert metric(text, "process_resident_memory_bytes") > 10e6 and metric(text, "process_cpu_seconds_total") > 0
+    info = [line for line in text.splitlines() if line.startswith(("musicgen_build_info{", "musicgen_model_info{"))]
+    assert len(info) == 2 and 'version="0.1.0"' in info[0] and 'family=' in info[1] and 'precision=' in info[1]
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(families) == len(set(families))  # each family once
+
+
+def test_metrics_of_several_replicas_merge_into_one_family_each():
+    """Under Ray Serve every scrape shows every replica's series, labelled, each family's HELP once."""
+    from musicgen_onnx.serve.metrics import Metrics, render
+
+    a, b = Metrics(labels={"replica": "a"}), Metrics(labels={"replica": "b"})
+    a.request("/health", 200)
+    b.request("/health", 200)
+    b.batch(3, 10, 1.0, 2.0)
+    text = render([a.families(0, 0), b.families(1, 0)])
+    assert text.count("# TYPE musicgen_requests_total counter") == 1
+    assert 'musicgen_requests_total{replica="a",route="/health",status="200"} 1' in text
+    assert 'musicgen_requests_total{replica="b",route="/health",status="200"} 1' in text
+    assert 'musicgen_batch_size_bucket{replica="b",le="4"} 1' in text
+    assert 'musicgen_batch_size_bucket{replica="a",le="4"} 0' in text
+    assert 'musicgen_queue_length{replica="b"} 1' in text
+
+
 # ---------------------------------------------------------------- batching
 def test_concurrent_requests_share_a_batch_and_rows_keep_their_seeds(server):
     url, app = server
@@ -323,6 +360,7 @@ def test_melody_requests_batch_by_melody_length_and_keep_their_seeds(server):
     assert [r.content for r in together] == [r.content for r in alone]
 
 
+@pytest.mark.slow  # disconnect
 def test_a_client_leaving_the_queue_gives_up_its_place(server):
     url, app = server
     before = metric(httpx.get(url + "/metrics").text, "musicgen_cancelled_rows_total")
@@ -427,6 +465,7 @@ def slow_steps(monkeypatch):
         monkeypatch.setattr(cls, "run", slowed)
 
 
+@pytest.mark.slow  # disconnect
 def test_a_client_leaving_mid_stream_frees_its_row_and_its_batch_mate_goes_on(server, slow_steps):
     url, app = server
     stay = dict(prompt="sad jazz", duration=8, seed=21)  # long enough to outlast the hang-up on a fast machine
@@ -447,6 +486,7 @@ def test_a_client_leaving_mid_stream_frees_its_row_and_its_batch_mate_goes_on(se
                      "musicgen_steps_total": 8 * 50 + 3}
 
 
+@pytest.mark.slow  # disconnect
 def test_a_client_leaving_a_running_batch_frees_its_row(server, slow_steps):
     """Not streamed: the client that gives up waiting is dropped from the batch; its mate's file is the
     one it gets alone."""
@@ -519,7 +559,7 @@ def test_serve_help_lists_every_route(model):
 
 
 def serve_with_fake_ray(monkeypatch, *args):
-    """``serve --ray ARGS`` with Ray faked: (exit code, output, the arguments ray_app.run got)."""
+    """``serve --ray ARGS`` with Ray faked: (exit code, output, the RayOptions ray_app.run got)."""
     import types
 
     from click.testing import CliRunner
@@ -532,9 +572,9 @@ def serve_with_fake_ray(monkeypatch, *args):
     monkeypatch.setitem(sys.modules, "ray", fake)
     monkeypatch.setitem(sys.modules, "ray.serve", fake.serve)
     got = {}
-    monkeypatch.setattr(ray_app, "run", lambda *a: got.setdefault("args", a))
+    monkeypatch.setattr(ray_app, "run", lambda *a, **k: got.setdefault("args", a))
     r = CliRunner().invoke(main, ["serve", "--ray", "--replicas", "1", "--provider", "cpu", *args])
-    return r.exit_code, r.output, got.get("args")
+    return r.exit_code, r.output, got["args"][4] if "args" in got else None
 
 
 def test_serve_ray_passes_the_stems_folder_to_each_replica(monkeypatch):
@@ -545,19 +585,19 @@ def test_serve_ray_passes_the_stems_folder_to_each_replica(monkeypatch):
     from musicgen_onnx.cli import BUNDLED_STEMS
     from musicgen_onnx.serve import ray_app
 
-    code, output, args = serve_with_fake_ray(monkeypatch)
+    code, output, options = serve_with_fake_ray(monkeypatch)
     assert code == 0, output
-    model_dir, *_, stems_dir = args
-    assert stems_dir == BUNDLED_STEMS
-    with TestClient(ray_app.build_app(model_dir, ServeSettings(), "cpu", 1, stems_dir=stems_dir)) as client:
+    assert options.stems_dir == str(BUNDLED_STEMS)
+    app = ray_app.build_app(str(BUNDLED), ServeSettings(), "cpu", 1, stems_dir=options.stems_dir)
+    with TestClient(app) as client:
         assert client.get("/v1/stems").json()["sources"] == ["drums", "bass", "other", "vocals"]
 
 
 def test_serve_stems_takes_the_bundled_name_and_refuses_an_empty_one(monkeypatch):
     from musicgen_onnx.cli import BUNDLED_STEMS
 
-    code, output, args = serve_with_fake_ray(monkeypatch, "--model", str(BUNDLED), "--stems", "tiny-stems")
-    assert code == 0 and args[-1] == BUNDLED_STEMS, output  # as `stems --model tiny-stems`
+    code, output, options = serve_with_fake_ray(monkeypatch, "--model", str(BUNDLED), "--stems", "tiny-stems")
+    assert code == 0 and options.stems_dir == str(BUNDLED_STEMS), output  # as `stems --model tiny-stems`
     code, output, _ = serve_with_fake_ray(monkeypatch, "--stems", "")
     assert code == 2 and "error: the model is empty ('')" in output, output
 

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import serving
+from helpers import serving
 from musicgen_onnx.runtime import InvalidInputError
 from musicgen_onnx.serve import ServeSettings, create_app
 from musicgen_onnx.serve.health import wait_until_healthy
-from test_serve import SR, model, wav_bytes  # noqa: F401  (model: the module fixture, shared)
+from test_serve import SR, wav_bytes
 from test_serve import one_line_error as serve_error
 
 HUGE = "9" * 400  # a JSON integer no float holds
@@ -205,6 +205,39 @@ def raw(url: str, data: bytes) -> socket.socket:
     return s
 
 
+def test_over_the_connection_cap_the_503_is_the_apps_json_error_with_retry_after(model):
+    """uvicorn's own cap answered plain text "Service Unavailable" without Retry-After (servex leftover)."""
+    import uvicorn
+
+    from musicgen_onnx.serve.health import free_port
+    from musicgen_onnx.serve.server import ConnectionCap
+
+    app = create_app(model, ServeSettings())
+    capped = ConnectionCap(app, 3, app.state.settings.retry_after_s)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(capped, host="127.0.0.1", port=port, log_level="warning"))
+    capped.server_state = server.server_state
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    held = []
+    try:
+        assert wait_until_healthy(url, 30)
+        held = [raw(url, b"") for _ in range(2)]  # two idle connections; the next request is the third
+        time.sleep(0.2)
+        r = httpx.get(url + "/health", timeout=5)
+        assert "--max-connections 3" in serve_error(r, 503) and r.headers["retry-after"] == "2"
+        for s in held:
+            s.close()
+        time.sleep(0.2)
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
+    finally:
+        for s in held:
+            s.close()
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_closed(model):
     app = create_app(model, ServeSettings(body_timeout_s=0.5))
     with serving(app) as url:
@@ -274,7 +307,7 @@ def test_the_command_under_slow_clients_and_sigterm_with_a_stalled_client(tmp_pa
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    from conftest import CLI
+    from helpers import CLI
     from musicgen_onnx.serve.health import free_port
 
     port = free_port()
@@ -439,7 +472,7 @@ def test_tls_from_certificate_files_and_a_bad_key_is_one_line(tmp_path, cli):
     import shutil
     import subprocess
 
-    from conftest import CLI
+    from helpers import CLI
     from musicgen_onnx.serve.health import free_port
 
     openssl = shutil.which("openssl")

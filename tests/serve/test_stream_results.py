@@ -15,7 +15,7 @@ import pyloudnorm
 import pytest
 import soundfile as sf
 
-from conftest import BUNDLED, serving
+from helpers import BUNDLED, serving
 
 STEMS = BUNDLED.parent / "tiny-stems"
 
