@@ -332,8 +332,9 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
               help="Longest clip a request may ask for, in seconds.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--stems", "stems_dir", type=click.Path(), default=None,
-              help="Stems folder for POST /v1/stems and the page's stems panel (default: the model's own if it "
-                   "was exported with --stems; with the bundled model, the bundled tiny stems model).")
+              help=f"Stems folder (or '{BUNDLED_STEMS_NAME}') for POST /v1/stems and the page's stems panel "
+                   "(default: the model's own if it was exported with --stems; with the bundled model, the "
+                   "bundled tiny stems model).")
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment on a local Ray instance "
                                                     "(extra 'ray'); each replica batches its own requests.")
 @click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 64), help="Ray Serve replicas.")
@@ -365,7 +366,8 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
           provider, stems_dir, use_ray, replicas, replica_cpus, ray_address, api_key, cors_origins, ssl_certfile,
           ssl_keyfile, log_format, graceful_timeout, max_connections, body_timeout, header_timeout,
           stream_stall_timeout, low_memory):
-    """Serve the model over HTTP: POST /v1/generate, /v1/continue; GET /, /v1/model, /metrics, /openapi.json."""
+    """Serve the model over HTTP: POST /v1/generate, /v1/continue, /v1/stems, /v1/chroma; GET / (the page),
+    /v1/model, /v1/stems, /v1/results/ID, /health (/live, /ready), /metrics, /openapi.json."""
     try:
         import uvicorn  # noqa: F401
 
@@ -388,6 +390,10 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
         model_dir = BUNDLED_MODEL
         _bundled_notice()
         stems_dir = BUNDLED_STEMS if stems_dir is None else stems_dir
+    if stems_dir is not None:
+        from .runtime.hub import local_folder
+
+        stems_dir = local_folder(stems_dir) or stems_dir  # 'tiny-stems' names the bundled folder, as for `stems`
     given = {name for name in ("replica_cpus", "ray_address")
              if click.get_current_context().get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
     if use_ray:
@@ -397,7 +403,7 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
         # each replica loads a folder: resolve (and export) a name here, once
         model_dir = resolve_model(model_dir, revision, precision, export_missing, resolve_providers(provider))
         _serve_ray(model_dir, host, port, settings, options, replicas, replica_cpus, ray_address, provider,
-                   low_memory)
+                   low_memory, stems_dir)
         return
     if given & {"replica_cpus", "ray_address"}:
         raise MusicGenError("--replica-cpus and --ray-address work with --ray only")
@@ -416,7 +422,7 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
 
 
 def _serve_ray(model_dir, host, port, settings, server_options, replicas, replica_cpus, ray_address, provider,
-               low_memory):
+               low_memory, stems_dir=None):
     """``serve --ray``: the plain server's socket and options (cap, deadlines, TLS, logs, grace) in front of
     Ray Serve's proxy on loopback (serve/ray_front.py)."""
     import os
@@ -431,7 +437,8 @@ def _serve_ray(model_dir, host, port, settings, server_options, replicas, replic
         raise MusicGenError(f"--ray needs the 'ray' extra (pip install 'musicgen-onnx[ray]'): {exc}") from None
 
     options = RayOptions(replicas=replicas, replica_cpus=replica_cpus, address=ray_address,
-                         graceful_timeout_s=server_options.graceful_timeout_s, log_format=server_options.log_format)
+                         graceful_timeout_s=server_options.graceful_timeout_s, log_format=server_options.log_format,
+                         stems_dir=None if stems_dir is None else str(stems_dir))
     threads = max(1, (os.cpu_count() or 1) // replicas)  # replicas share the machine's cores
     where = f"the Ray cluster at {ray_address}" if ray_address else "a private Ray cluster"
     click.echo(f"starting {replicas} Ray Serve replicas of {model_dir} on {where} (SIGTERM or Ctrl-C: stop)",

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .loudness import integrated_loudness
+from .options import finite_number, shown
 
 log = logging.getLogger(__name__)
 
@@ -639,6 +640,10 @@ def audio_write(stem_name: str | os.PathLike, wav, sample_rate: int, format: str
         raise InvalidInputError(f"{name}: expected [channels, samples], got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise InvalidInputError(f"{name}: contains NaN or infinite samples")
+    for what, db in (("peak_clip_headroom_db", peak_clip_headroom_db), ("rms_headroom_db", rms_headroom_db),
+                     ("loudness_headroom_db", loudness_headroom_db)):
+        if not finite_number(db):  # NaN scaled every sample to NaN, written as full-scale noise
+            raise InvalidInputError(f"{name}: {what} must be a finite number of dB, got {shown(db)}")
     encoder = _mp3_encoder(mp3_rate, sample_rate, name) if fmt == "mp3" else {}
     arr = _normalize_audio(arr, sample_rate, normalize, strategy, peak_clip_headroom_db, rms_headroom_db,
                            loudness_headroom_db, loudness_compressor, log_clipping, str(stem_name))

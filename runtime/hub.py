@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import getproxies
 
-from .errors import ModelFolderError
+from .errors import InvalidInputError, ModelFolderError
 from .manifest import MANIFEST_NAME, PRECISIONS
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,12 @@ def checkpoint_of(name: str) -> str | None:
 
 
 def local_folder(model: str | os.PathLike) -> Path | None:
-    """``model`` as a folder here, else as a bundled model's name (a folder of that name wins), else None."""
+    """``model`` as a folder here, else as a bundled model's name (a folder of that name wins), else None.
+    An empty name is refused: ``Path("")`` is the current directory, which would be read as the model."""
+    if not str(model).strip():
+        raise InvalidInputError(f"the model is empty ({str(model)!r}): give a model folder, a bundled model "
+                                f"({', '.join(BUNDLED_MODELS)}), an audiocraft name such as 'melody' or a hub "
+                                f"repo id 'org/name'")
     path = Path(model)
     if path.is_dir():
         return path

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Protocol
 
 from .codec import AudioCodec
-from .folder_kind import OPTIMUM, folder_kind
+from .errors import ModelFolderError
+from .folder_kind import OPTIMUM, STEMS, folder_kind
 from .manifest import Manifest
 from .native_layout import NativeFolder
 from .optimum_layout import OptimumFolder
@@ -42,8 +43,13 @@ class FolderLayout(Protocol):
 
 
 def layout_class(folder: str | os.PathLike) -> type[NativeFolder] | type[OptimumFolder]:
-    """The adapter that reads ``folder`` (a stems-only folder holds no MusicGen: its reader says so)."""
-    return OptimumFolder if folder_kind(folder) == OPTIMUM else NativeFolder
+    """The adapter that reads ``folder``. A stems-only folder holds no MusicGen: refused here by what it
+    is (the native reader would only say its manifest is missing, as if nothing had been exported)."""
+    kind = folder_kind(folder)
+    if kind == STEMS:
+        raise ModelFolderError(f"{folder} is a stems-only folder (export-stems): it separates stems (the stems "
+                               f"command, serve --stems) but holds no MusicGen to generate with")
+    return OptimumFolder if kind == OPTIMUM else NativeFolder
 
 
 def open_layout(folder: str | os.PathLike, precision: str | None = None, verify_hashes: bool = True) -> FolderLayout:

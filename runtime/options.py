@@ -97,3 +97,10 @@ class GenerationOptions:
 
 def _seed_ok(seed) -> bool:
     return not isinstance(seed, bool) and isinstance(seed, int) and 0 <= seed < 2 ** 64
+
+
+def check_seed(seed, what: str = "seed") -> None:
+    """One seed outside GenerationOptions (stems' random shift, CLI and service): the same rule as a
+    generation seed, so ``--seed -5`` is one line and not numpy's traceback."""
+    if seed is not None and not _seed_ok(seed):
+        raise InvalidInputError(f"{what} must be a non-negative integer below 2**64, got {shown(seed)}")

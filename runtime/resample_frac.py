@@ -14,7 +14,7 @@ output's position, block by block: memory is a few copies of the audio, never th
 Accuracy of that path: the same float32 operations on the same taps, normalised over those taps;
 julius's other taps are clipped to its last zero crossing (each below 1e-20), so the two differ by
 float32 rounding only: within 1e-6 of the signal's peak, checked against julius itself where julius
-fits in memory (tests/test_stems_parity.py).
+fits in memory (tests/export/test_stems_parity.py).
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from . import roles
 from .errors import InvalidInputError, ModelFolderError
 from .folder_kind import STEMS, folder_kind
 from .manifest import GraphInfo, StemsParams, load_manifest, load_stems_manifest, verify_graph_files
+from .options import check_seed
 from .resample_frac import resample_frac
 from .session import Graph, SessionSettings, check_graph_io, open_session
 from .stft import centered_frames, hann
@@ -311,6 +312,7 @@ class StemSeparator:
         ``[sources, channels, n]`` at the model's rate (the track normalised by its mono mix's mean/std
         around the model). Shared by :meth:`separate_file` and the service's ``POST /v1/stems``. The
         input is checked before the first block is asked for."""
+        check_seed(seed)
         mix = self.prepare_mix(wav, sample_rate, what)
         mean, std = _mono_stats(mix)
         shift = self.draw_shift(np.random.default_rng(seed))

@@ -14,11 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from ..runtime import audio as audio_io
 from ..runtime.errors import MusicGenError
 from ..runtime.layouts import describe
+from ..runtime.options import check_seed
 from .access import Access
 from .batcher import END, Batcher, Draining, Job, QueueFull
 from .bodies import HttpError, error, read_fields
@@ -29,7 +30,7 @@ from .page import PAGE
 from .params import DEFAULT_NORMALIZE, MEDIA_TYPES, RequestChecker
 from .results import KeptStream, ResultStore
 from .settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, ServeSettings
-from .stems import StemsService
+from .stems import StemsBusy, StemsService
 from .streaming import AudioStream
 from .uploads import decode_audio
 
@@ -147,9 +148,11 @@ def create_app(model, settings: ServeSettings, stems=None, replica: str | None =
             raise HttpError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; known: 'seed' and the "
                                  f"'audio' file")
         seed = fields.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise HttpError(400, f"seed must be a non-negative integer, got {seed!r}")
-        return JSONResponse(await run_in_threadpool(service.separate, upload, seed))
+        check_seed(seed)
+        try:
+            return JSONResponse(await run_in_threadpool(service.separate, upload, seed))
+        except StemsBusy as exc:
+            raise HttpError(503, f"server busy: {exc}; retry later", {"Retry-After": str(settings.retry_after_s)})
 
     async def chroma(request: Request) -> Response:
         if not m.is_melody:
@@ -215,8 +218,7 @@ def create_app(model, settings: ServeSettings, stems=None, replica: str | None =
         Exception: on_http_error, HTTPException: on_http_error, HttpError: on_http_error,
         MusicGenError: on_http_error, ClientDisconnect: on_http_error})
     app.state.batcher, app.state.metrics, app.state.settings = batcher, metrics, settings
-    known = {r.path for r in routes}
-    return CountRequests(Access(app, settings.api_key, settings.cors_origins), metrics, known)
+    return CountRequests(Access(app, settings.api_key, settings.cors_origins), metrics, routes)
 
 
 def _encode(wav: np.ndarray, sample_rate: int, strategy: str, fmt: str) -> bytes:
@@ -224,17 +226,18 @@ def _encode(wav: np.ndarray, sample_rate: int, strategy: str, fmt: str) -> bytes
 
 
 class CountRequests:
-    """ASGI wrapper: count every HTTP response by route and status for /metrics (unknown paths as
-    'other', so a scanner cannot grow the label set), and time the /v1/* ones to their last byte."""
+    """ASGI wrapper: count every HTTP response by route and status for /metrics, labelled by the route's
+    template (``/v1/results/{result_id}``, not each id) and unknown paths as 'other', so a scanner or
+    the kept results cannot grow the label set; and time the /v1/* ones to their last byte."""
 
-    def __init__(self, app, metrics: Metrics, known: set[str]):
-        self.app, self.metrics, self.known = app, metrics, known
+    def __init__(self, app, metrics: Metrics, routes: list[Route]):
+        self.app, self.metrics, self.routes = app, metrics, routes
         self.state = app.state
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        route = scope["path"] if scope["path"] in self.known else "other"
+        route = next((r.path for r in self.routes if r.matches(scope)[0] != Match.NONE), "other")
         t0 = time.monotonic()
 
         async def counting_send(message):

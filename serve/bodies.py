@@ -68,6 +68,8 @@ async def read_fields(request, file_field: str, required: bool, limits) -> tuple
                 raise HttpError(400, f"field {name!r} given twice")
             text = _utf8(data, name)
             fields[name] = form_value(name, text) if name in FIELDS else text
+        elif name == file_field:
+            raise HttpError(400, f"{file_field!r} must be a file part (with a filename), not a plain field")
         else:
             raise HttpError(400, f"unexpected part {name[:40]!r}: the file goes in {file_field!r}, the options in "
                                  f"plain fields")
@@ -138,8 +140,8 @@ def multipart_parts(body: bytes, content_type: str, max_parts: int) -> list[tupl
 
     callbacks = dict(on_part_begin=on_part_begin, on_header_field=on_header_field, on_header_value=on_header_value,
                      on_header_end=on_header_end, on_headers_finished=on_headers_finished, on_part_data=on_part_data)
-    parser = MultipartParser(boundary, callbacks)
     try:
+        parser = MultipartParser(boundary, callbacks)  # refuses a boundary over its maximum length
         parser.write(body)
     except HttpError:
         raise

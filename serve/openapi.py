@@ -136,8 +136,10 @@ def openapi_spec(settings: ServeSettings) -> dict:
                          "responses": {"200": {"description": "{sources, sample_rate, seconds, stems: {name: base64 "
                                                               "16-bit WAV}}",
                                                "content": {"application/json": {"schema": {"type": "object"}}}},
-                                       **{k: errors[k] for k in ("400", "401", "413", "500")},
-                                       "404": {"description": "No stems model.", **err}}}},
+                                       **{k: errors[k] for k in ("400", "401", "408", "413", "415", "500")},
+                                       "404": {"description": "No stems model.", **err},
+                                       "503": {"description": "Separations already running or waiting (4); "
+                                                              "see Retry-After.", **err}}}},
             "/v1/chroma": {"post": {
                 "summary": "The melody's chroma as the model sees it (winning pitch class per frame).",
                 "operationId": "chroma",
@@ -146,7 +148,7 @@ def openapi_spec(settings: ServeSettings) -> dict:
                     "properties": {"melody": {"type": "string", "format": "binary"}}}}}},
                 "responses": {"200": {"description": "{notes, frame_rate, bins}",
                                       "content": {"application/json": {"schema": {"type": "object"}}}},
-                              **{k: errors[k] for k in ("400", "401", "413", "500")},
+                              **{k: errors[k] for k in ("400", "401", "408", "413", "415", "500")},
                               "404": {"description": "A text-only model.", **err}}}},
             "/": {"get": {"summary": "The web page.", "operationId": "page",
                           "responses": {"200": {"description": "HTML."}}}},

@@ -5,7 +5,9 @@ Generation asks for ``stream=true`` so progress shows as the audio arrives (byte
 bytes the duration implies). A stream cannot be loudness-normalised, so what the page plays, draws and
 offers for download is the normalised file the server kept when the stream ended (``X-Result-Id`` ->
 ``GET /v1/results/{id}``, serve/results.py): the CLI's loudness, from one generation, with no loudness
-code in JavaScript. Pictures (result waveforms, the melody's waveform, each stem's) are drawn into
+code in JavaScript. Where the result is kept by another process (``serve --ray``: another replica
+answers 404), the page falls back to the complete stream it received, and says it is not normalised.
+Pictures (result waveforms, the melody's waveform, each stem's) are drawn into
 <canvas> elements from the browser's own decode of the audio files.
 """
 
@@ -36,7 +38,10 @@ PAGE = """<!doctype html>
  #stems-out{display:grid;grid-template-columns:repeat(auto-fit,minmax(12rem,1fr));gap:.8rem;margin-top:.6rem}
  #stems-out figure{margin:0} figcaption{font-weight:600;font-size:.9rem}
 </style></head><body>
-<header><h1>musicgen-onnx</h1><p id="model" class="hint"></p></header>
+<header><h1>musicgen-onnx</h1><p id="model" class="hint"></p>
+<details id="key-box"><summary>API key</summary>
+ <label for="api-key">API key (servers started with --api-key; kept in this browser tab only)</label>
+ <input id="api-key" type="password" autocomplete="off" spellcheck="false"></details></header>
 <main>
 <section aria-labelledby="gen-h"><h2 id="gen-h">Generate</h2>
 <form id="form">
@@ -82,8 +87,32 @@ const $ = id => document.getElementById(id);
 let facts = null, runs = 0;
 const settings = ['guidance', 'temperature', 'top_k', 'top_p'];
 
-fetch('/v1/model').then(r => r.json()).then(f => {
+// A server started with --api-key answers 401 without 'Authorization: Bearer KEY': every call of the page
+// goes through api(), which sends the key typed above. sessionStorage keeps it for this tab only.
+const KEY_ITEM = 'musicgen-onnx-api-key';
+$('api-key').value = sessionStorage.getItem(KEY_ITEM) || '';
+if (sessionStorage.getItem(KEY_ITEM)) $('key-box').open = true;
+function api(path, init = {}) {
+  const key = $('api-key').value.trim(), headers = new Headers(init.headers || {});
+  if (key) headers.set('Authorization', 'Bearer ' + key);
+  return fetch(path, {...init, headers});
+}
+async function errorOf(resp) {
+  const text = resp.status === 401 ? 'this server needs its API key: enter it under "API key" above' : null;
+  try { return text || (await resp.json()).error; } catch (e) { return text || `HTTP ${resp.status}`; }
+}
+$('api-key').addEventListener('change', () => {
+  const key = $('api-key').value.trim();
+  if (key) sessionStorage.setItem(KEY_ITEM, key); else sessionStorage.removeItem(KEY_ITEM);
+  loadFacts(); loadStems();
+});
+
+async function loadFacts() {
+  const r = await api('/v1/model');
+  if (!r.ok) { facts = null; $('model').textContent = 'model facts: ' + await errorOf(r); return; }
+  const f = await r.json();
   facts = f;
+  $('facts').replaceChildren();
   $('model').textContent =
     `${f.checkpoint || 'model'}: ${f.sample_rate} Hz, ${f.channels} channel(s), up to ${f.limits.max_duration_s} s`;
   $('duration').max = f.limits.max_duration_s;
@@ -102,17 +131,20 @@ fetch('/v1/model').then(r => r.json()).then(f => {
     const dt = document.createElement('dt'), dd = document.createElement('dd');
     dt.textContent = k; dd.textContent = String(v); $('facts').append(dt, dd);
   }
-});
-fetch('/v1/stems').then(async r => {
-  if (r.ok) {
+}
+async function loadStems() {
+  const r = await api('/v1/stems');
+  const ok = r.ok;
+  $('stems-go').disabled = $('stems-file').disabled = !ok;
+  if (ok) {
     const s = await r.json();
     $('stems-about').textContent = `Upload a song (up to ${s.max_duration_s} s) to split it into ` +
       `${s.sources.join(', ')} (Demucs, ${s.sample_rate} Hz).`;
   } else {
-    $('stems-about').textContent = (await r.json()).error;
-    $('stems-go').disabled = $('stems-file').disabled = true;
+    $('stems-about').textContent = await errorOf(r);
   }
-});
+}
+loadFacts(); loadStems();
 
 // The browser's own decoder; a mono mix for the picture.
 async function decode(blob) {
@@ -179,14 +211,24 @@ $('melody').addEventListener('change', async () => {
   }
   $('melody-note').textContent = note;
   const form = new FormData(); form.append('melody', file);
-  const resp = await fetch('/v1/chroma', {method: 'POST', body: form});
+  const resp = await api('/v1/chroma', {method: 'POST', body: form});
+  if (!resp.ok) { chroma.hidden = true; $('melody-note').textContent = `${note}; ${await errorOf(resp)}`; return; }
   const c = await resp.json();
-  if (!resp.ok) { chroma.hidden = true; $('melody-note').textContent = `${note}; ${c.error}`; return; }
   chroma.hidden = false;
   drawChroma(chroma, c);
   $('melody-note').textContent = `${note}; its chroma (the pitch class the model follows, frame by frame` +
     (c.from_stems ? ', here from the full mix: generation takes it from the vocals and other stems' : '') + ')';
 });
+
+// The streamed bytes as a WAV file: the stream's header says 'length unknown', here the sizes are known.
+function streamedWav(chunks, size) {
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) { bytes.set(c, at); at += c.length; }
+  const view = new DataView(bytes.buffer);
+  view.setUint32(4, size - 8, true); view.setUint32(40, size - 44, true);
+  return new Blob([bytes], {type: 'audio/wav'});
+}
 
 function fieldsOf() {
   const fields = {prompt: $('prompt').value, duration: parseFloat($('duration').value), stream: true};
@@ -225,7 +267,7 @@ function addResult(url, mono, seconds, fields, seed) {
 $('form').addEventListener('submit', async ev => {
   ev.preventDefault();
   const fields = fieldsOf(), status = $('status'), button = $('generate');
-  if (!facts) { status.textContent = 'the model facts have not loaded yet'; return; }
+  if (!facts) { status.textContent = 'the model facts have not loaded: ' + $('model').textContent; return; }
   if (!(fields.duration > 0)) { status.textContent = 'duration: enter a number of seconds'; $('duration').focus(); return; }
   button.disabled = true; $('progress').value = 0; status.textContent = 'queued...';
   const hop = facts.sample_rate / facts.frame_rate;
@@ -243,25 +285,32 @@ $('form').addEventListener('submit', async ev => {
   }
   const t0 = performance.now();
   try {
-    const resp = await fetch('/v1/generate', init);
-    if (!resp.ok) { status.textContent = 'error: ' + (await resp.json()).error; return; }
+    const resp = await api('/v1/generate', init);
+    if (!resp.ok) { status.textContent = 'error: ' + await errorOf(resp); return; }
     const reader = resp.body.getReader();
     let got = 0, first = null;
+    const chunks = [];
     for (;;) {
       const {done, value} = await reader.read();
       if (done) break;
-      got += value.length;
+      got += value.length; chunks.push(value);
       if (first === null && got > 44) first = (performance.now() - t0) / 1000;
       $('progress').value = Math.min(got / expected, 1);
       status.textContent = `generating... ${Math.round(100 * Math.min(got / expected, 1))}%`;
     }
     const seed = resp.headers.get('X-Seed'), id = resp.headers.get('X-Result-Id');
-    const kept = await fetch('/v1/results/' + encodeURIComponent(id));
-    if (!kept.ok) {  // the stream ended by an error: the server kept nothing
-      status.textContent = `error: the stream ended early (${got} of ${expected} bytes); ` + (await kept.json()).error;
+    const kept = await api('/v1/results/' + encodeURIComponent(id));
+    let blob, note = '';
+    if (kept.ok) {
+      blob = await kept.blob();
+    } else if (got >= expected) {  // complete, but kept elsewhere (serve --ray: another replica answered)
+      blob = streamedWav(chunks, got);
+      note = '; the stream as sent, not normalised: ' + await errorOf(kept);
+    } else {  // the stream ended by an error: the server kept nothing
+      status.textContent = `error: the stream ended early (${got} of ${expected} bytes); ` + await errorOf(kept);
       return;
     }
-    const blob = await kept.blob(), url = URL.createObjectURL(blob);
+    const url = URL.createObjectURL(blob);
     $('player').src = url; $('download').href = url; $('download').download = `musicgen-seed${seed}.wav`;
     $('download').hidden = false; $('progress').value = 1;
     $('seed-shown').textContent = `seed ${seed}`; $('reuse-seed').hidden = false;
@@ -270,7 +319,7 @@ $('form').addEventListener('submit', async ev => {
     drawWave($('wave'), mono, `waveform of the latest result: ${seconds.toFixed(2)} s, seed ${seed}`);
     addResult(url, mono, seconds, fields, seed);
     status.textContent = `done: ${seconds.toFixed(2)} s of audio in ${((performance.now() - t0) / 1000).toFixed(2)} s`
-      + ` (first audio after ${first === null ? '-' : first.toFixed(2)} s, seed ${seed})`;
+      + ` (first audio after ${first === null ? '-' : first.toFixed(2)} s, seed ${seed})` + note;
   } catch (e) {
     status.textContent = 'error: ' + e;
   } finally {
@@ -285,9 +334,9 @@ $('stems-go').addEventListener('click', async () => {
   const form = new FormData(); form.append('audio', file);
   const t0 = performance.now();
   try {
-    const resp = await fetch('/v1/stems', {method: 'POST', body: form});
+    const resp = await api('/v1/stems', {method: 'POST', body: form});
+    if (!resp.ok) { status.textContent = 'error: ' + await errorOf(resp); return; }
     const got = await resp.json();
-    if (!resp.ok) { status.textContent = 'error: ' + got.error; return; }
     for (const name of got.sources) {
       const bytes = Uint8Array.from(atob(got.stems[name]), c => c.charCodeAt(0));
       const blob = new Blob([bytes], {type: 'audio/wav'}), url = URL.createObjectURL(blob);

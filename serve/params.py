@@ -16,7 +16,7 @@ import numpy as np
 from ..runtime import audio as audio_io
 from ..runtime.errors import InvalidInputError
 from ..runtime.generation import GenerationInputs, check_prompt_length, prompt_audio as read_prompt_audio
-from ..runtime.options import GenerationOptions, finite_number, shown
+from ..runtime.options import MIN_FRAMES, GenerationOptions, finite_number, shown
 from .settings import ServeSettings
 
 FORMATS = ("wav", "flac", "ogg")
@@ -121,9 +121,10 @@ class RequestChecker:
                                     "and normalize none (normalising needs the whole clip)")
         duration = f.get("duration")
         duration = min(self.defaults.duration, self.settings.max_duration) if duration is None else duration
-        if duration > self.settings.max_duration:
-            raise InvalidInputError(f"duration must be at most {self.settings.max_duration:g} s on this server, "
-                                    f"got {duration!r}")
+        shortest = MIN_FRAMES / self.manifest.frame_rate  # the runtime's floor, with this server's ceiling
+        if not shortest <= duration <= self.settings.max_duration:
+            raise InvalidInputError(f"duration must be between {shortest:g} and {self.settings.max_duration:g} s on "
+                                    f"this server, got {duration!r}")
         seed = f.get("seed")
         if seed is None:
             seed = secrets.randbelow(2 ** 32)  # reported back (X-Seed) so the result can be reproduced

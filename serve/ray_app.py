@@ -52,6 +52,7 @@ class RayOptions:
     address: str | None = None  # None: a private cluster for this process
     graceful_timeout_s: float = 10.0
     log_format: str = "text"
+    stems_dir: str | None = None  # serve --stems (or the bundled one): each replica loads it for /v1/stems
 
 
 def fit_replica_cpus(replicas: int, wanted: float | None, available: float) -> float:
@@ -87,12 +88,18 @@ def check_listen(host: str, port: int) -> None:
 
 
 def build_app(model_dir: str, settings: ServeSettings, providers: str = "auto", threads: int | None = None,
-              low_memory: bool = False, replica: str | None = None, peers=None):
+              low_memory: bool = False, replica: str | None = None, peers=None, stems_dir: str | None = None):
+    """``stems_dir``: the stems folder for ``POST /v1/stems`` (``serve --stems``), loaded in each replica."""
     from ..runtime.musicgen import MusicGen
     from .app import create_app
 
     model = MusicGen.from_pretrained(model_dir, providers=providers, threads=threads, low_memory=low_memory)
-    return create_app(model, settings, replica=replica, peers=peers)
+    stems = None
+    if stems_dir is not None:
+        from ..runtime.stems import StemSeparator
+
+        stems = StemSeparator.from_folder(stems_dir, providers=providers, threads=threads)
+    return create_app(model, settings, stems, replica=replica, peers=peers)
 
 
 class MusicGenReplica:
@@ -181,7 +188,7 @@ class MetricsPost:
 
 def deployment(model_dir: str, replicas: int = 2, settings: ServeSettings | None = None, providers: str = "auto",
                threads: int | None = None, cpus_per_replica: float = 1.0, low_memory: bool = False,
-               graceful_timeout_s: float = 10.0, app_name: str = APP_NAME):
+               graceful_timeout_s: float = 10.0, app_name: str = APP_NAME, stems_dir: str | None = None):
     """A bound Ray Serve application of ``replicas`` replicas of the service (pass it to ``serve.run``
     with ``name=app_name``)."""
     from ray import serve
@@ -192,7 +199,8 @@ def deployment(model_dir: str, replicas: int = 2, settings: ServeSettings | None
     def builder():  # a plain function: Ray calls a function to build the app, but calls a partial as the app
         replica = _replica_name()
         post = MetricsPost(f"metrics-{app_name}", replica)
-        app = build_app(model_dir, settings, providers, threads, low_memory, replica=replica, peers=post)
+        app = build_app(model_dir, settings, providers, threads, low_memory, replica=replica, peers=post,
+                        stems_dir=stems_dir)
         post.start(app)
         return app
 
@@ -281,7 +289,7 @@ def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: 
         http = _get_global_client().http_config  # a shared cluster's Serve keeps the proxy it already has
         upstream = f"http://{'127.0.0.1' if http.host in ('0.0.0.0', '::') else http.host}:{http.port}"
         app = deployment(model_dir, options.replicas, settings, providers, threads, cpus, low_memory,
-                         options.graceful_timeout_s)
+                         options.graceful_timeout_s, stems_dir=options.stems_dir)
         deployed = True
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False,
                   logging_config={"encoding": "JSON"} if options.log_format == "json" else None)

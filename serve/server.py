@@ -24,6 +24,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ..runtime.errors import InvalidInputError
 from .bodies import error
 from .logs import FORMATS, log_config
+from .settings import refuse_flag
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +43,7 @@ class ServerOptions:
     log_format: str = "text"
 
     def check(self) -> "ServerOptions":
-        def bad(name, value, rule):
-            raise InvalidInputError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
-
+        bad = refuse_flag
         if not isinstance(self.max_connections, int) or not 1 <= self.max_connections <= 1_000_000:
             bad("max_connections", self.max_connections, "an integer in [1, 1000000]")
         for name in ("header_timeout_s", "keep_alive_s", "graceful_timeout_s"):

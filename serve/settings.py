@@ -15,6 +15,12 @@ MAX_UPLOAD_BYTES = 16 * 1024 * 1024
 STREAM_CHUNK_FRAMES = 50  # codec frames per streamed chunk: 1 s of audio at 50 frames/s
 
 
+def refuse_flag(name: str, value, rule: str):
+    """A serve flag out of its range, in one wording for every check (the service's and the server's):
+    ``name`` is the option's name with underscores, as the CLI spells it with dashes."""
+    raise InvalidInputError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     max_batch: int = 8
@@ -35,9 +41,7 @@ class ServeSettings:
     def check(self) -> "ServeSettings":
         """Bounds that keep the service sane: a batch is one ``generate`` call (at most MAX_BATCH prompts), a
         wait longer than 10 s would be felt by every user, and the queue holds finished audio too."""
-        def bad(name, value, rule):
-            raise InvalidInputError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
-
+        bad = refuse_flag
         if not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= MAX_BATCH:
             bad("max_batch", self.max_batch, f"an integer in [1, {MAX_BATCH}]")
         if not 0 <= self.max_wait_ms <= 10_000:
@@ -49,7 +53,7 @@ class ServeSettings:
         if not 0 < self.body_timeout_s <= 3600:
             bad("body_timeout", self.body_timeout_s, "in (0, 3600] seconds")
         if not 0 < self.stream_stall_s <= 3600:
-            bad("stream_stall", self.stream_stall_s, "in (0, 3600] seconds")
+            bad("stream_stall_timeout", self.stream_stall_s, "in (0, 3600] seconds")
         if not isinstance(self.stream_buffer_bytes, int) or not 64 * 1024 <= self.stream_buffer_bytes <= 1 << 30:
             bad("stream_buffer_bytes", self.stream_buffer_bytes, "an integer in [65536, 2**30]")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not 16 <= len(self.api_key) <= 512

@@ -19,11 +19,24 @@ from ..runtime.errors import InvalidInputError
 from .uploads import decode_audio
 
 
+MAX_PENDING = 4
+"""Separations running or waiting at once; more get 503. A waiting request holds one of the server's
+worker threads (shared with every route's decoding and encoding) and its decoded audio: without a bound,
+forty stems uploads left nothing for /v1/generate."""
+
+
+class StemsBusy(Exception):
+    """MAX_PENDING separations are already running or waiting."""
+
+
 class StemsService:
-    def __init__(self, separator, max_seconds: float):
+    def __init__(self, separator, max_seconds: float, max_pending: int = MAX_PENDING):
         self.separator = separator
         self.max_seconds = max_seconds
+        self.max_pending = max_pending
         self._lock = threading.Lock()
+        self._pending = 0
+        self._count = threading.Lock()
 
     def facts(self) -> dict:
         p = self.separator.params
@@ -31,7 +44,19 @@ class StemsService:
                 "max_duration_s": self.max_seconds}
 
     def separate(self, data: bytes, seed: int | None) -> dict:
-        """Blocking (run it in a worker thread). ``seed`` picks Demucs's random shift, as ``stems --seed``."""
+        """Blocking (run it in a worker thread). ``seed`` picks Demucs's random shift, as ``stems --seed``.
+        Raises StemsBusy, before decoding, when ``max_pending`` separations are running or waiting."""
+        with self._count:
+            if self._pending >= self.max_pending:
+                raise StemsBusy(f"{self._pending} separations are running or waiting")
+            self._pending += 1
+        try:
+            return self._separate(data, seed)
+        finally:
+            with self._count:
+                self._pending -= 1
+
+    def _separate(self, data: bytes, seed: int | None) -> dict:
         wav, sr = decode_audio(data, "audio", self.max_seconds + 1.0)
         if wav.shape[1] > self.max_seconds * sr:
             raise InvalidInputError(f"audio: {wav.shape[1] / sr:.3g} s or more, but this server separates at most "

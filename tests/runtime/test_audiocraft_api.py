@@ -186,6 +186,9 @@ def test_audio_write_takes_audiocrafts_arguments(tmp_path):
     (dict(format="ogg", ogg_rate=128), "ogg_rate needs audiocraft's ffmpeg encoder"),
     (dict(format="mp3", mp3_rate=500), r"mp3_rate must be a bitrate in \(32, 320\] kbps at 32000 Hz, got 500"),
     (dict(strategy="loud"), "strategy 'loud' is not one of 'peak', 'clip', 'rms', 'loudness', 'none', ''"),
+    (dict(strategy="loudness", loudness_headroom_db=float("nan")), "loudness_headroom_db must be a finite number"),
+    (dict(strategy="rms", rms_headroom_db=float("-inf")), "rms_headroom_db must be a finite number"),
+    (dict(peak_clip_headroom_db="1"), "peak_clip_headroom_db must be a finite number of dB, got '1'"),
 ])
 def test_audio_write_refusals_name_what_is_allowed(tmp_path, kwargs, message):
     with pytest.raises(InvalidInputError, match=message):

@@ -217,6 +217,22 @@ def test_an_unreachable_hub_is_not_waited_for(tmp_path, monkeypatch):
     assert (resolve_model("org/tiny") / "musicgen_onnx.json").is_file()
 
 
+def test_an_empty_model_name_is_refused_not_read_as_the_current_directory(tmp_path, monkeypatch):
+    from musicgen_onnx.runtime import InvalidInputError, MusicGen
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("", "  "):
+        with pytest.raises(InvalidInputError, match="the model is empty"):
+            resolve_model(name)
+        with pytest.raises(InvalidInputError, match="the model is empty"):
+            MusicGen.from_pretrained(name)
+    sf.write(tmp_path / "song.wav", [[0.1, -0.1]] * 4410, 44100)
+    for args in (("info", ""), ("generate", "x", "--model", "", "-o", tmp_path / "a.wav"),
+                 ("stems", tmp_path / "song.wav", "--model", "", "--out-dir", tmp_path / "s")):
+        r = _invoke(*args)
+        assert r.exit_code == 2 and "error: the model is empty ('')" in r.output, (args, r.output)
+
+
 def test_the_bundled_models_have_names(tmp_path, monkeypatch):
     from musicgen_onnx.runtime import MusicGen
     from musicgen_onnx.runtime.hub import BUNDLED_MODELS, BUNDLED_NAME

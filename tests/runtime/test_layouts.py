@@ -32,6 +32,17 @@ def test_folder_kind(tmp_path):
     assert folder_kind(tmp_path) == NATIVE  # the manifest wins over a stray config.json
 
 
+def test_a_stems_folder_given_for_generation_is_named_as_one(cli, tmp_path):
+    from musicgen_onnx.runtime.errors import ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="is a stems-only folder .* holds no MusicGen"):
+        MusicGen.from_pretrained(STEMS_FOLDER, providers="cpu")
+    with pytest.raises(ModelFolderError, match="is a stems-only folder"):
+        open_layout(STEMS_FOLDER)
+    r = cli("generate", "x", "--model", "tiny-stems", "--duration", "0.2", "-o", tmp_path / "o.wav")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("holds no MusicGen to generate with")
+
+
 @pytest.mark.parametrize("folder, adapter", [(BUNDLED, NativeFolder), (OPTIMUM_FOLDER, OptimumFolder)])
 def test_both_adapters_answer_the_same_questions(folder, adapter):
     layout = open_layout(folder)

@@ -59,6 +59,16 @@ def test_stems_command_writes_one_float_wav_per_source(tmp_path, cli):
     assert all(np.abs(stems[i] - stems[j]).max() > 1e-4 for i in range(4) for j in range(i + 1, 4))
 
 
+@pytest.mark.parametrize("seed", ["-5", str(2 ** 64)])
+def test_stems_seed_outside_the_seed_rule_is_one_line(tmp_path, cli, seed):
+    """generate's seed rule (non-negative, below 2**64), not numpy's traceback for a negative seed."""
+    src = write(tmp_path / "song.wav", tones(0.5, 44100, 2), 44100)
+    result = cli("stems", src, "--model", STEMS, "--out-dir", tmp_path / "out", "--seed", seed)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"error: seed must be a non-negative integer below 2**64, got {seed}"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_mono_input_is_separated_as_both_channels(tmp_path, separator):
     """demucs ``convert_audio_channels``: mono is duplicated into the model's two channels."""
     wav = tones(0.5, 44100, 1)

@@ -335,3 +335,65 @@ def test_a_stems_upload_gives_four_players(browser, page_server, tmp_path):
     if os.environ.get("PAGE_SCREENSHOT"):
         with open(os.environ["PAGE_SCREENSHOT"], "wb") as f:
             f.write(png)
+
+
+def test_the_page_sends_the_api_key_typed_into_it(browser, tmp_path):
+    """A server started with --api-key: the page says it needs the key (not a script error), then, once
+    typed, every call of the page (facts, stems, generation, the kept result) carries it; a reload keeps it
+    for this tab (sessionStorage)."""
+    from selenium.webdriver.common.by import By
+
+    from musicgen_onnx.runtime.musicgen import MusicGen
+    from musicgen_onnx.runtime.stems import StemSeparator
+    from musicgen_onnx.serve import ServeSettings, create_app
+
+    key = "page-test-key-0123456789"
+    app = create_app(MusicGen.from_pretrained(BUNDLED, providers="cpu"),
+                     ServeSettings(max_duration=5, api_key=key), StemSeparator.from_folder(STEMS, providers="cpu"))
+    with serving(app) as url:
+        open_page(browser, url)
+        assert "API key" in browser.find_element(By.ID, "model").text
+        assert "API key" in browser.find_element(By.ID, "stems-about").text
+        browser.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+        type_into(browser, "api-key", "wrong-key-wrong-key-0000")
+        browser.find_element(By.ID, "prompt").click()  # 'change' fires when the field loses focus
+        type_into(browser, "api-key", key)
+        browser.find_element(By.ID, "prompt").click()
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(browser, 20).until(lambda d: "32000 Hz" in d.find_element(By.ID, "model").text)
+        assert "drums" in browser.find_element(By.ID, "stems-about").text
+        type_into(browser, "prompt", "with a key")
+        type_into(browser, "duration", str(SECONDS))
+        run_generation(browser)
+        status = browser.find_element(By.ID, "status").text
+        assert status.startswith("done"), status
+        assert browser.find_element(By.CSS_SELECTOR, "#results li a").get_attribute("href").startswith("blob:")
+        browser.refresh()  # the key stays for this tab
+        WebDriverWait(browser, 20).until(lambda d: "32000 Hz" in d.find_element(By.ID, "model").text)
+        assert browser.find_element(By.ID, "api-key").get_attribute("value") == key
+        browser.execute_script("sessionStorage.clear()")
+
+
+def test_a_result_kept_elsewhere_plays_the_stream_as_sent(browser, monkeypatch):
+    """Under serve --ray another replica may answer GET /v1/results/{id} (404): the page then plays and
+    offers the complete stream it received (its WAV sizes filled in), says it is not normalised, and
+    is not an error. Here the server keeps no result at all."""
+    from selenium.webdriver.common.by import By
+
+    from musicgen_onnx.runtime.musicgen import MusicGen
+    from musicgen_onnx.serve import ServeSettings, app as app_module, create_app
+    from musicgen_onnx.serve.results import ResultStore
+
+    monkeypatch.setattr(app_module, "ResultStore", lambda: ResultStore(max_count=0))
+    app = create_app(MusicGen.from_pretrained(BUNDLED, providers="cpu"), ServeSettings(max_duration=5))
+    with serving(app) as url:
+        got = generate_in_page(browser, url, "kept elsewhere")
+    assert "error" not in got, got
+    samples = int(SECONDS * 50) * 640
+    assert got["status"].startswith("done") and "the stream as sent, not normalised: no result" in got["status"]
+    assert abs(got["duration"] - samples / SR) < 1e-3 and got["decoded_frames"] == samples
+    wav = base64.b64decode(got["wav"])
+    info = sf.info(io.BytesIO(wav))
+    assert info.frames == samples and struct.unpack("<I", wav[40:44])[0] == 2 * samples
+    assert browser.find_element(By.ID, "download").get_attribute("href").startswith("blob:")

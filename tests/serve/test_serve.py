@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import CLI, serving
+from helpers import BUNDLED, CLI, serving
 from musicgen_onnx.serve import ServeSettings, create_app
 from musicgen_onnx.serve.health import free_port, wait_until_healthy
 from musicgen_onnx.serve.settings import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
@@ -143,8 +143,9 @@ def test_model_health_metrics_openapi(client):
     (b"[1, 2]", 400, "JSON object"),
     (b'{"prompt": "x", "lenght": 3}', 400, "unknown field"),
     (b'{"melody": "/etc/passwd"}', 400, "unknown field"),  # no field is ever a path
-    (b'{"duration": 1e9}', 400, "at most 12 s"),
-    (b'{"duration": -1}', 400, "duration"),
+    (b'{"duration": 1e9}', 400, "between 0.08 and 12 s on this server"),
+    (b'{"duration": -1}', 400, "between 0.08 and 12 s on this server"),  # not the runtime's 3600
+    (b'{"duration": 0.01}', 400, "between 0.08 and 12 s on this server"),
     (b'{"duration": "5"}', 400, "finite number"),
     (b'{"duration": NaN}', 400, "finite number"),
     (b'{"top_k": -1}', 400, "top_k"),
@@ -212,13 +213,18 @@ def test_multipart_faults(client):
     part = b'--xx\r\nContent-Disposition: form-data; name="duration"\r\n\r\n1\r\n'
     r = client.post("/v1/generate", content=part + part + b"--xx--\r\n", headers=multipart)
     assert "given twice" in one_line_error(r, 400)
+    long = {"content-type": "multipart/form-data; boundary=" + "b" * 5000}  # over python-multipart's maximum
+    r = client.post("/v1/generate", content=b"--" + b"b" * 5000 + b"--\r\n", headers=long)
+    assert "malformed multipart" in one_line_error(r, 400)
+    r = client.post("/v1/generate", data={"duration": "1", "melody": "abc"})  # the file's name as a plain field
+    assert "'melody' must be a file part" in one_line_error(r, 400)
 
 
 def test_no_request_names_a_file(client, tmp_path):
     """A path in a field is refused, never opened; an upload's file name is ignored and never written."""
     target = tmp_path / "written-by-a-request.wav"
     r = client.post("/v1/generate", data={"duration": "0.3", "melody": "/etc/passwd"})
-    assert "unexpected part" in one_line_error(r, 400)  # a melody is a file part, not a name
+    assert "must be a file part" in one_line_error(r, 400)  # a melody is a file part, not a name
     body = {"duration": "0.3", "seed": "5", "prompt": "sad jazz"}
     named = client.post("/v1/generate", data=body, files={"melody": (str(target), wav_bytes(), "audio/wav")})
     plain = client.post("/v1/generate", data=body, files={"melody": ("m.wav", wav_bytes(), "audio/wav")})
@@ -525,6 +531,76 @@ def test_sigterm_drains_the_queue_then_stops(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("field, flag", [("max_wait_ms", "--max-wait-ms"), ("max_duration", "--max-duration"),
+                                         ("body_timeout_s", "--body-timeout"),
+                                         ("stream_stall_s", "--stream-stall-timeout"),
+                                         ("header_timeout_s", "--header-timeout"),
+                                         ("graceful_timeout_s", "--graceful-timeout")])
+def test_a_setting_out_of_range_names_the_serve_flag_that_sets_it(field, flag):
+    from musicgen_onnx.cli import serve
+    from musicgen_onnx.runtime.errors import InvalidInputError
+    from musicgen_onnx.serve.server import ServerOptions
+
+    assert flag in [opt for p in serve.params for opt in p.opts]
+    settings = ServeSettings if field in ServeSettings.__dataclass_fields__ else ServerOptions
+    with pytest.raises(InvalidInputError, match=f"^{flag} must be .*, got nan$"):
+        settings(**{field: float("nan")}).check()
+
+
+def test_serve_help_lists_every_route(model):
+    from click.testing import CliRunner
+
+    from musicgen_onnx.cli import main
+
+    help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"], terminal_width=1000).stdout.split())
+    for path in {r.path.replace("{result_id}", "ID") for r in create_app(model).routes}:
+        assert path.replace("/health/", "/") in help_text or path in help_text, path
+
+
+def serve_with_fake_ray(monkeypatch, *args):
+    """``serve --ray ARGS`` with Ray faked: (exit code, output, the RayOptions ray_app.run got)."""
+    import types
+
+    from click.testing import CliRunner
+
+    from musicgen_onnx.cli import main
+    from musicgen_onnx.serve import ray_app
+
+    fake = types.ModuleType("ray")
+    fake.serve = types.ModuleType("ray.serve")
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setitem(sys.modules, "ray.serve", fake.serve)
+    got = {}
+    monkeypatch.setattr(ray_app, "run", lambda *a, **k: got.setdefault("args", a))
+    r = CliRunner().invoke(main, ["serve", "--ray", "--replicas", "1", "--provider", "cpu", *args])
+    return r.exit_code, r.output, got["args"][4] if "args" in got else None
+
+
+def test_serve_ray_passes_the_stems_folder_to_each_replica(monkeypatch):
+    """serve --ray with the bundled model (or --stems): each replica's app has the stems endpoint, as
+    without --ray (it was dropped: the page's stems panel said 'no stems model'). Ray itself is faked."""
+    from starlette.testclient import TestClient
+
+    from musicgen_onnx.cli import BUNDLED_STEMS
+    from musicgen_onnx.serve import ray_app
+
+    code, output, options = serve_with_fake_ray(monkeypatch)
+    assert code == 0, output
+    assert options.stems_dir == str(BUNDLED_STEMS)
+    app = ray_app.build_app(str(BUNDLED), ServeSettings(), "cpu", 1, stems_dir=options.stems_dir)
+    with TestClient(app) as client:
+        assert client.get("/v1/stems").json()["sources"] == ["drums", "bass", "other", "vocals"]
+
+
+def test_serve_stems_takes_the_bundled_name_and_refuses_an_empty_one(monkeypatch):
+    from musicgen_onnx.cli import BUNDLED_STEMS
+
+    code, output, options = serve_with_fake_ray(monkeypatch, "--model", str(BUNDLED), "--stems", "tiny-stems")
+    assert code == 0 and options.stems_dir == str(BUNDLED_STEMS), output  # as `stems --model tiny-stems`
+    code, output, _ = serve_with_fake_ray(monkeypatch, "--stems", "")
+    assert code == 2 and "error: the model is empty ('')" in output, output
 
 
 def test_missing_extra_is_one_line():

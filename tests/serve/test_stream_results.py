@@ -65,6 +65,10 @@ def test_a_streamed_result_is_kept_normalised_as_a_non_streamed_response(server)
 def test_an_unknown_result_is_one_line_404(server):
     r = httpx.get(server + "/v1/results/nope", timeout=10)
     assert r.status_code == 404 and "no result 'nope'" in r.json()["error"]
+    # counted under the route's template in /metrics (not as 'other', nor one label per id)
+    metrics = httpx.get(server + "/metrics", timeout=10).text
+    assert 'musicgen_requests_total{route="/v1/results/{result_id}",status="404"}' in metrics
+    assert "nope" not in metrics
 
 
 def test_the_result_store_is_bounded_in_count_bytes_and_age():
@@ -109,6 +113,9 @@ def test_stems_endpoint_refusals(server, model):
     assert r.status_code == 400 and "'audio' file" in r.json()["error"]
     r = httpx.post(server + "/v1/stems", data={"shift": "1"}, files={"audio": ("s.wav", b"RIFF")}, timeout=10)
     assert r.status_code == 400 and "unknown field(s) 'shift'" in r.json()["error"]
+    for seed in ("-1", str(2 ** 64), "1.5"):  # the generation seed's rule, before any decoding
+        r = httpx.post(server + "/v1/stems", data={"seed": seed}, files={"audio": ("s.wav", b"RIFF")}, timeout=10)
+        assert r.status_code == 400 and "seed must be a non-negative integer below 2**64" in r.json()["error"], r.text
     long = io.BytesIO()
     sf.write(long, np.full(6 * 8000, 0.1), 8000, format="WAV")
     r = httpx.post(server + "/v1/stems", files={"audio": ("s.wav", long.getvalue())}, timeout=10)
@@ -129,3 +136,43 @@ def test_chroma_endpoint_gives_the_models_chroma_of_a_melody(server):
     assert len(got["bins"]) == 1 + 3 * 32000 // 4096 and sum(b == 9 for b in got["bins"]) >= 20  # centred frames
     r = httpx.post(server + "/v1/chroma", data={"x": "1"}, files={"melody": ("a.wav", tone.getvalue())}, timeout=30)
     assert r.status_code == 400 and "unexpected field(s) 'x'" in r.json()["error"]
+
+
+def test_stems_requests_past_the_pending_bound_get_503(model, monkeypatch):
+    """Separations run one at a time; while MAX_PENDING are running or waiting (each holding a worker
+    thread the other routes share), another gets 503 + Retry-After at once, and the service still answers."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from musicgen_onnx.runtime.stems import StemSeparator
+    from musicgen_onnx.serve import ServeSettings, create_app
+    from musicgen_onnx.serve import stems as stems_module
+    from musicgen_onnx.serve.stems import MAX_PENDING
+
+    release, decoding = threading.Event(), []
+    decode = stems_module.decode_audio
+    monkeypatch.setattr(stems_module, "decode_audio", lambda *a: decoding.append(1) or decode(*a))
+
+    class Slow(StemSeparator):
+        def track_blocks(self, *args, **kwargs):
+            release.wait(30)
+            return super().track_blocks(*args, **kwargs)
+
+    slow = Slow.from_folder(STEMS, providers="cpu")
+    song = io.BytesIO()
+    sf.write(song, 0.3 * np.sin(np.arange(22050) / 10), 22050, format="WAV")
+    with serving(create_app(model, ServeSettings(max_duration=5), slow)) as url:
+        def post():
+            return httpx.post(url + "/v1/stems", files={"audio": ("s.wav", song.getvalue())}, timeout=60)
+
+        with ThreadPoolExecutor(MAX_PENDING) as pool:
+            held = [pool.submit(post) for _ in range(MAX_PENDING)]
+            deadline = time.monotonic() + 20
+            while len(decoding) < MAX_PENDING and time.monotonic() < deadline:  # all four counted as pending
+                time.sleep(0.02)
+            r = post()
+            assert r.status_code == 503 and "server busy" in r.json()["error"] and r.headers["Retry-After"], r.text
+            assert httpx.get(url + "/health", timeout=5).status_code == 200
+            assert "503" in httpx.get(url + "/openapi.json", timeout=5).json()["paths"]["/v1/stems"]["post"]["responses"]
+            release.set()
+            assert [f.result().status_code for f in held] == [200] * MAX_PENDING
