@@ -44,11 +44,11 @@ def same_length_prompts(model: str | None) -> list[str]:
         return PROMPTS
     from collections import defaultdict
 
-    from musicgen_onnx.runtime.manifest import folder_file, load_manifest
+    from musicgen_onnx.runtime.layouts import open_layout
     from musicgen_onnx.runtime.prompt_ids import TextTokenizer
 
-    m = load_manifest(model)
-    tok = TextTokenizer(folder_file(Path(model), m.tokenizer), max_id=m.text_vocab_size)
+    layout = open_layout(model, verify_hashes=False)  # any folder kind, its tokenizer found as the model finds it
+    tok = TextTokenizer(layout.tokenizer_path, max_id=layout.manifest.text_vocab_size)
     groups = defaultdict(list)
     for p in CANDIDATES:
         groups[tok([p])[0].shape[1]].append(p)
