@@ -49,6 +49,11 @@ class AudioCodec:
         return codes
 
 
+FIRST_CHUNK_FRAMES = 10
+"""Frames (0.2 s at 50 frames/s) in a stream's first chunk: it waits for these plus the decoder's
+lookahead, where a full chunk would wait for 50 (README "Streaming", time to first audio)."""
+
+
 class StreamDecoder:
     """Decodes codes as they arrive, span by span, for streaming.
 

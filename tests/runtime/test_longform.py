@@ -9,6 +9,7 @@ import soundfile as sf
 
 from musicgen_onnx.runtime import MusicGen
 from musicgen_onnx.runtime.chroma import batch_chroma
+from musicgen_onnx.runtime.errors import InvalidInputError
 from musicgen_onnx.runtime.longform import plan_windows
 from musicgen_onnx.runtime.melody import window_chroma
 
@@ -136,6 +137,28 @@ def test_streaming_equals_one_shot(model):
     streamed = np.concatenate(chunks, axis=2)
     assert streamed.shape == one_shot.shape
     assert np.max(np.abs(streamed - one_shot)) < 1e-4  # measured ~1e-7 (README, "Streaming")
+
+
+@pytest.mark.parametrize("first", [1, 10, 60])
+def test_the_first_chunk_comes_after_first_chunk_frames(model, first):
+    """The first chunk waits for its frames + the codec lookahead + the delay pattern, not a whole chunk."""
+    steps = []
+    stream = model.generate_stream(["a streamed piece"], duration=3.0, seed=3, chunk_frames=50, first_chunk_frames=first,
+                                   progress=lambda done, total: steps.append(done))
+    chunk = next(stream)
+    hop = model.sample_rate // model.frame_rate
+    assert chunk.shape[2] == first * hop
+    assert steps[-1] == first + 8 + model.manifest.max_delay  # StreamDecoder's lookahead is 8 frames
+    rest = list(stream)
+    assert [c.shape[2] // hop for c in rest[:-1]] == [50] * len(rest[:-1])
+    np.testing.assert_allclose(np.concatenate([chunk, *rest], axis=2), model.generate(["a streamed piece"], duration=3.0,
+                                                                                     seed=3), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
+def test_first_chunk_frames_must_be_a_positive_integer(model, bad):
+    with pytest.raises(InvalidInputError, match="first_chunk_frames must be a positive integer"):
+        next(model.generate_stream(["x"], duration=1.0, first_chunk_frames=bad))
 
 
 @pytest.mark.slow  # long-form
