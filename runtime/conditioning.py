@@ -59,4 +59,4 @@ class Conditioner:
             chroma = np.concatenate([chroma, np.repeat(null_chroma(chroma.shape[1], num_chroma)[None], b, axis=0)])
         prefix = self.graphs.run_transient("text_encoder", self._outputs, {**feeds, self._chroma: chroma})[0]
         empty = np.zeros((prefix.shape[0], 0, prefix.shape[2]), dtype=prefix.dtype)
-        return Conditioning({self._prefix: prefix}, {self._prefix: empty}, prefix.shape[1])
+        return Conditioning({self._prefix: prefix}, {self._prefix: empty}, prefix.shape[1], b if use_cfg else 0)
