@@ -3,7 +3,9 @@
 One text-encoder call per window serves every row. The CFG null rows follow the conditional rows:
 the same token ids with an all-zero mask (the encoder then yields exactly zero text states, as
 audiocraft's dropped description and transformers' ``zeros_like`` do) and, for melody models, the
-bin-0 chroma (audiocraft's null wav / transformers' default ``input_features``).
+bin-0 chroma (audiocraft's null wav / transformers' default ``input_features``). So a melody model's
+null rows have one first call for every row and every call of the same prefix length (null_prefill.py
+reuses it; ``Conditioning.null_rows`` says which rows they are).
 
 Text-only models with ``manifest.reference == "audiocraft"``: a conditional row's cross-attention sees
 every text position, padding included (audiocraft passes no key mask; its padded positions are exact

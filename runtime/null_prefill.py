@@ -53,7 +53,7 @@ def _same_rows(value: np.ndarray) -> bool:
     return bool((flat == flat[0]).all())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # entries are told apart by identity (list.remove), their inputs by matches()
 class NullPrefill:
     """One null row after the first call: its inputs (by name, the token ids under ``"ids"``), each cache's
     columns ``[0, filled)`` (``[heads, filled, head_dim]``, in the decoder's past order) and its logits."""
@@ -112,6 +112,11 @@ class NullPrefillCache:
             self._entries = [e for e in self._entries if not e.matches(entry.inputs)] + [entry]
             while len(self._entries) > self.max_entries or sum(e.nbytes for e in self._entries) > self.max_bytes:
                 self._entries.pop(0)
+
+    def clear(self) -> None:
+        """Forget every entry (the next first call is a miss; benchmarks time both)."""
+        with self._lock:
+            self._entries = []
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -18,6 +18,9 @@ the cache (the first call adds the prefix too). Two implementations, matching th
   is allocated once on the session's device and updated in place, so its address never changes; the
   first call (prefix and start columns) has a binding of its own, as it runs uncaptured.
 
+On the CPU, a melody model's first call may run only the conditional rows (and one CFG null row) and
+copy the other null rows' cache and logits from the model's stored entry (:mod:`.null_prefill`).
+
 Both can drop rows between steps (``keep_rows``: a server's client left): every per-row tensor is cut
 to the rows that stay and the loop goes on with a smaller batch. The static stepper copies its cache
 rows into new, smaller buffers and binds everything again (once per drop, not per step).

@@ -146,9 +146,13 @@ def test_the_cache_finds_entries_by_their_exact_inputs_and_stays_bounded():
     assert cache.plan(ids, {"prefix": other}, 2).entry is None  # another input: another entry
     assert cache.plan(np.full((4, 2, 3), 9), first, 2) is None  # prompt columns
     assert cache.plan(ids, first, 0) is None and cache.plan(ids[:2], first, 2) is None  # no CFG, no conditional row
-    for n in range(3):
-        cache.store(entry({"n": np.array(n)}))
-    assert len(cache) == 2 and cache.plan(ids, first, 2).entry is None  # the oldest went
+    cache.store(entry({"n": np.array(0)}))
+    assert cache.plan(ids, first, 2).entry is e  # a hit makes its entry the newest: n=0 goes next
+    cache.store(entry({"n": np.array(1)}))
+    assert len(cache) == 2 and cache.plan(ids, first, 2).entry is e
+    cache.store(entry({"n": np.array(2)}))
+    cache.store(entry({"n": np.array(3)}))
+    assert len(cache) == 2 and cache.plan(ids, first, 2).entry is None  # the least recently used went
     cache.store(entry({"big": np.array(0)}, nbytes=104))
     assert len(cache) == 2  # larger than the cap: never stored
     cache.store(entry({"most": np.array(0)}, nbytes=96))
