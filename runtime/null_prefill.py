@@ -11,10 +11,10 @@ the other null rows (B - 1 rows saved at once).
 Exact, not approximate: the decoder computes each row independently of the others (per-row matmuls,
 norms and attention), so a null row's values do not depend on the batch it ran in; the tests compare
 tokens and every step's logits with reuse on and off (bitwise equal on this CPU). An entry is found by
-the null row's exact input values, never assumed (-0.0 and 0.0 count as one, see :func:`_canonical`):
-null rows that differ from one another, a first
-call with more than the start column (continuation prompts: their columns differ per row and per call)
-and text-only models (a one-column null prefill) run as before.
+the null row's exact input values, never assumed (-0.0 and 0.0 count as one, see :func:`_canonical`).
+Null rows that differ from one another, a first call with more than the start column (continuation
+prompts, and long-form windows after the first, which continue from the last one's tail: their columns
+differ per row and per call) and text-only models (a one-column null prefill) run as before.
 
 Where: on the CPU only (native_layout.new_stepper), where every stepper's cache is host memory that the
 copy writes; a GPU's static cache lives in device memory, so a GPU runs every row as before.
@@ -139,6 +139,8 @@ class Reuse:
         if entry is None:
             last = self.rows - 1
             entry = NullPrefill(self.inputs, tuple(c[last, :, :filled].copy() for c in caches), logits[last].copy())
+            for value in (*entry.inputs.values(), *entry.caches, entry.logits):
+                value.flags.writeable = False  # shared by the model's concurrent calls
             self.cache.store(entry)
         for cache, null in zip(caches, entry.caches):
             cache[self.rows:, :, :filled] = null

@@ -84,6 +84,24 @@ def test_every_steps_logits_are_identical_on_a_miss_and_a_hit(name, request, mon
     np.testing.assert_array_equal(hit, off)
 
 
+@pytest.mark.export
+def test_the_sampling_graph_reads_the_copied_null_logits(exported, monkeypatch, plans):
+    """The capturable stepper's device sampler reads the logits buffer, not the host copy: the null
+    rows' logits must be in it."""
+    import dataclasses
+
+    from musicgen_onnx.runtime.layouts import open_layout
+    from musicgen_onnx.runtime.session import SessionSettings
+
+    settings = dataclasses.replace(SessionSettings.resolve("cpu"), device_sampler=True)
+    model = MusicGen(open_layout(exported("tiny-melody"), None, False), settings)
+    kw = dict(top_k=50, seed=[4, 5, 6])
+    off, miss, hit = (generate(model, monkeypatch, reuse, PROMPTS, **kw) for reuse in (False, True, True))
+    assert plans == [(4, False), (3, True)] and model.parts().settings.device_sampler
+    np.testing.assert_array_equal(miss, off)
+    np.testing.assert_array_equal(hit, off)
+
+
 def test_the_raw_first_logits_of_every_row_are_identical(model, monkeypatch, plans):
     """The decoder's own first-call logits, null rows included (CFG folds them into the others)."""
     conditioning = model.conditioner(PROMPTS, CHROMA, True)
