@@ -141,6 +141,18 @@ def test_continuation_prompts_and_row_drops_run_as_before(model, monkeypatch, pl
     np.testing.assert_array_equal(kept, full[[0, 2]])
 
 
+@pytest.mark.export
+def test_text_only_models_run_every_row(exported, monkeypatch, plans):
+    """Their null rows' first call is one column (cross-attention, no prefix): nothing to reuse."""
+    model = MusicGen.from_pretrained(exported("tiny-text"), providers="cpu")
+    codes = []
+    for reuse in (False, True):
+        monkeypatch.setenv(null_prefill.SWITCH, "on" if reuse else "off")
+        codes.append(model.generate(PROMPTS, duration=0.4, top_k=50, seed=[1, 2, 3], return_codes=True)[1])
+    assert plans == [None]
+    np.testing.assert_array_equal(*codes)
+
+
 def entry(inputs, nbytes=8):
     return NullPrefill(inputs, (np.zeros(nbytes // 4, dtype=np.float32),), np.zeros(0, dtype=np.float32))
 
