@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from . import null_prefill
 from .codec import AudioCodec
 from .conditioning import Conditioner
 from .manifest import Manifest, folder_file, load_manifest, verify_files
-from . import null_prefill
 from .capture import GraphIds
-from .null_prefill import NullPrefillCache
 from .session import check_memory
 from .stepper import BufferPool, CapturableStepper, ConcatStepper, Conditioning, DecoderIO, StaticStepper
 
@@ -95,7 +94,7 @@ class NativeFolder:
                     max_steps = int(np.ceil(m.max_duration * m.frame_rate)) + m.max_delay + 1
                     pool = BufferPool(ort, settings.device, max_steps, graph_ids)
                 self._decoder.update(io=io, dtype=np.float16 if past_type == "tensor(float16)" else np.float32,
-                                     pool=pool, graph_ids=graph_ids, null_prefill=NullPrefillCache())
+                                     pool=pool, graph_ids=graph_ids, null_prefill=null_prefill.NullPrefillCache())
             return self._decoder
 
     def new_stepper(self, graphs, rows: int, conditioning: Conditioning, steps: int):
