@@ -45,7 +45,10 @@ def _canonical(value: np.ndarray) -> np.ndarray:
     """``value`` with -0.0 turned into 0.0 (float + 0.0 does just that): a null row's masked text states are
     zeros whose sign follows its prompt's ids, and the decoder adds them to the position embeddings first,
     where the sign cannot change a value. Compared by bytes after that (a NaN is equal only to itself)."""
-    return np.ascontiguousarray(value + value.dtype.type(0) if value.dtype.kind == "f" else value)
+    out = np.array(value, order="C")  # a copy: an entry keeps it
+    if out.dtype.kind == "f":
+        out += 0
+    return out
 
 
 def _same_rows(value: np.ndarray) -> bool:
