@@ -3,7 +3,9 @@
 One text-encoder call per window serves every row. The CFG null rows follow the conditional rows:
 the same token ids with an all-zero mask (the encoder then yields exactly zero text states, as
 audiocraft's dropped description and transformers' ``zeros_like`` do) and, for melody models, the
-bin-0 chroma (audiocraft's null wav / transformers' default ``input_features``).
+bin-0 chroma (audiocraft's null wav / transformers' default ``input_features``). So a melody model's
+null rows have one first call for every row and every call of the same prefix length (null_prefill.py
+reuses it; ``Conditioning.null_rows`` says which rows they are).
 
 Text-only models with ``manifest.reference == "audiocraft"``: a conditional row's cross-attention sees
 every text position, padding included (audiocraft passes no key mask; its padded positions are exact
@@ -59,4 +61,4 @@ class Conditioner:
             chroma = np.concatenate([chroma, np.repeat(null_chroma(chroma.shape[1], num_chroma)[None], b, axis=0)])
         prefix = self.graphs.run_transient("text_encoder", self._outputs, {**feeds, self._chroma: chroma})[0]
         empty = np.zeros((prefix.shape[0], 0, prefix.shape[2]), dtype=prefix.dtype)
-        return Conditioning({self._prefix: prefix}, {self._prefix: empty}, prefix.shape[1])
+        return Conditioning({self._prefix: prefix}, {self._prefix: empty}, prefix.shape[1], b if use_cfg else 0)

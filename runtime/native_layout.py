@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import null_prefill
 from .codec import AudioCodec
 from .conditioning import Conditioner
 from .manifest import Manifest, folder_file, load_manifest, verify_files
@@ -93,20 +94,22 @@ class NativeFolder:
                     max_steps = int(np.ceil(m.max_duration * m.frame_rate)) + m.max_delay + 1
                     pool = BufferPool(ort, settings.device, max_steps, graph_ids)
                 self._decoder.update(io=io, dtype=np.float16 if past_type == "tensor(float16)" else np.float32,
-                                     pool=pool, graph_ids=graph_ids)
+                                     pool=pool, graph_ids=graph_ids, null_prefill=null_prefill.NullPrefillCache())
             return self._decoder
 
     def new_stepper(self, graphs, rows: int, conditioning: Conditioning, steps: int):
         m = self.manifest
         d = self._decoder_io(graphs)
         io, dtype = d["io"], d["dtype"]
+        # the CFG null rows' first call, reused (null_prefill.py) where the host writes the cache: not a GPU's
+        reuse = d["null_prefill"] if null_prefill.enabled() and graphs.settings.device == "cpu" else None
         if m.kv_cache == "concat":
-            return ConcatStepper(graphs["decoder"], io, conditioning, rows, m.num_heads, m.head_dim, dtype)
+            return ConcatStepper(graphs["decoder"], io, conditioning, rows, m.num_heads, m.head_dim, dtype, reuse)
         check_memory("the static KV cache", 2 * m.num_layers * rows * m.num_heads * m.head_dim
                      * (conditioning.prefix_length + steps) * np.dtype(dtype).itemsize)
         args = (graphs["decoder"], io, conditioning, rows, m.num_heads, m.head_dim)
         kw = dict(max_length=conditioning.prefix_length + steps, logits_shape=(rows, m.num_codebooks, m.codebook_size),
-                  device=graphs.settings.device, dtype=dtype)
+                  device=graphs.settings.device, dtype=dtype, null_prefill=reuse)
         if m.step_inputs == "past_length":
             return StaticStepper(*args, **kw)
         pool = d["pool"] if d["pool"] is not None and steps <= d["pool"].max_steps else None

@@ -18,6 +18,9 @@ the cache (the first call adds the prefix too). Two implementations, matching th
   is allocated once on the session's device and updated in place, so its address never changes; the
   first call (prefix and start columns) has a binding of its own, as it runs uncaptured.
 
+On the CPU, a melody model's first call may run only the conditional rows (and one CFG null row) and
+copy the other null rows' cache and logits from the model's stored entry (:mod:`.null_prefill`).
+
 Both can drop rows between steps (``keep_rows``: a server's client left): every per-row tensor is cut
 to the rows that stay and the loop goes on with a smaller batch. The static stepper copies its cache
 rows into new, smaller buffers and binds everything again (once per drop, not per step).
@@ -33,6 +36,7 @@ import numpy as np
 
 from . import roles
 from .capture import PREFILL
+from .null_prefill import NullPrefillCache, Reuse
 
 
 @dataclass(frozen=True)
@@ -59,33 +63,53 @@ class Conditioning:
     """What the decoder needs besides token ids and the cache, for one window: ``first`` on the first
     call (melody models: the prefix), ``steps`` on every later call (the empty prefix, or the
     cross-attention keys/values and mask, constant over the window); ``prefix_length`` positions
-    the first call adds before its token columns."""
+    the first call adds before its token columns; the last ``null_rows`` rows are CFG null rows whose
+    first call may be reused (null_prefill.py; 0: none)."""
 
     first: dict[str, np.ndarray]
     steps: dict[str, np.ndarray]
     prefix_length: int
+    null_rows: int = 0
 
     def rows(self, index: np.ndarray) -> "Conditioning":
         """The conditioning of decoder rows ``index`` (every tensor here is per row on axis 0)."""
         first = {name: value[index] for name, value in self.first.items()}
         steps = first if self.steps is self.first else {name: value[index] for name, value in self.steps.items()}
-        return Conditioning(first, steps, self.prefix_length)
+        null_rows = 0
+        if self.null_rows:  # the null rows that stay (they stay last: the loop keeps rows in order)
+            total = next(iter(self.first.values())).shape[0]
+            null_rows = int((np.asarray(index) >= total - self.null_rows).sum())
+        return Conditioning(first, steps, self.prefix_length, null_rows)
 
 
 class ConcatStepper:
     def __init__(self, session, io: DecoderIO, conditioning: Conditioning, rows: int, num_heads: int,
-                 head_dim: int, dtype=np.float32):
+                 head_dim: int, dtype=np.float32, null_prefill: NullPrefillCache | None = None):
         self.session = session
         self.io = io
         self._outputs = [io.logits, *io.present]
         self._conditioning = conditioning
         self._feeds = conditioning.first
+        self._null_prefill = null_prefill
         empty = np.zeros((rows, num_heads, 0, head_dim), dtype=dtype)
         self._past = {name: empty for name in io.past}
 
     def run(self, ids: np.ndarray, new_positions: int) -> np.ndarray:
-        logits, *presents = self.session.run(self._outputs, {self.io.ids: ids, **self._feeds, **self._past})
-        self._feeds = self._conditioning.steps
+        c = self._conditioning
+        reuse = None
+        if self._null_prefill is not None and self._feeds is c.first and self._past[self.io.past[0]].shape[2] == 0:
+            reuse = self._null_prefill.plan(ids, c.first, c.null_rows)
+        if reuse is None:
+            logits, *presents = self.session.run(self._outputs, {self.io.ids: ids, **self._feeds, **self._past})
+        else:  # the first rows only; the other null rows come from the model's entry
+            n, rows = reuse.rows, ids.shape[0]
+            feeds = {name: value[:n] for name, value in {self.io.ids: ids, **self._feeds, **self._past}.items()}
+            ran = self.session.run(self._outputs, feeds)
+            logits, *presents = (np.empty((rows, *value.shape[1:]), dtype=value.dtype) for value in ran)
+            for full, value in zip([logits, *presents], ran):
+                full[:n] = value
+            reuse.finish(presents, logits, new_positions)
+        self._feeds = c.steps
         self._past = dict(zip(self.io.past, presents))
         return logits
 
@@ -100,23 +124,51 @@ class ConcatStepper:
 class _BoundWindow:
     """What both IOBinding steppers hold for a window: the session, its names, the cache's fill."""
 
-    def __init__(self, session, io: DecoderIO, conditioning: Conditioning, max_length: int, device: str):
+    def __init__(self, session, io: DecoderIO, conditioning: Conditioning, max_length: int, device: str, dtype,
+                 null_prefill: NullPrefillCache | None):
         import onnxruntime as ort
 
         self.length = 0
         self.max_length = max_length
         self._ort = ort
         self._device = device
+        self._dtype = dtype
         self._session = session
         self._io = io
         self._conditioning = conditioning
+        self._null_prefill = null_prefill  # host caches only (the CPU): null_prefill.py
+
+    def _plan_first_call(self, ids: np.ndarray) -> Reuse | None:
+        c = self._conditioning
+        if self._null_prefill is None or self.length != 0:
+            return None
+        return self._null_prefill.plan(ids, c.first, c.null_rows)
+
+    def _first_call_rows(self, reuse: Reuse, ids: np.ndarray, caches, logits, inputs: dict[str, np.ndarray],
+                         filled: int, run) -> None:
+        """The first call on rows ``[0, reuse.rows)`` only, then the other null rows from ``reuse``. Rows lead
+        every buffer, so those rows are each buffer's first bytes: bound by address with a smaller shape.
+        ``inputs``: the call's step inputs, for those rows."""
+        n = reuse.rows
+        binding = self._session.io_binding()
+        for past, present, buf in zip(self._io.past, self._io.present, caches):
+            shape = [n, *buf.shape()[1:]]
+            binding.bind_input(past, self._device, 0, self._dtype, shape, buf.data_ptr())
+            binding.bind_output(present, self._device, 0, self._dtype, shape, buf.data_ptr())
+        binding.bind_output(self._io.logits, self._device, 0, np.float32, [n, *logits.shape()[1:]], logits.data_ptr())
+        rows = {self._io.ids: ids, **self._conditioning.first}
+        held = [np.ascontiguousarray(value[:n]) for value in rows.values()] + list(inputs.values())
+        for name, value in zip([*rows, *inputs], held):
+            binding.bind_cpu_input(name, value)
+        run(binding)
+        reuse.finish([buf.numpy() for buf in caches], logits.numpy(), filled)  # CPU OrtValues: views, written
 
 
 class StaticStepper(_BoundWindow):
     def __init__(self, session, io: DecoderIO, conditioning: Conditioning, rows: int, num_heads: int,
                  head_dim: int, max_length: int, logits_shape: tuple[int, ...], device: str = "cpu",
-                 dtype=np.float32):
-        super().__init__(session, io, conditioning, max_length, device)
+                 dtype=np.float32, null_prefill: NullPrefillCache | None = None):
+        super().__init__(session, io, conditioning, max_length, device, dtype, null_prefill)
         shape = (rows, num_heads, max_length, head_dim)
         self._bind_window([np.zeros(shape, dtype=dtype) for _ in io.past], logits_shape)
 
@@ -147,6 +199,13 @@ class StaticStepper(_BoundWindow):
     def run(self, ids: np.ndarray, new_positions: int) -> np.ndarray:
         if self.length + new_positions > self.max_length:
             raise RuntimeError(f"static KV cache overflow: {self.length} + {new_positions} > {self.max_length}")
+        reuse = self._plan_first_call(ids)
+        if reuse is not None:
+            self._first_call_rows(reuse, ids, self._buffers, self._logits,
+                                  {self._io.past_length: np.array(0, dtype=np.int64)}, new_positions,
+                                  self._session.run_with_iobinding)
+            self.length += new_positions
+            return self._logits.numpy().copy()
         if self.length == 0 or ids.shape[2] != 1:  # the first call: the start column(s) and any prompt
             self._binding.bind_cpu_input(self._io.ids, np.ascontiguousarray(ids))
         elif self._step_ids is None:
@@ -251,10 +310,11 @@ class CapturableStepper(_BoundWindow):
 
     def __init__(self, session, io: DecoderIO, conditioning: Conditioning, rows: int, num_heads: int,
                  head_dim: int, max_length: int, logits_shape: tuple[int, ...], device: str = "cpu",
-                 dtype=np.float32, pool: BufferPool | None = None, graph_ids=None):
+                 dtype=np.float32, pool: BufferPool | None = None, graph_ids=None,
+                 null_prefill: NullPrefillCache | None = None):
         super().__init__(session, io, conditioning,
-                         max_length if pool is None else conditioning.prefix_length + pool.max_steps, device)
-        self._dtype = dtype
+                         max_length if pool is None else conditioning.prefix_length + pool.max_steps, device, dtype,
+                         null_prefill)
         self._pool = pool
         self._graph_ids = graph_ids
         self._buffers_of(rows, head_dim, num_heads, logits_shape)
@@ -327,13 +387,19 @@ class CapturableStepper(_BoundWindow):
             raise RuntimeError(f"static KV cache overflow: {self.length} + {new_positions} > {self.max_length}")
         rows, filled, b = ids.shape[0], self.length + new_positions, self._set
         if self.length == 0 or ids.shape[2] != 1:  # the first call: the prefix, the start column(s), any prompt
+            reuse = self._plan_first_call(ids)
+            run_rows = rows if reuse is None else reuse.rows
             positions, seqlens, total = self._io.step_inputs
-            self._prefill.bind_cpu_input(self._io.ids, np.ascontiguousarray(ids))
-            self._prefill.bind_cpu_input(positions, np.broadcast_to(np.arange(self.length, filled, dtype=np.int64),
-                                                                    (rows, new_positions)).copy())
-            self._prefill.bind_cpu_input(seqlens, np.full(rows, filled - 1, dtype=np.int32))
-            self._prefill.bind_cpu_input(total, np.array(filled, dtype=np.int32))
-            self._run(self._prefill, PREFILL)
+            inputs = {positions: np.broadcast_to(np.arange(self.length, filled, dtype=np.int64),
+                                                 (run_rows, new_positions)).copy(),
+                      seqlens: np.full(run_rows, filled - 1, dtype=np.int32), total: np.array(filled, dtype=np.int32)}
+            if reuse is None:
+                for name, value in {self._io.ids: np.ascontiguousarray(ids), **inputs}.items():
+                    self._prefill.bind_cpu_input(name, value)
+                self._run(self._prefill, PREFILL)
+            else:
+                self._first_call_rows(reuse, ids, b.caches, b.logits, inputs, filled,
+                                      lambda binding: self._run(binding, PREFILL))
         else:
             b.ids.update_inplace(np.ascontiguousarray(ids))
             b.positions.update_inplace(np.full((rows, 1), self.length, dtype=np.int64))
