@@ -312,13 +312,14 @@ class StemSeparator:
         return int(rng.integers(0, self.params.max_shift + 1))
 
     # ---- audiocraft's ChromaStemConditioner._get_stemmed_wav
-    def melody(self, wavs: np.ndarray, sample_rate: int, shift: int) -> np.ndarray:
+    def melody(self, wavs: np.ndarray, sample_rate: int, shift: int, progress: ProgressFn | None = None) -> np.ndarray:
         """``wavs [batch, samples]`` (mono, audiocraft's collated melodies) -> the melody stems summed,
         mono, at ``sample_rate``: ``convert_audio`` to the model's rate and channels (channels, then
-        julius), ``apply_model``, ``stems[:, melody_indices].sum(1)``, channel mean, julius back."""
+        julius), ``apply_model`` (or the fast plan), ``stems[:, melody_indices].sum(1)``, channel mean,
+        julius back."""
         p = self.params
         mix = resample_frac(np.repeat(wavs[:, None], p.audio_channels, axis=1), sample_rate, p.sample_rate)
-        parts = [block[:, 0, 0] for block in self.blocks(mix, shift, melody=True)]
+        parts = [block[:, 0, 0] for block in self.blocks(mix, shift, progress, melody=True)]
         picked = np.concatenate(parts, axis=-1) if parts else np.zeros((mix.shape[0], 0), dtype=np.float32)
         return resample_frac(picked, p.sample_rate, sample_rate)
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from musicgen_onnx.runtime.errors import InvalidInputError
-from musicgen_onnx.runtime.manifest import StemsParams
+from musicgen_onnx.runtime.manifest import ChromaParams, StemsParams
+from musicgen_onnx.runtime.melody import single_window_cut
 from musicgen_onnx.runtime.stems import EXACT, FAST, StemSeparator, segment_plan
 
 from helpers import ROOT
@@ -145,3 +146,33 @@ def test_melody_output_shape_and_rate_are_the_exact_ones(exact, fast, seconds):
     want, got = exact.melody(wavs, 32000, 500), fast.melody(wavs, 32000, 500)
     assert got.shape == want.shape == wavs.shape and got.dtype == want.dtype == np.float32
     assert np.all(np.isfinite(got)) and np.abs(got).max() > 1e-3
+
+
+# ---------------------------------------------------------------- how much of a melody a single window separates
+def test_fast_cut_is_the_chroma_span_in_whole_segments():
+    """htdemucs, 235 frames at 32 kHz: the exact cut reads 39.5 s (one segment and shift past the 30.2 s
+    span, 6 segments of the fast plan); the fast one 31.2 s, the 4 segments the span needs anyway."""
+    params, long_melody = ChromaParams(), [np.zeros(60 * 32000, np.float32)]
+    span = (params.chroma_length - 1) * params.hop_length + params.n_fft // 2 + 1
+    exact_keep = single_window_cut(long_melody, params, HTDEMUCS, EXACT)[0].shape[0]
+    fast_keep = single_window_cut(long_melody, params, HTDEMUCS, FAST)[0].shape[0]
+    assert exact_keep == math.ceil((span + 32000 + (HTDEMUCS.segment_length + HTDEMUCS.max_shift) * 32000 / 44100))
+    assert fast_keep == 998400 and fast_keep > span + 30000  # 31.2 s: ~1 s past the span for context
+    at_model_rate = fast_keep * 44100 // 32000  # resample_frac's output length
+    assert at_model_rate == 4 * HTDEMUCS.segment_length
+    assert len(segment_plan(FAST, at_model_rate, HTDEMUCS.segment_length, HTDEMUCS.stride)) == 4
+    short = [np.ones(20 * 32000, np.float32)]  # shorter than either cut: whole
+    assert single_window_cut(short, params, HTDEMUCS, FAST)[0].shape[0] == 20 * 32000
+
+
+@pytest.mark.parametrize("rate", [16000, 32000, 48000])
+def test_fast_cut_never_adds_a_segment(exact, rate):
+    """Whatever the rates, the cut resampled to the model's rate fills whole segments and no more, and
+    still covers the chroma span."""
+    params, p = ChromaParams(sample_rate=rate, hop_length=rate // 100, n_fft=rate // 25, chroma_length=50), exact.params
+    keep = single_window_cut([np.zeros(10 * rate, np.float32)], params, p, FAST)[0].shape[0]
+    span = (params.chroma_length - 1) * params.hop_length + params.n_fft // 2 + 1
+    at_model_rate = keep * p.sample_rate // rate
+    segments = len(segment_plan(FAST, at_model_rate, p.segment_length, p.stride))
+    assert keep > span and at_model_rate <= segments * p.segment_length
+    assert (segments - 1) * p.segment_length * rate < (span + 64) * p.sample_rate
