@@ -91,16 +91,17 @@ def single_window_cut(wavs: list[np.ndarray], params: ChromaParams, stems: Stems
     at a fraction of the cost for a long song.
 
     The fast plan's segments are placed by the length separated, so no cut keeps its stems equal to the
-    whole melody's; it keeps the chroma span (and julius's reach) rounded up to whole segments: as
-    many model calls as the span needs at the least, the rest of the last segment as context past the
-    span (for htdemucs and 235 frames: 4 segments, 31.2 s, where the exact cut's 39.5 s take 6)."""
+    whole melody's; it keeps the chroma span (and julius's reach) plus the largest shift lead rounded up
+    to whole segments, less that lead: as many model calls as the span needs at the least, whatever the
+    shift, the rest of the last segment as context past the span (for htdemucs and 235 frames:
+    30.7 s, 4 segments, where the exact cut's 39.5 s take 6)."""
     if plan == EXACT:
         keep = math.ceil(_seconds_to_read(1.0 / params.sample_rate, params, stems) * params.sample_rate)
     else:
         need = (params.chroma_length - 1) * params.hop_length + params.n_fft // 2 + 1 + _JULIUS_MARGIN
-        per_segment = stems.segment_length * params.sample_rate  # a segment, in samples x the model's rate
-        segments = -(-need * stems.sample_rate // per_segment)
-        keep = segments * per_segment // stems.sample_rate  # resampled, at most `segments` whole segments
+        rate, seg = params.sample_rate, stems.segment_length
+        segments = -(-(need * stems.sample_rate + stems.max_shift * rate) // (seg * rate))
+        keep = (segments * seg - stems.max_shift) * rate // stems.sample_rate  # resampled + lead: whole segments
     return [w[:keep] for w in wavs]
 
 

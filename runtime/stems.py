@@ -23,12 +23,14 @@ do not.
 Two segment plans (:func:`segment_plan`). ``exact`` is ``apply_model``'s above, and the only one the
 ``stems`` command uses (its output is audio people listen to). ``fast`` is for the melody path only,
 whose output is read through a 12-bin argmax per chroma frame: the fewest segments that cover the
-input (``ceil(length / segment)``, spread evenly from 0 to the end, the small overlaps blended with the
-same triangles), 4 model calls for a 30 s melody where ``apply_model`` makes 6, and no shift lead.
-The lead goes because with one shift it is one random draw of where the segment boundaries fall, not
-an average over draws; an even spread is as good a placement, and the lead's up to 0.5 s of silence
-would add a whole segment to an input just under a multiple of the segment (7.5 s: 2 calls, not 1).
-The fast plan's stems therefore do not depend on the shift.
+shifted input (``ceil(length / segment)``, spread evenly from 0 to the end, the small overlaps blended
+with the same triangles), 4 model calls for a 30 s melody where ``apply_model`` makes 6. It keeps the
+shift lead. Dropping it was measured (benchmarks/bench_melody_stems.py, full-size htdemucs with random
+weights): the exact tier's own chroma moves on 25-50% of a melody's frames from one random shift to
+another, and no lead is one such shift (``max_shift``), so short melodies lost up to 67% agreement with
+the exact tier. With the lead, a melody shorter than the stride less the lead is separated exactly as
+``apply_model`` does it, and every melody's first segment is the exact plan's. The lead adds a segment
+only to an input within 0.5 s below a multiple of the segment.
 """
 
 from __future__ import annotations
@@ -151,8 +153,8 @@ def segment_plan(plan: str, length: int, segment: int, stride: int) -> list[tupl
     every sample covered; a segment with ``size < segment`` is centred in context (``TensorChunk.padded``).
     ``exact``: ``apply_model``'s split, one segment every ``stride`` samples, the last one short.
     ``fast``: ``ceil(length / segment)`` full segments, the first at 0, the last ending at ``length``,
-    the rest evenly between (the overlaps shrink to what covering needs); a short input is one segment,
-    as ``exact`` makes it."""
+    the rest evenly between (the overlaps shrink to what covering needs); an input up to one stride
+    long is the one segment ``exact`` makes."""
     if plan == EXACT:
         return [(offset, min(segment, length - offset)) for offset in range(0, length, stride)]
     count = -(-length // segment)
@@ -241,13 +243,13 @@ class StemSeparator:
         all rows share ``shift`` (as one ``apply_model`` call on a batch does). The normalisation is
         applied per segment, so a long track is never copied whole. ``melody``: blocks
         ``[batch, 1, 1, n]``, the melody sources summed and channels averaged (:meth:`_model`), over
-        the separator's ``plan`` (``fast``: no shift lead, so ``shift`` is checked but changes nothing)."""
+        the separator's ``plan``."""
         p = self.params
         batch, channels, samples = mix.shape
         if not 0 <= shift <= p.max_shift:
             raise InvalidInputError(f"stems shift must be in [0, {p.max_shift}] samples, got {shift}")
         plan = self.plan if melody else EXACT
-        lead = 0 if plan == FAST else p.max_shift - shift  # the shifted signal: `lead` samples of silence, the mix
+        lead = p.max_shift - shift  # the shifted signal is `lead` samples of silence, then the mix
         length = samples + lead
         seg = p.segment_length
         weight = self._weight()

@@ -106,10 +106,10 @@ def test_blend_normalises_to_one_and_counts_segments(exact, plan, samples):
     totals = []
     got = melody_blocks(separator, mix, shift, progress=lambda done, total: totals.append(total))
     np.testing.assert_allclose(got, mix.mean(axis=1), rtol=1e-5, atol=1e-7)
-    length = samples if plan == FAST else samples + p.max_shift - shift
+    length = samples + p.max_shift - shift  # both plans keep the shift lead
     assert totals[-1] == len(segment_plan(plan, length, p.segment_length, p.stride))
     if plan == FAST:
-        assert totals[-1] == math.ceil(samples / p.segment_length)
+        assert totals[-1] == math.ceil(length / p.segment_length)
 
 
 # ---------------------------------------------------------------- the real (tiny) graph
@@ -119,25 +119,29 @@ def test_stems_command_keeps_the_exact_plan(exact, fast):
     np.testing.assert_array_equal(fast.separate(mix, 777), exact.separate(mix, 777))
 
 
-def test_fast_plan_on_one_segment_equals_the_exact_plan(exact, fast):
-    """Shorter than the stride and no shift lead (shift = max_shift): both plans make the same one
-    centred segment, so the same stems bit for bit."""
+@pytest.mark.parametrize("shift", [14000, 18000, 22050])  # the tiny model's 0.5 s lead is 2 segments: short ones
+def test_fast_plan_on_one_segment_equals_the_exact_plan(exact, fast, shift):
+    """Up to a stride long with its shift lead: both plans make the same one centred segment, so the
+    same stems bit for bit, whatever the shift."""
     p = exact.params
-    mix = music(0.15, 44100, 2, seed=4)[None]
-    assert mix.shape[-1] <= p.stride
-    np.testing.assert_array_equal(melody_blocks(fast, mix, 0), melody_blocks(exact, mix, p.max_shift))
+    samples = p.stride - (p.max_shift - shift)
+    mix = music(samples / 44100, 44100, 2, seed=4)[None, :, :samples]
+    assert 0 < mix.shape[-1] + p.max_shift - shift <= p.stride
+    np.testing.assert_array_equal(melody_blocks(fast, mix, shift), melody_blocks(exact, mix, shift))
 
 
 def test_fast_plan_on_a_whole_segment_is_one_model_call(exact, fast):
     p = exact.params
     mix = music(p.segment_length / 44100, 44100, 2, seed=5)[None, :, :p.segment_length]
     want = exact._model(mix, melody=True)[:, 0, 0]
-    np.testing.assert_allclose(melody_blocks(fast, mix, 3), want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
+    got = melody_blocks(fast, mix, p.max_shift)  # no lead: the segment is the mix
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
-def test_fast_plan_ignores_the_shift(fast):
+def test_fast_plan_follows_the_shift(fast):
+    """The shift (drawn from the seed) moves the fast plan's segments as it moves apply_model's."""
     mix = music(0.9, 44100, 2, seed=6)[None]
-    np.testing.assert_array_equal(melody_blocks(fast, mix, 0), melody_blocks(fast, mix, fast.params.max_shift))
+    assert not np.array_equal(melody_blocks(fast, mix, 0), melody_blocks(fast, mix, fast.params.max_shift))
 
 
 @pytest.mark.parametrize("seconds", [0.1, 0.25, 0.9, 2.0])
@@ -151,16 +155,18 @@ def test_melody_output_shape_and_rate_are_the_exact_ones(exact, fast, seconds):
 # ---------------------------------------------------------------- how much of a melody a single window separates
 def test_fast_cut_is_the_chroma_span_in_whole_segments():
     """htdemucs, 235 frames at 32 kHz: the exact cut reads 39.5 s (one segment and shift past the 30.2 s
-    span, 6 segments of the fast plan); the fast one 31.2 s, the 4 segments the span needs anyway."""
+    span, 6 segments of the fast plan); the fast one 30.7 s, the 4 segments the span and the largest
+    shift lead need anyway."""
     params, long_melody = ChromaParams(), [np.zeros(60 * 32000, np.float32)]
     span = (params.chroma_length - 1) * params.hop_length + params.n_fft // 2 + 1
     exact_keep = single_window_cut(long_melody, params, HTDEMUCS, EXACT)[0].shape[0]
     fast_keep = single_window_cut(long_melody, params, HTDEMUCS, FAST)[0].shape[0]
     assert exact_keep == math.ceil((span + 32000 + (HTDEMUCS.segment_length + HTDEMUCS.max_shift) * 32000 / 44100))
-    assert fast_keep == 998400 and fast_keep > span + 30000  # 31.2 s: ~1 s past the span for context
+    assert fast_keep == 982400 and fast_keep > span + 15000  # 30.7 s: ~0.5 s past the span for context
     at_model_rate = fast_keep * 44100 // 32000  # resample_frac's output length
-    assert at_model_rate == 4 * HTDEMUCS.segment_length
-    assert len(segment_plan(FAST, at_model_rate, HTDEMUCS.segment_length, HTDEMUCS.stride)) == 4
+    assert at_model_rate + HTDEMUCS.max_shift == 4 * HTDEMUCS.segment_length
+    for lead in (0, HTDEMUCS.max_shift):
+        assert len(segment_plan(FAST, at_model_rate + lead, HTDEMUCS.segment_length, HTDEMUCS.stride)) == 4
     short = [np.ones(20 * 32000, np.float32)]  # shorter than either cut: whole
     assert single_window_cut(short, params, HTDEMUCS, FAST)[0].shape[0] == 20 * 32000
 
@@ -172,7 +178,7 @@ def test_fast_cut_never_adds_a_segment(exact, rate):
     params, p = ChromaParams(sample_rate=rate, hop_length=rate // 100, n_fft=rate // 25, chroma_length=50), exact.params
     keep = single_window_cut([np.zeros(10 * rate, np.float32)], params, p, FAST)[0].shape[0]
     span = (params.chroma_length - 1) * params.hop_length + params.n_fft // 2 + 1
-    at_model_rate = keep * p.sample_rate // rate
-    segments = len(segment_plan(FAST, at_model_rate, p.segment_length, p.stride))
-    assert keep > span and at_model_rate <= segments * p.segment_length
-    assert (segments - 1) * p.segment_length * rate < (span + 64) * p.sample_rate
+    longest = keep * p.sample_rate // rate + p.max_shift  # resampled, with the largest lead
+    segments = len(segment_plan(FAST, longest, p.segment_length, p.stride))
+    assert keep > span and longest <= segments * p.segment_length
+    assert (segments - 1) * p.segment_length * rate < (span + 64) * p.sample_rate + p.max_shift * rate
