@@ -319,7 +319,7 @@ def run_speed(hub: Path, folder: Path, fast_graph: Path, threads: int, lengths: 
     report = {}
     print(f"\nspeed: stems stage of a mono {MELODY_RATE} Hz melody, {threads} threads, {rounds} alternating round(s), "
           f"load {os.getloadavg()[0]:.1f}")
-    print(f"{'':40}{'stems s (median)':>17}{'x apply_model':>15}{'peak RSS MB':>13}")
+    print(f"{'':46}{'stems s (median)':>17}{'x apply_model':>15}{'peak RSS MB':>13}")
     with tempfile.TemporaryDirectory() as tmp:
         for seconds in lengths:
             wav_path = str(Path(tmp) / f"melody{seconds:g}.npy")
@@ -335,7 +335,7 @@ def run_speed(hub: Path, folder: Path, fast_graph: Path, threads: int, lengths: 
                        "peak_rss_mb": float(np.median([r["peak_rss_mb"] for r in rs]))}
                 row["x_apply_model"] = base / row["stems_s"]
                 report[f"{seconds:g}s {name}"] = row
-                print(f"{f'{seconds:g} s melody: {name}':40}{row['stems_s']:>17.2f}{row['x_apply_model']:>15.2f}"
+                print(f"{f'{seconds:g} s melody: {name}':46}{row['stems_s']:>17.2f}{row['x_apply_model']:>15.2f}"
                       f"{row['peak_rss_mb']:>13.0f}", flush=True)
     report["load_after"] = os.getloadavg()[0]
     return report
