@@ -19,6 +19,18 @@ memory holds a few segments, never the spectrogram of a whole track. Demucs's ow
 normalises the whole track by its mono mix's mean/std around the model (``demucs.api.Separator``);
 audiocraft's chroma path does not. The ``stems`` command does (``blocks(center=, scale=)``), melodies
 do not.
+
+Two segment plans (:func:`segment_plan`). ``exact`` is ``apply_model``'s above, and the only one the
+``stems`` command uses (its output is audio people listen to). ``fast`` is for the melody path only,
+whose output is read through a 12-bin argmax per chroma frame: the fewest segments that cover the
+shifted input (``ceil(length / segment)``, spread evenly from 0 to the end, the small overlaps blended
+with the same triangles), 4 model calls for a 30 s melody where ``apply_model`` makes 6. It keeps the
+shift lead. Dropping it was measured (benchmarks/bench_melody_stems.py, full-size htdemucs with random
+weights): the exact tier's own chroma moves on 12% of the held set's frames (up to 54% of one melody's)
+from one random shift to another, and no lead is one such shift (``max_shift``): a 3 s melody kept 33%
+of the exact tier's frames without the lead, all of them with it. With the lead, a melody shorter than the stride less the lead is separated exactly as
+``apply_model`` does it, and every melody's first segment is the exact plan's. The lead adds a segment
+only to an input within 0.5 s below a multiple of the segment.
 """
 
 from __future__ import annotations
@@ -49,6 +61,8 @@ EPS = 1e-5  # HTDemucs: (x - mean) / (1e-5 + std)
 # htdemucs, 30 s stereo, 2 CPU threads (benchmarks/bench_stems.py): 4 per call was 1.29x slower than 1 and
 # doubled the peak RSS (3.9 vs 2.0 GB); on a GPU more per call may pay.
 MAX_SEGMENTS_PER_RUN = 1
+EXACT, FAST = "exact", "fast"
+PLANS = (EXACT, FAST)
 
 
 # ---------------------------------------------------------------- STFT as torch.stft / torch.istft
@@ -133,20 +147,41 @@ def _stats(x: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray
             x64.std(axis=axes, keepdims=True, ddof=1).astype(np.float32))
 
 
+# ---------------------------------------------------------------- segment plans: (offset, size) per model call
+def segment_plan(plan: str, length: int, segment: int, stride: int) -> list[tuple[int, int]]:
+    """Where the model runs over ``length`` samples: ``(offset, size)`` per segment, offsets increasing,
+    every sample covered; a segment with ``size < segment`` is centred in context (``TensorChunk.padded``).
+    ``exact``: ``apply_model``'s split, one segment every ``stride`` samples, the last one short.
+    ``fast``: ``ceil(length / segment)`` full segments, the first at 0, the last ending at ``length``,
+    the rest evenly between (the overlaps shrink to what covering needs); an input up to one stride
+    long is the one segment ``exact`` makes."""
+    if plan == EXACT:
+        return [(offset, min(segment, length - offset)) for offset in range(0, length, stride)]
+    count = -(-length // segment)
+    if count <= 1:
+        return [(0, length)] if length else []
+    return [(i * (length - segment) // (count - 1), segment) for i in range(count)]
+
+
 # ---------------------------------------------------------------- the separator
 class StemSeparator:
-    """``stems.onnx`` and its parameters; :meth:`separate` is ``apply_model`` for one shift."""
+    """``stems.onnx`` and its parameters; :meth:`separate` is ``apply_model`` for one shift. ``plan``:
+    the melody path's segment plan (:func:`segment_plan`); the full stems always take ``exact``."""
 
-    def __init__(self, graph, params: StemsParams, info: GraphInfo, segments_per_run: int = MAX_SEGMENTS_PER_RUN):
+    def __init__(self, graph, params: StemsParams, info: GraphInfo, segments_per_run: int = MAX_SEGMENTS_PER_RUN,
+                 plan: str = EXACT):
+        if plan not in PLANS:
+            raise InvalidInputError(f"stems plan must be one of {', '.join(PLANS)}, got {plan!r}")
         self.graph = graph
         self.params = params
         self.inputs = info.names([roles.STEMS_WAVE, roles.STEMS_SPEC])
         self.outputs = info.names([roles.STEMS_TIME, roles.STEMS_FREQ])
         self.segments_per_run = segments_per_run
+        self.plan = plan
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, providers=None, threads: int | None = None,
-                    verify_hashes: bool = True) -> "StemSeparator":
+                    verify_hashes: bool = True, plan: str = EXACT) -> "StemSeparator":
         """A MusicGen folder exported with ``--stems`` or a stems-only folder (``export-stems``)."""
         folder = Path(folder)
         if folder_kind(folder) == STEMS:
@@ -157,16 +192,16 @@ class StemSeparator:
                 raise ModelFolderError(f"{folder}: this export has no stems graph (export it with --stems DEMUCS, "
                                        f"or make a stems folder with export-stems)")
         verify_graph_files(folder, {"stems": manifest.graphs["stems"]}, verify_hashes)
-        return cls.open(folder, manifest, SessionSettings.resolve(providers, threads))
+        return cls.open(folder, manifest, SessionSettings.resolve(providers, threads), plan)
 
     @classmethod
-    def open(cls, folder: Path, manifest, settings: SessionSettings) -> "StemSeparator":
+    def open(cls, folder: Path, manifest, settings: SessionSettings, plan: str = EXACT) -> "StemSeparator":
         from .manifest import folder_file
 
         info = manifest.graphs["stems"]
         session = open_session(folder_file(folder, info.file), settings)
         check_graph_io(folder, "stems", session, manifest)
-        return cls(Graph(session, f"{folder}: graph stems"), manifest.stems, info)
+        return cls(Graph(session, f"{folder}: graph stems"), manifest.stems, info, plan=plan)
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -207,16 +242,19 @@ class StemSeparator:
         and channels) as consecutive blocks ``[batch, sources, channels, n]``, each final when yielded;
         all rows share ``shift`` (as one ``apply_model`` call on a batch does). The normalisation is
         applied per segment, so a long track is never copied whole. ``melody``: blocks
-        ``[batch, 1, 1, n]``, the melody sources summed and channels averaged (:meth:`_model`)."""
+        ``[batch, 1, 1, n]``, the melody sources summed and channels averaged (:meth:`_model`), over
+        the separator's ``plan``."""
         p = self.params
         batch, channels, samples = mix.shape
         if not 0 <= shift <= p.max_shift:
             raise InvalidInputError(f"stems shift must be in [0, {p.max_shift}] samples, got {shift}")
+        plan = self.plan if melody else EXACT
         lead = p.max_shift - shift  # the shifted signal is `lead` samples of silence, then the mix
         length = samples + lead
-        seg, stride = p.segment_length, p.stride
+        seg = p.segment_length
         weight = self._weight()
-        offsets = list(range(0, length, stride))
+        segments = segment_plan(plan, length, seg, p.stride)
+        offsets = [offset for offset, _ in segments]
 
         def window(start: int, size: int) -> np.ndarray:  # shifted coordinates, zeros outside the mix
             out = np.zeros((batch, channels, size), dtype=np.float32)
@@ -235,14 +273,11 @@ class StemSeparator:
         per_run = max(1, self.segments_per_run // batch)
         done = 0
         for first in range(0, len(offsets), per_run):
-            group = offsets[first:first + per_run]
-            chunks = []
-            for offset in group:  # TensorChunk(offset, seg).padded(seg): a short last chunk is centred in context
-                size = min(seg, length - offset)
-                chunks.append(window(offset - (seg - size) // 2, seg))
+            group = segments[first:first + per_run]
+            # TensorChunk(offset, seg).padded(seg): a short chunk is centred in context
+            chunks = [window(offset - (seg - size) // 2, seg) for offset, size in group]
             out = self._model(np.concatenate(chunks), melody).reshape(len(group), batch, sources, out_channels, seg)
-            for offset, stems in zip(group, out):
-                size = min(seg, length - offset)
+            for (offset, size), stems in zip(group, out):
                 trim = (seg - size) // 2  # center_trim
                 stems = stems[..., trim:trim + size]
                 end = offset + size - base
@@ -279,13 +314,14 @@ class StemSeparator:
         return int(rng.integers(0, self.params.max_shift + 1))
 
     # ---- audiocraft's ChromaStemConditioner._get_stemmed_wav
-    def melody(self, wavs: np.ndarray, sample_rate: int, shift: int) -> np.ndarray:
+    def melody(self, wavs: np.ndarray, sample_rate: int, shift: int, progress: ProgressFn | None = None) -> np.ndarray:
         """``wavs [batch, samples]`` (mono, audiocraft's collated melodies) -> the melody stems summed,
         mono, at ``sample_rate``: ``convert_audio`` to the model's rate and channels (channels, then
-        julius), ``apply_model``, ``stems[:, melody_indices].sum(1)``, channel mean, julius back."""
+        julius), ``apply_model`` (or the fast plan), ``stems[:, melody_indices].sum(1)``, channel mean,
+        julius back."""
         p = self.params
         mix = resample_frac(np.repeat(wavs[:, None], p.audio_channels, axis=1), sample_rate, p.sample_rate)
-        parts = [block[:, 0, 0] for block in self.blocks(mix, shift, melody=True)]
+        parts = [block[:, 0, 0] for block in self.blocks(mix, shift, progress, melody=True)]
         picked = np.concatenate(parts, axis=-1) if parts else np.zeros((mix.shape[0], 0), dtype=np.float32)
         return resample_frac(picked, p.sample_rate, sample_rate)
 
