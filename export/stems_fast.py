@@ -134,9 +134,10 @@ def quantize(exact: Path, out: Path, p: StemsParams, info: GraphInfo, segments: 
         pre, convs = Path(work) / "pre.onnx", Path(work) / "convs.onnx"
         # onnxruntime's basic fusions first, so calibration sees the graph that will run (symbolic shape
         # inference cannot follow com.microsoft.MultiHeadAttention; onnx's own shape inference suffices).
-        # Weights inline: htdemucs is 168 MB, far below protobuf's 2 GB (onnx checks an external file's
-        # name against the working directory, not the output's folder).
-        quant_pre_process(str(exact), str(pre), skip_symbolic_shape=True)
+        # No external data name: onnx refuses one that exists relative to the working directory, and
+        # makes a unique one itself beside the output.
+        quant_pre_process(str(exact), str(pre), skip_symbolic_shape=True, save_as_external_data=True,
+                          all_tensors_to_one_file=True)
         quantize_static(str(pre), str(convs), Reader(), quant_format=QuantFormat.QOperator, op_types_to_quantize=["Conv"],
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         use_external_data_format=True)
