@@ -130,14 +130,7 @@ def test_a_stems_folder_may_carry_the_fast_graph(stems_folder):
     (lambda d: d["graphs"].update(stems_slow=d["graphs"]["stems"]), "graph 'stems_slow' is unknown"),
 ])
 def test_a_stems_folders_fast_graph_is_read_as_untrusted(stems_folder, tmp_path, edit, message):
-    folder = tmp_path / "s"
-    shutil.copytree(stems_folder, folder)
-    data = json.loads((folder / STEMS_MANIFEST_NAME).read_text())
-    edit(data)
-    (folder / STEMS_MANIFEST_NAME).write_text(json.dumps(data))
-    with pytest.raises(ModelFolderError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
-        load_stems_manifest(folder)
-    assert "\n" not in str(info.value)
+    _refused(load_stems_manifest, _edited(stems_folder, STEMS_MANIFEST_NAME, tmp_path, edit), message)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -145,13 +138,21 @@ def test_a_stems_folders_fast_graph_is_read_as_untrusted(stems_folder, tmp_path,
     (lambda d: (d["graphs"].pop("stems"), d.pop("stems")), "graph 'stems_fast' needs graph 'stems'"),
 ])
 def test_a_melody_folders_fast_graph_is_read_as_untrusted(melody_folder, tmp_path, edit, message):
-    folder = tmp_path / "m"
-    shutil.copytree(melody_folder, folder)
-    data = json.loads((folder / MANIFEST_NAME).read_text())
+    _refused(load_manifest, _edited(melody_folder, MANIFEST_NAME, tmp_path, edit), message)
+
+
+def _edited(source, manifest_name: str, tmp_path, edit):
+    folder = tmp_path / "copy"
+    shutil.copytree(source, folder)
+    data = json.loads((folder / manifest_name).read_text())
     edit(data)
-    (folder / MANIFEST_NAME).write_text(json.dumps(data))
-    with pytest.raises(ModelFolderError, match=message) as info:
-        load_manifest(folder)
+    (folder / manifest_name).write_text(json.dumps(data))
+    return folder
+
+
+def _refused(load, folder, message: str) -> None:
+    with pytest.raises(ModelFolderError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        load(folder)
     assert "\n" not in str(info.value)
 
 
