@@ -7,7 +7,9 @@ released htdemucs architecture (random weights, one 7.8 s segment; numbers in th
 
 * every ``Conv`` quantised statically (QOperator ``QLinearConv``, per-channel int8 weights, uint8
   activations calibrated on synthetic music): int8 convs run ~3x faster than fp32, and the decoders'
-  ``rewrite`` convs (a quarter of the fp32 graph's time) up to ~7x;
+  ``rewrite`` convs (a quarter of the fp32 graph's time) up to ~7x; except the outermost layers of
+  both U-Nets (the first encoder and the last decoder layer of each branch), where int8 moved the
+  chroma of vocals + other on 1-25% of frames and fp32 costs ~3% of the graph's CPU time;
 * every ``MatMul`` (the cross-transformer's projections and feed-forward) quantised dynamically
   (``DynamicQuantizeMatMul``: the activation scale per call, no calibration, no DequantizeLinear after
   it); QDQ or static QLinearMatMul paid their gain back in DequantizeLinear / Transpose nodes;
@@ -52,7 +54,8 @@ KINDS = ("chords", "drums", "voice", "noise")
 
 def describe(segments: int = CALIBRATION_SEGMENTS, seed: int = CALIBRATION_SEED) -> str:
     """What the manifest's ``source.stems_fast`` records: the recipe and its calibration data."""
-    return (f"int8: Conv static per-channel (QOperator, uint8 activations), MatMul dynamic; calibrated on {segments} "
+    return (f"int8: Conv static per-channel (QOperator, uint8 activations; the outermost U-Net layers fp32), "
+            f"MatMul dynamic; calibrated on {segments} "
             f"synthetic segments ({', '.join(KINDS)}), numpy seed {seed}")
 
 
@@ -140,12 +143,30 @@ def quantize(exact: Path, out: Path, p: StemsParams, info: GraphInfo, segments: 
                           all_tensors_to_one_file=True)
         quantize_static(str(pre), str(convs), Reader(), quant_format=QuantFormat.QOperator, op_types_to_quantize=["Conv"],
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        use_external_data_format=True)
+                        nodes_to_exclude=outer_layer_convs(pre), use_external_data_format=True)
         quantize_dynamic(str(convs), str(out), op_types_to_quantize=["MatMul"], per_channel=False,
                          weight_type=QuantType.QInt8, use_external_data_format=True)
     data = out.with_name(out.name + ".data")
     if not data.exists():
         raise ExportError(f"stems fast graph: the quantiser did not write {data.name}")
+
+
+def outer_layer_convs(path: Path) -> list[str]:
+    """The convolutions of the first encoder layer and the last decoder layer of each branch (frequency:
+    ``encoder``/``decoder``, time: ``tencoder``/``tdecoder``), by the node names the torch export gives
+    them (``/encoder.0/rewrite/Conv``): those stay fp32."""
+    import re
+
+    import onnx
+
+    convs = [(n.name, re.match(r"/(t?)(encoder|decoder)\.(\d+)/", n.name))
+             for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type == "Conv"]
+    layers: dict[tuple[str, str], set[int]] = {}
+    for _, m in convs:
+        if m:
+            layers.setdefault(m.group(1, 2), set()).add(int(m.group(3)))
+    outer = {key: min(found) if key[1] == "encoder" else max(found) for key, found in layers.items()}
+    return [name for name, m in convs if m and outer[m.group(1, 2)] == int(m.group(3))]
 
 
 def chroma_agreement(exact: StemSeparator, fast: StemSeparator, melodies: list[np.ndarray],
