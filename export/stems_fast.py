@@ -16,8 +16,8 @@ released htdemucs architecture (random weights, one 7.8 s segment; numbers in th
 * the attention itself (``MultiHeadAttention``, flash attention), the norms, GELU/GLU and the
   transposed convs stay fp32.
 
-Calibration is deterministic: seeded music-like segments (chords, a drum pattern, a voice-like line with
-vibrato, noise), normalised exactly as the runtime normalises what it feeds the graph (the separator's own
+Calibration is deterministic: seeded music-like segments (mixes of chords, a drum pattern, a voice-like
+line with vibrato, noise), normalised exactly as the runtime normalises what it feeds the graph (the separator's own
 ``_model`` around a recording graph), so the calibrated ranges are those the graph will see.
 """
 
@@ -55,8 +55,8 @@ KINDS = ("chords", "drums", "voice", "noise")
 def describe(segments: int = CALIBRATION_SEGMENTS, seed: int = CALIBRATION_SEED) -> str:
     """What the manifest's ``source.stems_fast`` records: the recipe and its calibration data."""
     return (f"int8: Conv static per-channel (QOperator, uint8 activations; the outermost U-Net layers fp32), "
-            f"MatMul dynamic; calibrated on {segments} "
-            f"synthetic segments ({', '.join(KINDS)}), numpy seed {seed}")
+            f"MatMul dynamic; calibrated on {segments} synthetic segments, each a mix of {', '.join(KINDS)}, "
+            f"numpy seed {seed}")
 
 
 # ---------------------------------------------------------------- synthetic music
@@ -89,10 +89,16 @@ def synthetic_music(kind: str, samples: int, sample_rate: int, channels: int, rn
 
 
 def calibration_mixes(p: StemsParams, count: int = CALIBRATION_SEGMENTS, seed: int = CALIBRATION_SEED) -> list[np.ndarray]:
-    """``count`` segments ``[1, channels, segment_length]`` cycling through :data:`KINDS`."""
+    """``count`` segments ``[1, channels, segment_length]``, each a mix of every one of :data:`KINDS` at
+    random levels. Mixes, because what the graph separates is a mix: calibrated on the kinds one by one,
+    the fast graph's chroma agreed on 98.8% of frames (6 melodies), on mixes on all of them."""
     rng = np.random.default_rng(seed)
-    return [synthetic_music(KINDS[i % len(KINDS)], p.segment_length, p.sample_rate, p.audio_channels, rng)[None]
-            for i in range(count)]
+    out = []
+    for _ in range(count):
+        mix = sum(rng.uniform(0.2, 1.0) * synthetic_music(kind, p.segment_length, p.sample_rate, p.audio_channels, rng)
+                  for kind in KINDS)
+        out.append((mix / max(float(np.max(np.abs(mix))), 1e-6) * rng.uniform(0.2, 0.9))[None].astype(np.float32))
+    return out
 
 
 class _Recorder:
