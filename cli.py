@@ -67,6 +67,9 @@ def main(verbose: bool) -> None:
 _LOW_MEMORY = click.option(
     "--low-memory", is_flag=True,
     help="Load the text encoder per call instead of keeping it resident (saves its size, ~1 s a call).")
+_NO_STEMS_FAST = click.option(
+    "--no-stems-fast", is_flag=True,
+    help="Export the exact stems graph only, without the int8 stems_fast.onnx the melody path separates with.")
 _MODEL = click.option(
     "--model", "model_dir", default=None,
     help=f"Exported model folder, hub repo org/name, audiocraft name such as 'melody', or '{BUNDLED_NAME}' "
@@ -121,8 +124,9 @@ def _bundled_notice() -> None:
 @click.option("--stems", "stems", default=None, metavar="DEMUCS",
               help="Add Demucs stem separation (stems.onnx) for melodies, as audiocraft: a demucs hub folder "
                    "(bag .yaml + .safetensors), a .th file (with --allow-pickle) or a name such as htdemucs (online).")
+@_NO_STEMS_FAST
 def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, text_encoder, codec, reference,
-           kv_cache, kv_dtype, atol, rtol, stems):
+           kv_cache, kv_dtype, atol, rtol, stems, no_stems_fast):
     """Export CHECKPOINT (a transformers folder, a hub id in the Hugging Face cache, or an audiocraft folder /
     solver checkpoint.th) to OUT_DIR."""
     try:
@@ -132,7 +136,7 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
     run_export(checkpoint, out_dir, precision=precision, opset=opset, validate_graphs=not no_validate,
                force=force, allow_pickle=allow_pickle, kv_cache=kv_cache, kv_dtype=kv_dtype, atol=atol, rtol=rtol,
                text_encoder=text_encoder, codec=codec, reference=reference,
-               stems=stems, progress=lambda msg: click.echo(msg, err=True))
+               stems=stems, stems_fast=not no_stems_fast, progress=lambda msg: click.echo(msg, err=True))
 
 
 @main.command("export-stems", cls=_Command)
@@ -142,14 +146,16 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
 @click.option("--no-validate", is_flag=True, help="Skip checking the graph against the torch model.")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @click.option("--allow-pickle", is_flag=True, help="Accept a pickled .th model; it can run code when loaded.")
-def export_stems(demucs, out_dir, opset, no_validate, force, allow_pickle):
+@_NO_STEMS_FAST
+def export_stems(demucs, out_dir, opset, no_validate, force, allow_pickle, no_stems_fast):
     """Export the Demucs model DEMUCS (hub folder, .th, or a name demucs resolves) to a stems-only OUT_DIR."""
     try:
         from .export.stems import export_stems_folder
     except ImportError as exc:
         raise MusicGenError(f"export-stems needs the 'export' extra (pip install 'musicgen-onnx[export]'): {exc}") from None
     export_stems_folder(demucs, out_dir, opset=opset, validate_graphs=not no_validate, force=force,
-                        allow_pickle=allow_pickle, progress=lambda msg: click.echo(msg, err=True))
+                        allow_pickle=allow_pickle, stems_fast=not no_stems_fast,
+                        progress=lambda msg: click.echo(msg, err=True))
 
 
 @main.command(cls=_Command)
@@ -176,10 +182,12 @@ def export_stems(demucs, out_dir, opset, no_validate, force, allow_pickle):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-stems", is_flag=True,
               help="Take the melody's chroma from the full mix even if the model has stems (transformers' way).")
+@click.option("--exact-stems", is_flag=True,
+              help="Separate melodies with the exact fp32 stems graph even if the model has the int8 stems_fast one.")
 @_LOW_MEMORY
 def generate(prompts, model_dir, revision, precision, export_missing, melody, duration, seed, top_k, top_p,
              temperature, guidance, greedy, normalize, output, out_dir, provider, extend_stride, continue_from, stream,
-             quiet, no_stems, low_memory):
+             quiet, no_stems, exact_stems, low_memory):
     """Generate music for each PROMPT and write audio files."""
     from .runtime.audio import check_output_path, save_audio
     from .runtime.errors import InvalidInputError
@@ -201,7 +209,7 @@ def generate(prompts, model_dir, revision, precision, export_missing, melody, du
             _bundled_notice()
         t0 = time.perf_counter()
         model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory, revision=revision,
-                                         precision=precision, export=export_missing)
+                                         precision=precision, export=export_missing, exact_stems=exact_stems)
         load_s = time.perf_counter() - t0
         options = dict(options=model.options.updated(
             duration=duration, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, guidance_scale=guidance,
@@ -527,11 +535,11 @@ def info(folder, no_hash, precision):
     if folder_kind(folder) == STEMS:
         s = load_stems_manifest(folder)
         verify_graph_files(folder, s.graphs, hash_files=not no_hash)
-        g = s.graphs["stems"]
         click.echo("\n".join([
             f"model folder   {folder}", f"layout         musicgen-onnx stems folder (format version {s.format_version})",
             f"source         {s.source.get('demucs', '?')}", _stems_line(describe_stems(s.stems)),
-            f"graph          stems             {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}",
+            *(f"graph          {name:<17} {g.precision:<5} {g.size_bytes / 1e6:9.2f} MB  {', '.join(g.files)}"
+              for name, g in s.graphs.items()),
             "files          " + ("sizes verified" if no_hash else "sizes and sha256 verified")]))
         return
     layout = open_layout(folder, precision, verify_hashes=not no_hash)
@@ -551,6 +559,7 @@ def info(folder, no_hash, precision):
         f"max {f['window_s']:g} s",
         f"chroma         n_fft {c['n_fft']}, hop {c['hop_length']}, {c['bins']} bins, {c['frames']} frames" if c else None,
         _stems_line(f["stems"]) + " (melodies are separated first; --no-stems: full mix)" if f["stems"] else None,
+        _MELODY_STEMS[f["melody_stems"]] if f["melody_stems"] else None,
         f"defaults       duration {d['duration']:g} s, top_k {d['top_k']}, top_p {d['top_p']:g}, "
         f"temperature {d['temperature']:g}, guidance {d['guidance']:g}, greedy {d['greedy']}",
     ]
@@ -560,6 +569,13 @@ def info(folder, no_hash, precision):
     lines += [f"lacks          {what}" for what in f["lacks"]]
     lines.append(f"files          {layout.files_checked(not no_hash)}")
     click.echo("\n".join(line for line in lines if line is not None))
+
+
+_MELODY_STEMS = {  # describe()'s melody_stems: the graph melodies are separated with on CPU, by default
+    "stems": "melody stems   exact tier (stems, fp32)",
+    "stems_fast": "melody stems   fast tier (stems_fast, int8: same chroma as the exact graph on >= 99% of frames; "
+                  "generate --exact-stems: the exact graph); the stems command always uses the exact graph",
+}
 
 
 def _stems_line(p: dict) -> str:

@@ -76,15 +76,17 @@ def export(checkpoint: str, out_dir: str | os.PathLike, options: ExportOptions |
         graphs = _export_graphs(model, ckpt, specs, kv_cache, options, tmp, Path(cases), step)
         stems_params = None
         if demucs is not None:
-            graphs["stems"], stems_params = stems_mod.export_stems(demucs, tmp, options.opset, options.validate_graphs,
-                                                                   step)
+            stems_graphs, stems_params = stems_mod.export_stems(demucs, tmp, options.opset, options.validate_graphs,
+                                                                step, options.stems_fast)
+            graphs.update(stems_graphs)
         (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         manifest = folder_manifest.build_manifest(
             model, ckpt, graphs, kv_cache, options.source_label, options.reference or ckpt.source_format,
             tokenizer_sha256=sha256_file(tmp / "tokenizer.json"), kv_dtype=options.kv_dtype_written)
         if demucs is not None:
             manifest = dataclasses.replace(manifest, stems=stems_params,
-                                           source={**manifest.source, "stems": demucs_source})
+                                           source={**manifest.source, "stems": demucs_source,
+                                                   **stems_mod.fast_source(graphs)})
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     step(f"done: {out}")
     return out

@@ -20,7 +20,8 @@ class ExportOptions:
     an audiocraft checkpoint only names (export/audiocraft.py). ``reference``: whose behaviour the folder
     reproduces where transformers and audiocraft differ (manifest.REFERENCES; default: the checkpoint's own
     format). ``stems``: a Demucs model (export/stems.py) to add as ``stems.onnx``, so that melodies are
-    separated before their chroma as audiocraft does."""
+    separated before their chroma as audiocraft does; ``stems_fast``: with it, the melody path's int8
+    ``stems_fast.onnx`` too (export/stems_fast.py)."""
 
     precision: str = "fp32"
     opset: int = 17
@@ -36,6 +37,7 @@ class ExportOptions:
     codec: str | None = None
     reference: str | None = None
     stems: str | None = None
+    stems_fast: bool = True
 
     def __post_init__(self) -> None:
         _choice("precision", self.precision, PRECISIONS)
@@ -54,6 +56,8 @@ class ExportOptions:
                 raise ExportError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.reference is not None:
             _choice("reference", self.reference, REFERENCES)
+        if not isinstance(self.stems_fast, bool):
+            raise ExportError(f"stems_fast must be True or False, got {self.stems_fast!r}")
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not OPSETS[0] <= self.opset <= OPSETS[1]:
             raise ExportError(f"opset {self.opset} is not supported; choose an opset in [{OPSETS[0]}, {OPSETS[1]}]")
 

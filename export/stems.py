@@ -342,21 +342,37 @@ def validate_graph(model, path: Path, tol: validate.Tolerance = TOLERANCE,
 
 
 def export_stems(model, folder: Path, opset: int = 17, validate_graph_: bool = True,
-                 step: Callable[[str], None] = log.info) -> tuple[GraphInfo, StemsParams]:
-    """Write ``stems.onnx`` (+ data) into ``folder``; returns its manifest entry and parameters."""
+                 step: Callable[[str], None] = log.info, fast: bool = True) -> tuple[dict[str, GraphInfo], StemsParams]:
+    """Write ``stems.onnx`` (+ data) into ``folder``, and with ``fast`` the melody path's int8
+    ``stems_fast.onnx`` made from it (export/stems_fast.py); returns their manifest entries and the
+    parameters."""
     path = folder / "stems.onnx"
     step("exporting stems (HTDemucs)")
     export_graph(model, path, opset)
     if validate_graph_:
         step("validating stems against its torch module")
         validate_graph(model, path)
-    return graph_info(folder, "stems", INPUTS, OUTPUTS, "fp32"), stems_params(model)
+    params = stems_params(model)
+    graphs = {"stems": graph_info(folder, "stems", INPUTS, OUTPUTS, "fp32")}
+    if fast:
+        from . import stems_fast
+
+        graphs[stems_fast.NAME] = stems_fast.export_stems_fast(folder, graphs["stems"], params, validate_graph_, step)
+    return graphs, params
+
+
+def fast_source(graphs: dict[str, GraphInfo]) -> dict[str, str]:
+    """The manifest's ``source`` entry for the fast graph's recipe and calibration, if there is one."""
+    from . import stems_fast
+
+    return {stems_fast.NAME: stems_fast.describe()} if stems_fast.NAME in graphs else {}
 
 
 def export_stems_folder(source: str, out_dir: str | os.PathLike, opset: int = 17, validate_graphs: bool = True,
                         force: bool = False, allow_pickle: bool = False,
-                        progress: Callable[[str], None] | None = None) -> Path:
-    """``musicgen-onnx export-stems DEMUCS OUT``: a stems-only folder, written whole or not at all."""
+                        progress: Callable[[str], None] | None = None, stems_fast: bool = True) -> Path:
+    """``musicgen-onnx export-stems DEMUCS OUT``: a stems-only folder, written whole or not at all.
+    ``stems_fast``: add the melody path's int8 graph (``--no-stems-fast``: the exact graph only)."""
     out = Path(out_dir)
     if out.exists() and not force:
         raise ExportError(f"output folder {str(out)!r} already exists; pass --force to replace it")
@@ -364,9 +380,10 @@ def export_stems_folder(source: str, out_dir: str | os.PathLike, opset: int = 17
     step(f"loading demucs model {source}")
     model, source_info = load_demucs(source, allow_pickle)
     with partial_folder(out) as tmp:
-        info, params = export_stems(model, tmp, opset, validate_graphs, step)
+        graphs, params = export_stems(model, tmp, opset, validate_graphs, step, stems_fast)
         source_info["torch"] = torch.__version__
-        manifest = StemsManifest(stems=params, graphs={"stems": info}, source=source_info)
+        source_info.update(fast_source(graphs))
+        manifest = StemsManifest(stems=params, graphs=graphs, source=source_info)
         StemsManifest.from_dict(json.loads(manifest.to_json()))  # what we write, we can read
         (tmp / STEMS_MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     step(f"done: {out}")

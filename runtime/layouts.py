@@ -16,7 +16,7 @@ from .codec import AudioCodec
 from .errors import ModelFolderError
 from .folder_kind import OPTIMUM, STEMS, folder_kind
 from .manifest import Manifest
-from .native_layout import NativeFolder
+from .native_layout import NativeFolder, melody_stems_graph
 from .optimum_layout import OptimumFolder
 from .options import GenerationOptions
 from .stepper import Conditioning
@@ -39,7 +39,7 @@ class FolderLayout(Protocol):
     def conditioner(self, tokenizer, graphs): ...
     def codec(self, graphs) -> AudioCodec: ...
     def new_stepper(self, graphs, rows: int, conditioning: Conditioning, steps: int): ...
-    def stems(self, graphs): ...
+    def stems(self, graphs, melody: bool = False, exact: bool = False): ...
 
 
 def layout_class(folder: str | os.PathLike) -> type[NativeFolder] | type[OptimumFolder]:
@@ -57,9 +57,11 @@ def open_layout(folder: str | os.PathLike, precision: str | None = None, verify_
     return layout_class(folder).open(folder, precision, verify_hashes)
 
 
-def describe(layout: FolderLayout, options: GenerationOptions | None = None) -> dict:
+def describe(layout: FolderLayout, options: GenerationOptions | None = None, device: str = "cpu",
+             exact_stems: bool = False) -> dict:
     """The folder's facts as JSON values: what ``info`` prints and ``/v1/model`` serves. ``options``: the
-    defaults a loaded model generates with (``set_generation_params``), else the folder's."""
+    defaults a loaded model generates with (``set_generation_params``), else the folder's; ``device`` and
+    ``exact_stems`` (a loaded model's): which stems graph melodies go through (``melody_stems``)."""
     m = layout.manifest
     src = m.source or {}
     d = options or m.defaults
@@ -76,6 +78,7 @@ def describe(layout: FolderLayout, options: GenerationOptions | None = None) -> 
             "n_fft": m.chroma.n_fft, "hop_length": m.chroma.hop_length, "bins": m.chroma.num_chroma,
             "frames": m.chroma.chroma_length},
         "stems": None if m.stems is None else describe_stems(m.stems),
+        "melody_stems": melody_stems_graph(m, device, exact_stems),
         "defaults": {"duration": d.duration, "top_k": d.top_k, "top_p": d.top_p, "temperature": d.temperature,
                      "guidance": d.guidance_scale, "greedy": d.greedy},
         "graphs": {name: {"precision": g.precision, "size_bytes": g.size_bytes, "files": list(g.files)}

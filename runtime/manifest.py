@@ -40,8 +40,10 @@ KV_DTYPES = ("fp32", "fp16")
 # (older folders), or the positions and lengths themselves (capturable as a CUDA graph; roles.STEP_INPUTS)
 STEP_INPUT_KINDS = ("past_length", "positions")
 REQUIRED_GRAPHS = ("text_encoder", "decoder", "audio_decoder")
-OPTIONAL_GRAPHS = ("audio_encoder", "stems", "decoder_with_past")  # opened on first use: continuation, stem
-# separation; optimum's split decoder (its steps after the first)
+# opened on first use: continuation, stem separation (exact; fast: the melody path's int8 graph, made from the
+# exact one and only with it); optimum's split decoder (its steps after the first)
+OPTIONAL_GRAPHS = ("audio_encoder", "stems", "stems_fast", "decoder_with_past")
+FAST_STEMS_PRECISION = "int8"
 GRAPH_NAMES = REQUIRED_GRAPHS + OPTIONAL_GRAPHS
 MAX_FRAME_RATE = 200
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few kB
@@ -379,6 +381,7 @@ class Manifest:
         need((self.stems is None) == ("stems" not in self.graphs), "graph 'stems' and the stems parameters come together")
         if self.stems is not None:
             self.stems.check(need)
+        _check_fast_stems(need, self.graphs)
         try:  # a folder's defaults are the options of every call that sets nothing: refused on load, not later
             self.defaults.check(self.max_duration, self.frame_rate, self.codebook_size)
         except InvalidInputError as exc:
@@ -398,6 +401,14 @@ def _check_graph(need, name: str, info: GraphInfo, inputs: list[str], outputs: l
         need(info.roles.get(role) in info.outputs, f"graph {name}: role {role!r} must name one of its outputs")
     for rel in [info.file, *info.files]:
         need(_is_plain_relative(rel), f"graph {name}: file {rel!r} must be a plain name inside the folder")
+
+
+def _check_fast_stems(need, graphs: dict[str, GraphInfo]) -> None:
+    """The fast graph is derived from the exact one: never alone, and only in the precision it is made in."""
+    if "stems_fast" in graphs:
+        need("stems" in graphs, "graph 'stems_fast' needs graph 'stems' (the exact graph it is made from)")
+        need(graphs["stems_fast"].precision == FAST_STEMS_PRECISION,
+             f"graph stems_fast: precision must be {FAST_STEMS_PRECISION!r}, got {graphs['stems_fast'].precision!r}")
 
 
 def _need(where: str):
@@ -436,9 +447,12 @@ class StemsManifest:
             r.text(k, "source"), None if v is None else r.text(v, f"source.{k}")
         manifest = cls(StemsParams.read(r, r.req(data, "stems")), graphs, source)
         need = _need(where)
-        need(set(graphs) == {"stems"}, f"a stems folder has exactly one graph, 'stems', got {sorted(graphs)}")
+        need("stems" in graphs and set(graphs) <= set(roles.STEMS_GRAPHS),
+             f"a stems folder has graph 'stems' (and optionally 'stems_fast'), got {sorted(graphs)}")
         manifest.stems.check(need)
-        _check_graph(need, "stems", graphs["stems"], *roles.required("stems", "prefix", "concat", 1))
+        _check_fast_stems(need, graphs)
+        for name, info in graphs.items():
+            _check_graph(need, name, info, *roles.required(name, "prefix", "concat", 1))
         return manifest
 
 

@@ -37,9 +37,13 @@ log = logging.getLogger(__name__)
 
 
 class MusicGen:
-    def __init__(self, adapter: FolderLayout, settings: SessionSettings, low_memory: bool = False):
+    def __init__(self, adapter: FolderLayout, settings: SessionSettings, low_memory: bool = False,
+                 exact_stems: bool = False):
         """``adapter``: the opened folder (``layouts.open_layout``), which supplies the manifest and the
-        conditioner, codec and stepper its graphs need."""
+        conditioner, codec and stepper its graphs need. ``exact_stems``: see ``from_pretrained``."""
+        if not isinstance(exact_stems, bool):
+            raise InvalidInputError(f"exact_stems must be True or False, got {exact_stems!r}")
+        self.exact_stems = exact_stems
         self.folder = adapter.folder
         self.name = str(adapter.folder)  # audiocraft's ``model.name``: what from_pretrained was given
         self._progress_callback: ProgressFn | None = None
@@ -63,7 +67,7 @@ class MusicGen:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, providers=None, verify_hashes: bool = True,
                         threads: int | None = None, low_memory: bool = False, *, revision: str | None = None,
-                        precision: str | None = None, export: bool = False) -> "MusicGen":
+                        precision: str | None = None, export: bool = False, exact_stems: bool = False) -> "MusicGen":
         """Load an exported folder, a hub repo ``org/name`` (``revision``, ``precision`` sub-folder; the
         ``hub`` extra) or an audiocraft name ('melody', 'small', ... exported into the project's cache,
         on demand with ``export=True``; ``precision`` defaults to fp16 on CUDA, int8 on CPU): see
@@ -77,7 +81,11 @@ class MusicGen:
         A folder written by optimum or transformers.js (``config.json`` and its graphs, no
         ``musicgen_onnx.json``) is read through ``optimum_layout.py`` (``folder_kind.py`` tells the kinds
         apart); ``precision`` picks among its variants ("fp32", "fp16", "int8"/"quantized", "int4"/"q4";
-        default: fp32 when present)."""
+        default: fp32 when present).
+
+        ``exact_stems=True``: separate melodies with the exact fp32 stems graph even where the folder has
+        the int8 fast one (``stems_fast``, the default for the melody path on CPU: same chroma on >= 99%
+        of frames, several times faster; see ``melody_stems_graph``)."""
         settings = SessionSettings.resolve(providers, threads)
         name = str(folder)
         local = local_folder(folder) is not None
@@ -86,7 +94,7 @@ class MusicGen:
         if local and precision is not None and not layout.has_variants:
             raise InvalidInputError("precision= chooses among the variants of an optimum / transformers.js folder "
                                     f"(or a hub repo's sub-folder); {folder} is a musicgen-onnx export of one precision")
-        return cls(layout.open(folder, precision, verify_hashes), settings, low_memory)._named(name)
+        return cls(layout.open(folder, precision, verify_hashes), settings, low_memory, exact_stems)._named(name)
 
     def _named(self, name: str) -> "MusicGen":
         self.name = name
@@ -324,8 +332,15 @@ class MusicGen:
     # ------------------------------------------------------------------ stems
     @property
     def stems(self):
-        """The folder's :class:`~.stems.StemSeparator` (``stems.onnx`` opened on first use), or None."""
+        """The folder's exact :class:`~.stems.StemSeparator` (``stems.onnx`` opened on first use), or None:
+        what the ``stems`` command and ``/v1/stems`` separate with."""
         return self.adapter.stems(self.graphs)
+
+    @property
+    def melody_stems(self):
+        """The separator melodies go through: the fast int8 graph where the folder has one (on CPU),
+        unless ``exact_stems`` (``native_layout.melody_stems_graph``), or None."""
+        return self.adapter.stems(self.graphs, melody=True, exact=self.exact_stems)
 
     def separate_melodies(self, wavs: list[np.ndarray], rngs: list[np.random.Generator]) -> list[np.ndarray]:
         """audiocraft's ``ChromaStemConditioner._get_stemmed_wav`` on collated melodies (mono, chroma rate):
@@ -338,7 +353,7 @@ class MusicGen:
         rate = self.manifest.chroma.sample_rate
         padded = np.stack([np.pad(w, (0, longest - w.shape[0])) for w in wavs]).astype(np.float32)
         live = [i for i in range(len(wavs)) if np.any(padded[i])]
-        separator = self.stems
+        separator = self.melody_stems
         shifts = [separator.draw_shift(rng) for rng in rngs]
         log.info("separating %d melod%s of %.1f s into stems (shift %s)", len(live), "y" if len(live) == 1 else "ies",
                  longest / rate, shifts)

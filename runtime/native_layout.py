@@ -115,10 +115,25 @@ class NativeFolder:
         pool = d["pool"] if d["pool"] is not None and steps <= d["pool"].max_steps else None
         return CapturableStepper(*args, **kw, pool=pool, graph_ids=d["graph_ids"])
 
-    def stems(self, graphs):
-        """The folder's :class:`~.stems.StemSeparator` (``stems.onnx`` opened on first use), or None."""
-        if self.manifest.stems is None:
+    def stems(self, graphs, melody: bool = False, exact: bool = False):
+        """The folder's :class:`~.stems.StemSeparator` (its graph opened on first use), or None: the exact
+        graph, or with ``melody`` the one :func:`melody_stems_graph` picks for the melody path."""
+        name = melody_stems_graph(self.manifest, graphs.settings.device, exact) if melody else "stems"
+        if self.manifest.stems is None or name is None:
             return None
         from .stems import StemSeparator
 
-        return StemSeparator(graphs["stems"], self.manifest.stems, self.manifest.graphs["stems"])
+        # apply_model's segment plan for both graphs: the fast plan (fewer segments) moved 8% of the chroma
+        # frames of the held set on its own (README, stems/melody), so it is not a default
+        return StemSeparator(graphs[name], self.manifest.stems, self.manifest.graphs[name])
+
+
+def melody_stems_graph(manifest: Manifest, device: str, exact: bool = False) -> str | None:
+    """The stems graph the melody path separates with: the int8 ``stems_fast`` where the folder has it,
+    on CPU (its int8 kernels are CPU kernels; on CUDA they would fall back to the CPU), unless ``exact``
+    is asked for; else the exact ``stems``. The melody only keeps the chroma of vocals + other, which the
+    fast graph reproduces (export/stems_fast.py checks it); the ``stems`` command and ``/v1/stems``
+    always take the exact graph. None: the folder has no stems."""
+    if manifest.stems is None:
+        return None
+    return "stems_fast" if not exact and device == "cpu" and "stems_fast" in manifest.graphs else "stems"

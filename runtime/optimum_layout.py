@@ -130,7 +130,7 @@ class OptimumFolder:
         later = first if self.merged else graphs["decoder_with_past"]
         return OptimumStepper(first, later, self.manifest, conditioning, rows, self.merged)
 
-    def stems(self, graphs) -> None:
+    def stems(self, graphs, melody: bool = False, exact: bool = False) -> None:
         """No stems graph in these folders (text-only MusicGen)."""
         return None
 

@@ -36,6 +36,8 @@ STEMS_WAVE = "waveform"  # [segments, channels, segment_length]
 STEMS_SPEC = "spectrogram"  # [segments, 2 * channels, n_fft // 2, frames]: real, imaginary per channel
 STEMS_TIME = "time_stems"  # [segments, sources * channels, segment_length]
 STEMS_FREQ = "spec_stems"  # [segments, sources * 2 * channels, n_fft // 2, frames]
+# graphs with those tensors: the exact fp32 one, and the melody path's int8 one made from it (export/stems_fast.py)
+STEMS_GRAPHS = ("stems", "stems_fast")
 
 
 def layers(kind: str, num_layers: int) -> list[str]:
@@ -73,6 +75,6 @@ def required(graph: str, conditioning: str, kv_cache: str, num_layers: int,
         return [AUDIO_CODES], [AUDIO_VALUES]
     if graph == "audio_encoder":
         return [AUDIO_VALUES], [AUDIO_CODES]
-    if graph == "stems":
+    if graph in STEMS_GRAPHS:
         return [STEMS_WAVE, STEMS_SPEC], [STEMS_TIME, STEMS_FREQ]
     return [], []

@@ -231,7 +231,7 @@ def expected_dims(name: str, manifest) -> dict[str, dict[int, int]]:
     from . import roles
 
     m = manifest
-    if name == "stems":
+    if name in roles.STEMS_GRAPHS:
         return stems_dims(m.stems)
     per_side = m.num_codebooks // m.audio_channels
     cache = {r: {1: m.num_heads, 3: m.head_dim} for kind in ("past", "present") for r in roles.layers(kind, m.num_layers)}

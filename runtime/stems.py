@@ -181,8 +181,9 @@ class StemSeparator:
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, providers=None, threads: int | None = None,
-                    verify_hashes: bool = True, plan: str = EXACT) -> "StemSeparator":
-        """A MusicGen folder exported with ``--stems`` or a stems-only folder (``export-stems``)."""
+                    verify_hashes: bool = True, graph: str = "stems", plan: str = EXACT) -> "StemSeparator":
+        """A MusicGen folder exported with ``--stems`` or a stems-only folder (``export-stems``); ``graph``
+        "stems_fast": its int8 graph (the melody path's fast tier), where it has one."""
         folder = Path(folder)
         if folder_kind(folder) == STEMS:
             manifest = load_stems_manifest(folder)
@@ -191,17 +192,20 @@ class StemSeparator:
             if manifest.stems is None:
                 raise ModelFolderError(f"{folder}: this export has no stems graph (export it with --stems DEMUCS, "
                                        f"or make a stems folder with export-stems)")
-        verify_graph_files(folder, {"stems": manifest.graphs["stems"]}, verify_hashes)
-        return cls.open(folder, manifest, SessionSettings.resolve(providers, threads), plan)
+        if graph not in manifest.graphs:
+            raise ModelFolderError(f"{folder}: this export has no {graph} graph")
+        verify_graph_files(folder, {graph: manifest.graphs[graph]}, verify_hashes)
+        return cls.open(folder, manifest, SessionSettings.resolve(providers, threads), graph, plan)
 
     @classmethod
-    def open(cls, folder: Path, manifest, settings: SessionSettings, plan: str = EXACT) -> "StemSeparator":
+    def open(cls, folder: Path, manifest, settings: SessionSettings, graph: str = "stems",
+             plan: str = EXACT) -> "StemSeparator":
         from .manifest import folder_file
 
-        info = manifest.graphs["stems"]
+        info = manifest.graphs[graph]
         session = open_session(folder_file(folder, info.file), settings)
-        check_graph_io(folder, "stems", session, manifest)
-        return cls(Graph(session, f"{folder}: graph stems"), manifest.stems, info, plan=plan)
+        check_graph_io(folder, graph, session, manifest)
+        return cls(Graph(session, f"{folder}: graph {graph}"), manifest.stems, info, plan=plan)
 
     @property
     def sources(self) -> tuple[str, ...]:

@@ -118,7 +118,7 @@ def create_app(model, settings: ServeSettings, stems=None, replica: str | None =
 
     async def model_info(request: Request) -> Response:
         return JSONResponse({
-            **describe(model.adapter, model.options), "providers": model.providers,
+            **describe(model.adapter, model.options, model.device, model.exact_stems), "providers": model.providers,
             "limits": {"max_duration_s": settings.max_duration, "max_batch": settings.max_batch,
                        "max_wait_ms": settings.max_wait_ms, "max_queue": settings.max_queue,
                        "max_json_bytes": MAX_JSON_BYTES, "max_upload_bytes": MAX_UPLOAD_BYTES},

@@ -50,6 +50,8 @@ def openapi_spec(settings: ServeSettings) -> dict:
             "decoder": {"type": "object", "description": "layers, heads, hidden_size, delays"},
             "chroma": {"type": ["object", "null"], "description": "n_fft, hop_length, bins, frames (melody models)"},
             "stems": {"type": ["object", "null"], "description": "the Demucs model melodies are separated with"},
+            "melody_stems": {"type": ["string", "null"], "description": "the stems graph melodies go through: "
+                             "stems_fast (int8, the fast tier) or stems (exact fp32)"},
             "defaults": {"type": "object", "additionalProperties": {"type": ["number", "boolean"]}},
             "graphs": {"type": "object", "additionalProperties": {"type": "object"}},
             "lacks": {"type": "array", "items": {"type": "string"}},

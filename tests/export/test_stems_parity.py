@@ -67,7 +67,8 @@ def melody_folder(checkpoint_dir, demucs_folder, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(melody_folder):
-    return MusicGen.from_pretrained(melody_folder, providers="cpu")
+    """The exact tier for melodies too: parity is the exact graph's (the fast one: test_stems_fast.py)."""
+    return MusicGen.from_pretrained(melody_folder, providers="cpu", exact_stems=True)
 
 
 def apply_model(bag, wav: torch.Tensor, shift: int, monkeypatch) -> torch.Tensor:
@@ -343,7 +344,7 @@ def test_generate_command_separates_unless_told_not_to(model, tmp_path, cli):
     for flag in ([], ["--no-stems"]):
         out = tmp_path / f"out{len(flag)}.wav"
         result = cli("generate", "a calm piano", "--model", model.folder, "--melody", melody, "--duration", "0.3",
-                     "--greedy", "--seed", "2", "--normalize", "none", "--quiet", "-o", out, *flag)
+                     "--greedy", "--seed", "2", "--normalize", "none", "--quiet", "--exact-stems", "-o", out, *flag)
         assert result.returncode == 0, result.stderr
         runs[bool(flag)] = sf.read(str(out))[0]
     _, codes = model.generate(["a calm piano"], melody=str(melody), duration=0.3, greedy=True, seed=2,
