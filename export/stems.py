@@ -357,7 +357,9 @@ def export_stems(model, folder: Path, opset: int = 17, validate_graph_: bool = T
     if fast:
         from . import stems_fast
 
-        graphs[stems_fast.NAME] = stems_fast.export_stems_fast(folder, graphs["stems"], params, validate_graph_, step)
+        fast_info = stems_fast.export_stems_fast(folder, graphs["stems"], params, validate_graph_, step)
+        if fast_info is not None:
+            graphs[stems_fast.NAME] = fast_info
     return graphs, params
 
 

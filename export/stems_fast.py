@@ -211,13 +211,24 @@ def validate_fast(folder: Path, exact_info: GraphInfo, fast_info: GraphInfo, p: 
 
 
 def export_stems_fast(folder: Path, exact_info: GraphInfo, p: StemsParams, validate: bool = True,
-                      step: Callable[[str], None] = log.info) -> GraphInfo:
-    """Write ``stems_fast.onnx`` (+ data) beside ``folder``'s exact ``stems.onnx``; its manifest entry."""
+                      step: Callable[[str], None] = log.info,
+                      minimum: float = MIN_CHROMA_AGREEMENT) -> GraphInfo | None:
+    """Write ``stems_fast.onnx`` (+ data) beside ``folder``'s exact ``stems.onnx``; its manifest entry, or
+    None when its chroma disagrees with the exact graph's: the graph is an optional accelerator, so the
+    export goes on without it (the melody path then separates with the exact graph) rather than failing."""
     step("quantising stems for the melody path (stems_fast, int8)")
-    quantize(folder / exact_info.file, folder / f"{NAME}.onnx", p, exact_info)
+    path = folder / f"{NAME}.onnx"
+    quantize(folder / exact_info.file, path, p, exact_info)
     info = graph_info(folder, NAME, exact_info.inputs, exact_info.outputs, PRECISION)
     if validate:
         step("checking the fast stems' chroma against the exact graph")
-        agree = validate_fast(folder, exact_info, info, p)
+        try:
+            agree = validate_fast(folder, exact_info, info, p, minimum)
+        except ExportError as exc:
+            log.warning("%s: left out, the melody path will use the exact stems graph", exc)
+            step(f"fast stems left out ({exc})")
+            for name in info.files:
+                (folder / name).unlink(missing_ok=True)
+            return None
         step(f"fast stems: chroma agrees on {agree:.1%} of frames")
     return info

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import capture
+from . import capture, roles
 from .errors import InvalidInputError, ModelFolderError
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,11 @@ class SessionSettings:
         return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
 
 
-def open_session(path: Path, settings: SessionSettings = SessionSettings(), graph: str | None = None):
-    """``graph``: the folder's name for it, which decides whether it may be captured (capture.py)."""
+def open_session(path: Path, settings: SessionSettings = SessionSettings(), graph: str | None = None,
+                 arena: bool = False):
+    """``graph``: the folder's name for it, which decides whether it may be captured (capture.py).
+    ``arena``: for a graph whose every run allocates and frees hundreds of MB (the stems graphs); run it
+    through a :class:`Graph` with ``shrink_arena`` so the arena is handed back after each run."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -128,7 +131,11 @@ def open_session(path: Path, settings: SessionSettings = SessionSettings(), grap
     # the session and grew by 430 MB on a second melody generation; plain malloc hands large blocks
     # back. Measured no slower: melody int8 with fp16 KV, 10 s, 14.4 vs 13.5 steps/s; small fp32 and
     # int4 within run-to-run noise over four alternating runs.
-    opts.enable_cpu_mem_arena = False
+    # The stems graphs are the exception: a segment allocates ~2 GB in blocks of 1-100 MB, and with
+    # plain malloc glibc's dynamic mmap threshold (raised to 32 MiB by the first large free) leaves
+    # them in per-thread heaps, fragmented: 12 s of full-size htdemucs stems peaked at 1372-1556 MB
+    # from run to run; with the arena 990 MB, and shrunk after every run 759 MB, at the same speed.
+    opts.enable_cpu_mem_arena = arena
     if settings.priority_order:
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if settings.threads:
@@ -153,10 +160,16 @@ class Graph:
     manifest and I/O checks at load catch what they can, and a graph from a hostile folder that still
     fails inside onnxruntime must not end in a traceback."""
 
-    def __init__(self, session, where: str):
+    def __init__(self, session, where: str, shrink_arena: bool = False):
         self.session = session
         self.where = where
         self._errors = _ort_errors()
+        self._run_options = None
+        if shrink_arena:  # a session opened with ``arena``: give its unused chunks back after every run
+            import onnxruntime as ort
+
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def __getattr__(self, name):  # get_inputs, get_outputs, io_binding, ...
         return getattr(self.session, name)
@@ -167,7 +180,7 @@ class Graph:
 
     def run(self, outputs, feeds):
         try:
-            return self.session.run(outputs, feeds)
+            return self.session.run(outputs, feeds, self._run_options)
         except self._errors as exc:
             raise self._failed(exc) from None
 
@@ -206,9 +219,10 @@ class GraphSessions:
     def _open_checked(self, name: str):
         # a decoder that computes its step's values from past_length (older folders) cannot be captured
         capturable = name != "decoder" or self.manifest.step_inputs == "positions"
-        session = open_session(self._path(name), self.settings, name if capturable else None)
+        stems = name in roles.STEMS_GRAPHS
+        session = open_session(self._path(name), self.settings, name if capturable else None, arena=stems)
         check_graph_io(self.folder, name, session, self.manifest)
-        return Graph(session, f"{self.folder}: graph {name}")
+        return Graph(session, f"{self.folder}: graph {name}", shrink_arena=stems)
 
     def __getitem__(self, name: str):
         with self._lock:
@@ -228,8 +242,6 @@ class GraphSessions:
 
 def expected_dims(name: str, manifest) -> dict[str, dict[int, int]]:
     """Role -> {axis: size} that the graph's declared shapes must agree with, where they are fixed."""
-    from . import roles
-
     m = manifest
     if name in roles.STEMS_GRAPHS:
         return stems_dims(m.stems)

@@ -203,9 +203,9 @@ class StemSeparator:
         from .manifest import folder_file
 
         info = manifest.graphs[graph]
-        session = open_session(folder_file(folder, info.file), settings)
+        session = open_session(folder_file(folder, info.file), settings, arena=True)
         check_graph_io(folder, graph, session, manifest)
-        return cls(Graph(session, f"{folder}: graph {graph}"), manifest.stems, info, plan=plan)
+        return cls(Graph(session, f"{folder}: graph {graph}", shrink_arena=True), manifest.stems, info, plan=plan)
 
     @property
     def sources(self) -> tuple[str, ...]:

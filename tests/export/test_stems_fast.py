@@ -84,6 +84,19 @@ def test_a_fast_graph_whose_chroma_disagrees_is_refused(folder):
     assert "\n" not in str(info.value)
 
 
+def test_an_export_whose_fast_graph_disagrees_goes_on_without_it(folder, tmp_path):
+    """The fast graph is an accelerator: the export keeps the exact graph and leaves no fast files behind."""
+    import shutil
+
+    m = load_stems_manifest(folder)
+    work = tmp_path / "w"
+    work.mkdir()
+    for name in m.graphs["stems"].files:
+        shutil.copy(folder / name, work / name)
+    assert stems_fast.export_stems_fast(work, m.graphs["stems"], m.stems, minimum=1.01) is None
+    assert sorted(p.name for p in work.iterdir()) == sorted(m.graphs["stems"].files)
+
+
 def test_no_stems_fast_exports_the_exact_graph_only(demucs_folder, tmp_path):
     out = export_stems.export_stems_folder(str(demucs_folder), tmp_path / "s", validate_graphs=False, stems_fast=False)
     data = json.loads((out / STEMS_MANIFEST_NAME).read_text())
