@@ -1,7 +1,7 @@
 """Where the time of ``generate --melody`` goes, per stage, on a full-size melody export with stems.
 
     python -m benchmarks.bench_melody_path [--folder FOLDER] [--seconds 10] [--melody 30,3] [--rounds 1]
-        [--threads 2] [--json out.json]
+        [--threads 2] [--before DIR [--before-folder FOLDER]] [--stream-first] [--json out.json]
 
 Default folder: benchmarks/cache/melody-onnx-int4-stems, built on first use from the random-weight
 ``melody`` checkpoint (``export.random_checkpoints``) and the random-weight htdemucs of bench_stems
@@ -14,6 +14,11 @@ and by patching ``generation.batch_chroma``: no runtime code changes. ``prefill`
 first call (the conditioning prefix and the start column), ``steps`` the rest of the decoder calls,
 ``other`` the wall time none of the stages account for (sampling, delay pattern, bookkeeping). The
 first-audio breakdown is of the stream call, after ``generate``: its prefill is the session's second.
+
+``--before DIR``: DIR holds another ``musicgen_onnx`` (a checkout of an earlier commit, e.g. via
+``git worktree add`` and a folder with a ``musicgen_onnx`` link to it); every side then also runs
+with that code (on ``--before-folder``, default the same folder), alternating within each round, so
+the before/after table comes from one run on one machine state.
 """
 
 from __future__ import annotations
@@ -75,8 +80,10 @@ class StageClock:
         return wrapper
 
 
-def run_path(folder: str, melody_s: float, seconds: float, stems: bool, threads: int) -> dict:
+def run_path(folder: str, melody_s: float, seconds: float, stems: bool, threads: int,
+             stream_first: bool = False) -> dict:
     """One interpreter: load, ``generate`` with every stage timed, then ``generate_stream`` to its first chunk."""
+    import musicgen_onnx
     from musicgen_onnx.runtime import generation
     from musicgen_onnx.runtime.musicgen import MusicGen
 
@@ -93,22 +100,33 @@ def run_path(folder: str, melody_s: float, seconds: float, stems: bool, threads:
     generation.batch_chroma = clock.timed("chroma", generation.batch_chroma)
     melody = music(melody_s, MELODY_RATE, 1)[0]
     kwargs = dict(duration=seconds, seed=1, stems=stems)
-    t0 = time.perf_counter()
-    audio = model.generate([PROMPT], melody, MELODY_RATE, **kwargs)
-    total = time.perf_counter() - t0
-    row = {"load_s": load, "total_s": total, **{f"{k}_s": v for k, v in clock.seconds.items()},
-           "decoder_calls": clock.decoder_calls, "audio_s": audio.shape[-1] / model.sample_rate}
-    row["other_s"] = total - sum(clock.seconds.values())
-    before = dict(clock.seconds)
-    t0 = time.perf_counter()
-    stream = model.generate_stream([PROMPT], melody, MELODY_RATE, **kwargs)
-    first = next(stream)
-    row["first_audio_s"] = time.perf_counter() - t0
-    # the stages up to the first chunk; this prefill is the session's second (warm) one
-    row.update({f"first_audio_{k}_s": v - before[k] for k, v in clock.seconds.items()})
-    row["first_chunk_s"] = first.shape[-1] / model.sample_rate
-    stream.close()
+    row = {"load_s": load}
+
+    def whole() -> None:
+        before = dict(clock.seconds)
+        t0 = time.perf_counter()
+        audio = model.generate([PROMPT], melody, MELODY_RATE, **kwargs)
+        row["total_s"] = time.perf_counter() - t0
+        row.update({f"{k}_s": v - before[k] for k, v in clock.seconds.items()})
+        row["other_s"] = row["total_s"] - sum(row[f"{k}_s"] for k in STAGES)
+        row["audio_s"] = audio.shape[-1] / model.sample_rate
+
+    def first_audio() -> None:
+        before = dict(clock.seconds)
+        t0 = time.perf_counter()
+        stream = model.generate_stream([PROMPT], melody, MELODY_RATE, **kwargs)
+        first = next(stream)
+        row["first_audio_s"] = time.perf_counter() - t0
+        row.update({f"first_audio_{k}_s": v - before[k] for k, v in clock.seconds.items()})
+        row["first_chunk_s"] = first.shape[-1] / model.sample_rate
+        stream.close()
+
+    # generate first (the stream call is then the process's second: what a server's later calls see),
+    # or with ``stream_first`` the stream call is the process's first (a CLI run: nothing reused yet)
+    for part in ((first_audio, whole) if stream_first else (whole, first_audio)):
+        part()
     row["peak_rss_mb"] = peak_rss_mb()
+    row["code"] = str(Path(musicgen_onnx.__file__).resolve().parent)
     return row
 
 
@@ -120,32 +138,41 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the whole set, alternating; medians reported")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a folder holding an earlier musicgen_onnx: each side runs with it too")
+    parser.add_argument("--before-folder", type=Path, default=None, help="the model folder for --before (default: --folder)")
+    parser.add_argument("--stream-first", action="store_true",
+                        help="time the stream first, in a fresh process (nothing reused yet), then generate")
     args = parser.parse_args(argv)
     folder = args.folder or ensure_export()
-    sides = [(float(m), stems) for m in args.melody.split(",") for stems in (True, False)]
+    codes = {"": (None, folder)}
+    if args.before:
+        codes = {"before ": (str(args.before), args.before_folder or folder), "after ": (None, folder)}
+    sides = [(code, float(m), stems) for m in args.melody.split(",") for stems in (True, False) for code in codes]
     runs: dict[tuple, list[dict]] = {side: [] for side in sides}
     load = os.getloadavg()[0]
     for _ in range(args.rounds):
-        for melody_s, stems in sides:
-            runs[(melody_s, stems)].append(
-                run_isolated("benchmarks.bench_melody_path", "run_path", str(folder), melody_s, args.seconds, stems,
-                             args.threads))
+        for code, melody_s, stems in sides:
+            code_path, where = codes[code]
+            runs[(code, melody_s, stems)].append(
+                run_isolated("benchmarks.bench_melody_path", "run_path", str(where), melody_s, args.seconds, stems,
+                             args.threads, args.stream_first, code_path=code_path))
     keys = [f"{s}_s" for s in STAGES] + ["other_s", "total_s", "first_audio_s"]
     print(f"\n{folder.name}: {args.seconds:g} s of music, mono {MELODY_RATE} Hz melody, {args.threads} threads, CPU, "
           f"{args.rounds} round(s), load {load:.1f} -> {os.getloadavg()[0]:.1f}")
-    print(f"{'melody':16}" + "".join(f"{k[:-2]:>13}" for k in keys) + f"{'RSS MB':>8}")
+    width = 16 + max(map(len, codes))
+    print(f"{'melody':{width}}" + "".join(f"{k[:-2]:>13}" for k in keys) + f"{'RSS MB':>8}")
     report = {}
-    for (melody_s, stems), rs in runs.items():
-        row = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
-        name = f"{melody_s:g} s {'stems' if stems else 'no-stems'}"
-        report[name] = {**row, "rounds": rs}
-        print(f"{name:16}" + "".join(f"{row[k]:>13.2f}" for k in keys) + f"{row['peak_rss_mb']:>8.0f}")
-    print("seconds per stage of one generate call; first_audio: generate_stream until its first chunk "
-          f"({rs[0]['first_chunk_s']:.2f} s of audio), of which:")
+    for (code, melody_s, stems), rs in runs.items():
+        row = {k: float(np.median([r[k] for r in rs])) for k in rs[0] if k != "code"}
+        name = f"{code}{melody_s:g} s {'stems' if stems else 'no-stems'}"
+        report[name] = {**row, "code": rs[0]["code"], "rounds": rs}
+        print(f"{name:{width}}" + "".join(f"{row[k]:>13.2f}" for k in keys) + f"{row['peak_rss_mb']:>8.0f}")
+    print("seconds per stage of one generate call; first_audio: generate_stream until its first chunk, of which:")
     first = [f"first_audio_{s}_s" for s in STAGES]
-    print(f"{'':16}" + "".join(f"{k[12:-2]:>13}" for k in first))
+    print(f"{'':{width}}" + "".join(f"{k[12:-2]:>13}" for k in first) + f"{'chunk s':>9}")
     for name, row in report.items():
-        print(f"{name:16}" + "".join(f"{row[k]:>13.2f}" for k in first))
+        print(f"{name:{width}}" + "".join(f"{row[k]:>13.2f}" for k in first) + f"{row['first_chunk_s']:>9.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"folder": str(folder), "seconds": args.seconds, "threads": args.threads,

@@ -103,12 +103,17 @@ def run_onnx(folder: str, frames: int, threads: int, scores_path: str, low_memor
             "peak_rss_mb": rss, "codes": codes.tolist(), "quality": quality, "weights_mb": weights_mb}
 
 
-def run_isolated(module: str, function: str, *args) -> dict:
-    """``module.function(*args)`` in a fresh interpreter (so peak RSS is that run's alone); its JSON result."""
+def run_isolated(module: str, function: str, *args, code_path: str | None = None) -> dict:
+    """``module.function(*args)`` in a fresh interpreter (so peak RSS is that run's alone); its JSON result.
+    ``code_path``: a folder holding another ``musicgen_onnx`` (e.g. a checkout of an earlier commit) to
+    import instead of this one, for before/after numbers from one run."""
     call = ", ".join(repr(a) for a in args)
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from {module} import {function}; "
             f"print('RESULT' + json.dumps({function}({call})))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+    env = dict(os.environ)
+    if code_path:
+        env["PYTHONPATH"] = os.pathsep.join([str(code_path), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     line = [l for l in r.stdout.splitlines() if l.startswith("RESULT")]
     if r.returncode or not line:
         raise SystemExit(f"{function} run failed:\n{r.stderr[-3000:]}")
