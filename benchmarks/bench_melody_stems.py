@@ -180,8 +180,8 @@ def open_tier(folder: Path, graph_path: Path | None, plan: str, threads: int):
     manifest = load_stems_manifest(folder)
     info = manifest.graphs["stems"]
     path = graph_path or folder_file(folder, info.file)
-    session = open_session(Path(path), SessionSettings.resolve("cpu", threads))
-    return StemSeparator(Graph(session, f"stems graph {path}"), manifest.stems, info, plan=plan)
+    session = open_session(Path(path), SessionSettings.resolve("cpu", threads), arena=True)  # as StemSeparator.open
+    return StemSeparator(Graph(session, f"stems graph {path}", shrink_arena=True), manifest.stems, info, plan=plan)
 
 
 def melody_chroma(separator, wav: np.ndarray, sr: int, seed: int, cut_plan: str | None = None) -> tuple[np.ndarray, int]:
