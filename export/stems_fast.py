@@ -216,6 +216,9 @@ def export_stems_fast(folder: Path, exact_info: GraphInfo, p: StemsParams, valid
     """Write ``stems_fast.onnx`` (+ data) beside ``folder``'s exact ``stems.onnx``; its manifest entry, or
     None when its chroma disagrees with the exact graph's: the graph is an optional accelerator, so the
     export goes on without it (the melody path then separates with the exact graph) rather than failing."""
+    if not validate:  # unchecked, it would still become the melody path's default: leave it out
+        step("fast stems left out (--no-validate: its chroma would go unchecked)")
+        return None
     step("quantising stems for the melody path (stems_fast, int8)")
     path = folder / f"{NAME}.onnx"
     quantize(folder / exact_info.file, path, p, exact_info)

@@ -163,6 +163,14 @@ def segment_plan(plan: str, length: int, segment: int, stride: int) -> list[tupl
     return [(i * (length - segment) // (count - 1), segment) for i in range(count)]
 
 
+@functools.lru_cache(maxsize=4)
+def _segment_weight(seg: int, transition_power: float) -> np.ndarray:
+    """apply_model's triangle, maximal mid-segment, normalised and raised to ``transition_power``; cached by
+    the numbers, not per separator (the melody path makes a separator per call)."""
+    ramp = np.concatenate([np.arange(1, seg // 2 + 1), np.arange(seg - seg // 2, 0, -1)]).astype(np.float32)
+    return (ramp / ramp.max()) ** np.float32(transition_power)
+
+
 # ---------------------------------------------------------------- the separator
 class StemSeparator:
     """``stems.onnx`` and its parameters; :meth:`separate` is ``apply_model`` for one shift. ``plan``:
@@ -302,12 +310,8 @@ class StemSeparator:
             if block.shape[-1] > keep:
                 yield block[..., keep:]
 
-    @functools.cache
     def _weight(self) -> np.ndarray:
-        """apply_model's triangle, maximal mid-segment, normalised and raised to ``transition_power``."""
-        seg = self.params.segment_length
-        ramp = np.concatenate([np.arange(1, seg // 2 + 1), np.arange(seg - seg // 2, 0, -1)]).astype(np.float32)
-        return (ramp / ramp.max()) ** np.float32(self.params.transition_power)
+        return _segment_weight(self.params.segment_length, self.params.transition_power)
 
     def separate(self, mix: np.ndarray, shift: int, progress: ProgressFn | None = None) -> np.ndarray:
         """``mix [batch, channels, samples]`` -> ``[batch, sources, channels, samples]``."""

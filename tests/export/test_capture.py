@@ -246,8 +246,8 @@ def test_an_older_folder_opens_its_decoder_without_capture(fresh, monkeypatch):
 
     seen = {}
     real = session_mod.open_session
-    monkeypatch.setattr(session_mod, "open_session", lambda path, settings, graph=None: (
-        seen.__setitem__((path.parent.name, path.stem), graph), real(path, settings, graph))[1])
+    monkeypatch.setattr(session_mod, "open_session", lambda path, settings, graph=None, **kw: (
+        seen.__setitem__((path.parent.name, path.stem), graph), real(path, settings, graph, **kw))[1])
     for folder in (BUNDLED, fresh):
         _captured(folder).graphs["decoder"]
     assert seen[(BUNDLED.name, "decoder")] is None  # past_length: enable_cuda_graph would be refused

@@ -187,3 +187,13 @@ def test_the_cache_finds_entries_by_their_exact_inputs_and_stays_bounded():
     assert len(cache) == 2  # larger than the cap: never stored
     cache.store(entry({"most": np.array(0)}, nbytes=96))
     assert len(cache) == 1  # within the cap: the older entries went
+
+
+def test_a_cpu_ortvalues_numpy_is_a_view_of_its_buffer():
+    """Reuse writes the null rows through ``OrtValue.numpy()`` of the bound buffers: a view since
+    onnxruntime 1.19 (1.18 returned a copy, and the null rows kept an empty cache: pyproject's floor)."""
+    import onnxruntime as ort
+
+    value = ort.OrtValue.ortvalue_from_shape_and_type([2, 3], np.float32, "cpu", 0)
+    value.numpy()[:] = 3.0
+    np.testing.assert_array_equal(value.numpy(), np.full((2, 3), 3.0, np.float32))
