@@ -29,7 +29,6 @@ from .options import MAX_BATCH, GenerationOptions
 from .rows import LiveRows
 from .sampling import Sampler, classifier_free_guidance
 from .session import SessionSettings
-from .stems import EXACT
 from .stepper import Conditioning
 
 ProgressFn = Callable[[int, int], None]
@@ -50,7 +49,6 @@ class ModelParts:
     new_stepper: Callable[[int, Conditioning, int], object]
     separate_melodies: Callable[[list[np.ndarray], list[np.random.Generator]], list[np.ndarray]]
     settings: SessionSettings  # the providers; whether the sampling graphs run on the decoder's device
-    stems_plan: str = EXACT  # the melody separator's segment plan: how much of a melody a single window cuts
 
 
 class StderrProgress:
@@ -313,7 +311,7 @@ class GenerationTask:
         if len(self.windows) > 1:
             melodies = window_cut(melodies, window.start_s, self.parts.manifest.max_duration, params)
         elif self.inputs.stems:
-            melodies = single_window_cut(melodies, params, self.parts.manifest.stems, self.parts.stems_plan)
+            melodies = single_window_cut(melodies, params, self.parts.manifest.stems)
         if self.inputs.stems:
             melodies = self.parts.separate_melodies(melodies, self.stem_rngs)
         return batch_chroma(melodies, params)
