@@ -71,9 +71,9 @@ def _feeds(session) -> dict[str, np.ndarray]:
     return {i.name: rng.standard_normal([1, *i.shape[1:]]).astype(np.float32) for i in session.get_inputs()}
 
 
-def profile_graph(path: Path, threads: int, rounds: int = 2) -> dict:
-    """onnxruntime's profile of one segment (the last of ``rounds`` calls), runtime session settings:
-    per node kind, milliseconds and GFLOP."""
+def profile_graph(path: Path, threads: int, rounds: int = 3) -> dict:
+    """onnxruntime's profile of one segment (the fastest of ``rounds`` calls: its wall time and its nodes'
+    times), runtime session settings: per node kind, milliseconds and GFLOP."""
     import onnxruntime as ort
 
     scratch = Path(tempfile.mkdtemp())
@@ -93,9 +93,10 @@ def profile_graph(path: Path, threads: int, rounds: int = 2) -> dict:
     shutil.rmtree(scratch, ignore_errors=True)
     nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     per_run = len(nodes) // rounds
+    best = int(np.argmin(walls))
     weights = weight_shapes(path)
     ms, gflop, count = collections.Counter(), collections.Counter(), collections.Counter()
-    for e in nodes[-per_run:]:
+    for e in nodes[best * per_run:(best + 1) * per_run]:
         a = e["args"]
         op, name = a["op_name"], e["name"][: -len("_kernel_time")]
         ms[op] += e["dur"] / 1e3
@@ -103,7 +104,7 @@ def profile_graph(path: Path, threads: int, rounds: int = 2) -> dict:
         weight = weights.get(name) or weights.get(name.rsplit("_", 1)[0])
         gflop[op] += node_flops(op, _shapes(a.get("input_type_shape", [])), _shapes(a.get("output_type_shape", [])),
                                 weight) / 1e9
-    return {"wall_s": min(walls), "ops": {op: {"ms": ms[op], "gflop": gflop[op], "nodes": count[op]}
+    return {"wall_s": walls[best], "ops": {op: {"ms": ms[op], "gflop": gflop[op], "nodes": count[op]}
                                           for op, _ in ms.most_common()}}
 
 
@@ -159,10 +160,14 @@ def ceilings(threads: int, sizes=((2688, 512, 2048), (4096, 4096, 4096), (1344, 
     return out
 
 
-def torch_segment(threads: int, rounds: int = 3) -> float:
+def torch_segment(threads: int, rounds: int = 3) -> tuple[float, dict[str, float]]:
     """Seconds of one segment of ``HTDemucs.forward`` in torch (the model apply_model calls), best of
-    ``rounds`` after one warm-up: the reference's arithmetic at its own speed."""
+    ``rounds`` after one warm-up: the reference's arithmetic at its own speed. Also torch's own count of
+    that arithmetic (``torch.utils.flop_counter``, GFLOP per aten op), a cross-check of the graph count:
+    its convolutions must equal the graph's Conv + ConvTranspose (torch does not count the attention, nor
+    the projections of its fused self-attention path)."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from benchmarks.bench_stems import ensure_demucs
     from musicgen_onnx.export.stems import load_demucs
@@ -173,12 +178,14 @@ def torch_segment(threads: int, rounds: int = 3) -> float:
                                                                    dtype=np.float32))
     times = []
     with torch.no_grad():
-        model(x)
+        with FlopCounterMode(display=False) as counter:
+            model(x)
         for _ in range(rounds):
             t = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - t)
-    return min(times)
+    counted = {str(op).removeprefix("aten."): n / 1e9 for op, n in counter.get_flop_counts()["Global"].items()}
+    return min(times), counted
 
 
 def bounds(prof: dict, ceil: dict, torch_s: float) -> dict:
@@ -207,23 +214,35 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.folder is None:
-        from benchmarks.bench_stems import ensure_demucs, ensure_export
+        from benchmarks.bench_stems import ensure_export
 
         args.folder = ensure_export()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    report: dict = {"threads": args.threads, "ceilings_gflops": ceilings(args.threads)}
-    report["torch_segment_s"] = torch_s = torch_segment(args.threads)
-    flops_torch = None
+    report: dict = {"threads": args.threads, "load": os.getloadavg()[0], "ceilings_gflops": ceilings(args.threads)}
+    torch_s, report["torch_counted_gflop"] = torch_segment(args.threads)
+    report["torch_segment_s"] = torch_s
     for graph in ("stems", "stems_fast"):
         path = args.folder / f"{graph}.onnx"
-        if not path.exists():
+        if path.exists():
+            prof = profile_graph(path, args.threads)
+            report[graph] = {"profile": prof, "bounds": bounds(prof, report["ceilings_gflops"], torch_s)}
+    print(f"ceilings, GFLOP/s ({args.threads} threads, load {report['load']:.1f}):")
+    for size, row in report["ceilings_gflops"].items():
+        print(f"  {size:>16}  " + "  ".join(f"{k} {v:6.0f}" for k, v in row.items()))
+    print(f"torch HTDemucs.forward, one segment: {torch_s:.2f} s; torch's own count (GFLOP): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in report["torch_counted_gflop"].items()))
+    for graph in ("stems", "stems_fast"):
+        if graph not in report:
             continue
-        prof = profile_graph(path, args.threads)
-        report[graph] = {"profile": prof, "bounds": bounds(prof, report["ceilings_gflops"], torch_s)}
-        if graph == "stems":
-            flops_torch = report[graph]["bounds"]["gflop_fp32"] / torch_s
-    report["torch_achieved_gflops"] = flops_torch
-    print(json.dumps(report, indent=1))
+        b, ops = report[graph]["bounds"], report[graph]["profile"]["ops"]
+        print(f"{graph}: {b['gflop_fp32']:.0f} GFLOP fp32 + {b['gflop_int8']:.0f} int8, products {b['products_ms'] / 1e3:.2f} s "
+              f"({b['achieved_products_gflops']:.0f} GFLOP/s), other nodes {b['other_ms'] / 1e3:.2f} s, wall {b['wall_s']:.2f} s "
+              f"= {b['x_torch_segment']:.2f}x torch; floor products only {b['floor_products_only_s']:.2f} s "
+              f"= {b['floor_x_torch_segment']:.2f}x, with other nodes {b['floor_with_other_s']:.2f} s "
+              f"= {b['floor_with_other_x_torch_segment']:.2f}x")
+        for op, v in list(ops.items())[:12]:
+            rate = f"{v['gflop'] / v['ms'] * 1e3:6.0f} GFLOP/s" if v["gflop"] else ""
+            print(f"  {op:>24} {v['ms']:7.0f} ms {v['nodes']:4d} nodes {v['gflop']:7.1f} GFLOP {rate}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 
