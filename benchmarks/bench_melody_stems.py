@@ -174,14 +174,14 @@ def held_set(count: int = DEFAULT_ITEMS) -> list[dict]:
 def open_tier(folder: Path, graph_path: Path | None, plan: str, threads: int):
     """A :class:`StemSeparator` over the folder's facts with ``graph_path`` (None: its own stems.onnx)."""
     from musicgen_onnx.runtime.manifest import folder_file, load_stems_manifest
-    from musicgen_onnx.runtime.session import Graph, SessionSettings, open_session
+    from musicgen_onnx.runtime.session import SessionSettings, open_graph
     from musicgen_onnx.runtime.stems import StemSeparator
 
     manifest = load_stems_manifest(folder)
     info = manifest.graphs["stems"]
     path = graph_path or folder_file(folder, info.file)
-    session = open_session(Path(path), SessionSettings.resolve("cpu", threads), arena=True)  # as StemSeparator.open
-    return StemSeparator(Graph(session, f"stems graph {path}", shrink_arena=True), manifest.stems, info, plan=plan)
+    session = open_graph(folder, "stems", Path(path), manifest, SessionSettings.resolve("cpu", threads))  # as StemSeparator.open
+    return StemSeparator(session, manifest.stems, info, plan=plan)
 
 
 def melody_chroma(separator, wav: np.ndarray, sr: int, seed: int, cut_plan: str | None = None) -> tuple[np.ndarray, int]:

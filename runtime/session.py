@@ -191,6 +191,17 @@ class Graph:
             raise self._failed(exc) from None
 
 
+def open_graph(folder: Path, name: str, path: Path, manifest, settings: SessionSettings,
+               capturable: bool = True) -> Graph:
+    """The folder's graph ``name`` (at ``path``) as the runtime runs it: its inputs and outputs checked
+    against the manifest, its failures one line; the stems graphs (roles.STEMS_GRAPHS) with onnxruntime's
+    arena, shrunk after every run (see open_session)."""
+    arena = name in roles.STEMS_GRAPHS
+    session = open_session(path, settings, name if capturable else None, arena=arena)
+    check_graph_io(folder, name, session, manifest)
+    return Graph(session, f"{folder}: graph {name}", shrink_arena=arena)
+
+
 class GraphSessions:
     """The folder's graphs as sessions, opened when first asked for and then kept (the decoder at load,
     optional graphs such as the audio encoder only if a call needs them). ``run_transient`` serves a
@@ -219,10 +230,7 @@ class GraphSessions:
     def _open_checked(self, name: str):
         # a decoder that computes its step's values from past_length (older folders) cannot be captured
         capturable = name != "decoder" or self.manifest.step_inputs == "positions"
-        stems = name in roles.STEMS_GRAPHS
-        session = open_session(self._path(name), self.settings, name if capturable else None, arena=stems)
-        check_graph_io(self.folder, name, session, self.manifest)
-        return Graph(session, f"{self.folder}: graph {name}", shrink_arena=stems)
+        return open_graph(self.folder, name, self._path(name), self.manifest, self.settings, capturable)
 
     def __getitem__(self, name: str):
         with self._lock:

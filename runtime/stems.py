@@ -50,7 +50,7 @@ from .folder_kind import STEMS, folder_kind
 from .manifest import GraphInfo, StemsParams, load_manifest, load_stems_manifest, verify_graph_files
 from .options import check_seed
 from .resample_frac import resample_frac
-from .session import Graph, SessionSettings, check_graph_io, open_session
+from .session import SessionSettings, open_graph
 from .stft import centered_frames, hann
 
 log = logging.getLogger(__name__)
@@ -211,9 +211,8 @@ class StemSeparator:
         from .manifest import folder_file
 
         info = manifest.graphs[graph]
-        session = open_session(folder_file(folder, info.file), settings, arena=True)
-        check_graph_io(folder, graph, session, manifest)
-        return cls(Graph(session, f"{folder}: graph {graph}", shrink_arena=True), manifest.stems, info, plan=plan)
+        session = open_graph(folder, graph, folder_file(folder, info.file), manifest, settings)
+        return cls(session, manifest.stems, info, plan=plan)
 
     @property
     def sources(self) -> tuple[str, ...]:
