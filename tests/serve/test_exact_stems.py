@@ -5,10 +5,13 @@ way Ray Serve would, by calling the deployment's builder."""
 
 from __future__ import annotations
 
+import io
 import sys
 import types
 
+import numpy as np
 import pytest
+import soundfile as sf
 from starlette.testclient import TestClient
 
 from helpers import melody_folder_with_stems_tiers, run_cli_here
@@ -19,9 +22,18 @@ def folder(tmp_path_factory):
     return melody_folder_with_stems_tiers(tmp_path_factory.mktemp("melody") / "m")
 
 
-def melody_stems(app) -> str:
+def melody_stems(app) -> tuple[str, str]:
+    """What ``/v1/model`` says melodies go through, and the graph a melody request went through: the exact
+    ``stems`` is open anyway (the model's own stems model for ``/v1/stems``), so the fast one tells."""
+    t = np.arange(16000) / 32000
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 32000, format="WAV")
     with TestClient(app) as client:
-        return client.get("/v1/model").json()["melody_stems"]
+        said = client.get("/v1/model").json()["melody_stems"]
+        r = client.post("/v1/generate", data={"prompt": "x", "duration": "0.1", "seed": "1"},
+                        files={"melody": ("m.wav", buf.getvalue(), "audio/wav")})
+        assert r.status_code == 200, r.text
+        return said, "stems_fast" if app.state.batcher.model.graphs.is_open("stems_fast") else "stems"
 
 
 @pytest.fixture
@@ -39,7 +51,7 @@ def test_serve_exact_stems_loads_the_model_with_the_exact_graph(folder, served, 
     r = run_cli_here("serve", "--model", folder, "--provider", "cpu", "--port", "0", *flag)
     assert r.returncode == 0, r.stderr
     (app,) = served
-    assert melody_stems(app) == graph
+    assert melody_stems(app) == (graph, graph)
 
 
 @pytest.fixture
@@ -78,4 +90,4 @@ def test_serve_ray_exact_stems_reaches_each_replicas_model(folder, fake_ray, fla
                      "--provider", "cpu", "--port", "0", *flag)
     assert r.returncode == 0, r.stderr
     (app,) = fake_ray
-    assert melody_stems(app) == graph
+    assert melody_stems(app) == (graph, graph)
