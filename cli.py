@@ -67,6 +67,9 @@ def main(verbose: bool) -> None:
 _LOW_MEMORY = click.option(
     "--low-memory", is_flag=True,
     help="Load the text encoder per call instead of keeping it resident (saves its size, ~1 s a call).")
+_EXACT_STEMS = click.option(
+    "--exact-stems", is_flag=True,
+    help="Separate melodies with the exact fp32 stems graph even if the model has the int8 stems_fast one.")
 _NO_STEMS_FAST = click.option(
     "--no-stems-fast", is_flag=True,
     help="Export the exact stems graph only, without the int8 stems_fast.onnx the melody path separates with.")
@@ -182,8 +185,7 @@ def export_stems(demucs, out_dir, opset, no_validate, force, allow_pickle, no_st
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--no-stems", is_flag=True,
               help="Take the melody's chroma from the full mix even if the model has stems (transformers' way).")
-@click.option("--exact-stems", is_flag=True,
-              help="Separate melodies with the exact fp32 stems graph even if the model has the int8 stems_fast one.")
+@_EXACT_STEMS
 @_LOW_MEMORY
 def generate(prompts, model_dir, revision, precision, export_missing, melody, duration, seed, top_k, top_p,
              temperature, guidance, greedy, normalize, output, out_dir, provider, extend_stride, continue_from, stream,
@@ -369,11 +371,12 @@ def stems(file, model_dir, out_dir, seed, provider, quiet):
 @click.option("--stream-stall-timeout", default=30.0, show_default=True,
               type=click.FloatRange(0, 3600, min_open=True),
               help="A streaming client that accepts no bytes this long is dropped (its row freed).")
+@_EXACT_STEMS
 @_LOW_MEMORY
 def serve(model_dir, revision, precision, export_missing, host, port, max_batch, max_wait_ms, max_queue, max_duration,
           provider, stems_dir, use_ray, replicas, replica_cpus, ray_address, api_key, cors_origins, ssl_certfile,
           ssl_keyfile, log_format, graceful_timeout, max_connections, body_timeout, header_timeout,
-          stream_stall_timeout, low_memory):
+          stream_stall_timeout, exact_stems, low_memory):
     """Serve the model over HTTP: POST /v1/generate, /v1/continue, /v1/stems, /v1/chroma; GET / (the page),
     /v1/model, /v1/stems, /v1/results/ID, /health (/live, /ready), /metrics, /openapi.json."""
     try:
@@ -411,12 +414,12 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
         # each replica loads a folder: resolve (and export) a name here, once
         model_dir = resolve_model(model_dir, revision, precision, export_missing, resolve_providers(provider))
         _serve_ray(model_dir, host, port, settings, options, replicas, replica_cpus, ray_address, provider,
-                   low_memory, stems_dir)
+                   low_memory, stems_dir, exact_stems)
         return
     if given & {"replica_cpus", "ray_address"}:
         raise MusicGenError("--replica-cpus and --ray-address work with --ray only")
     model = MusicGen.from_pretrained(model_dir, providers=provider, low_memory=low_memory, revision=revision,
-                                     precision=precision, export=export_missing)
+                                     precision=precision, export=export_missing, exact_stems=exact_stems)
     separator = None
     if stems_dir is not None:
         from .runtime.stems import StemSeparator
@@ -430,7 +433,7 @@ def serve(model_dir, revision, precision, export_missing, host, port, max_batch,
 
 
 def _serve_ray(model_dir, host, port, settings, server_options, replicas, replica_cpus, ray_address, provider,
-               low_memory, stems_dir=None):
+               low_memory, stems_dir=None, exact_stems=False):
     """``serve --ray``: the plain server's socket and options (cap, deadlines, TLS, logs, grace) in front of
     Ray Serve's proxy on loopback (serve/ray_front.py)."""
     import os
@@ -458,7 +461,7 @@ def _serve_ray(model_dir, host, port, settings, server_options, replicas, replic
                    f"(SIGTERM or Ctrl-C: drain, then stop)", err=True)
 
     run_ray(str(model_dir), host, port, settings, options, server_options, provider, threads, low_memory,
-            ready=ready)
+            ready=ready, exact_stems=exact_stems)
 
 
 @main.command(cls=_Command)
@@ -574,7 +577,7 @@ def info(folder, no_hash, precision):
 _MELODY_STEMS = {  # describe()'s melody_stems: the graph melodies are separated with on CPU, by default
     "stems": "melody stems   exact tier (stems, fp32)",
     "stems_fast": "melody stems   fast tier (stems_fast, int8: same chroma as the exact graph on >= 99% of frames; "
-                  "generate --exact-stems: the exact graph); the stems command always uses the exact graph",
+                  "generate/serve --exact-stems: the exact graph); the stems command always uses the exact graph",
 }
 
 

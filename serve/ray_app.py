@@ -88,12 +88,15 @@ def check_listen(host: str, port: int) -> None:
 
 
 def build_app(model_dir: str, settings: ServeSettings, providers: str = "auto", threads: int | None = None,
-              low_memory: bool = False, replica: str | None = None, peers=None, stems_dir: str | None = None):
-    """``stems_dir``: the stems folder for ``POST /v1/stems`` (``serve --stems``), loaded in each replica."""
+              low_memory: bool = False, replica: str | None = None, peers=None, stems_dir: str | None = None,
+              exact_stems: bool = False):
+    """``stems_dir``: the stems folder for ``POST /v1/stems`` (``serve --stems``), loaded in each replica;
+    ``exact_stems``: ``serve --exact-stems``, each replica's melodies through the exact stems graph."""
     from ..runtime.musicgen import MusicGen
     from .app import create_app
 
-    model = MusicGen.from_pretrained(model_dir, providers=providers, threads=threads, low_memory=low_memory)
+    model = MusicGen.from_pretrained(model_dir, providers=providers, threads=threads, low_memory=low_memory,
+                                     exact_stems=exact_stems)
     stems = None
     if stems_dir is not None:
         from ..runtime.stems import StemSeparator
@@ -188,7 +191,8 @@ class MetricsPost:
 
 def deployment(model_dir: str, replicas: int = 2, settings: ServeSettings | None = None, providers: str = "auto",
                threads: int | None = None, cpus_per_replica: float = 1.0, low_memory: bool = False,
-               graceful_timeout_s: float = 10.0, app_name: str = APP_NAME, stems_dir: str | None = None):
+               graceful_timeout_s: float = 10.0, app_name: str = APP_NAME, stems_dir: str | None = None,
+               exact_stems: bool = False):
     """A bound Ray Serve application of ``replicas`` replicas of the service (pass it to ``serve.run``
     with ``name=app_name``)."""
     from ray import serve
@@ -200,7 +204,7 @@ def deployment(model_dir: str, replicas: int = 2, settings: ServeSettings | None
         replica = _replica_name()
         post = MetricsPost(f"metrics-{app_name}", replica)
         app = build_app(model_dir, settings, providers, threads, low_memory, replica=replica, peers=post,
-                        stems_dir=stems_dir)
+                        stems_dir=stems_dir, exact_stems=exact_stems)
         post.start(app)
         return app
 
@@ -227,7 +231,8 @@ class Stop(BaseException):
 
 
 def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: RayOptions, server_options=None,
-        providers: str = "auto", threads: int | None = None, low_memory: bool = False, ready=None) -> None:
+        providers: str = "auto", threads: int | None = None, low_memory: bool = False, ready=None,
+        exact_stems: bool = False) -> None:
     """Serve on ``host:port`` through the front (serve/ray_front.py; Ray Serve's proxy listens on a
     loopback port) until SIGTERM / Ctrl-C, then delete this application (draining it) and, if this process
     started the Ray cluster, stop it. A signal while starting stops at once; a second one while draining
@@ -289,7 +294,7 @@ def run(model_dir: str, host: str, port: int, settings: ServeSettings, options: 
         http = _get_global_client().http_config  # a shared cluster's Serve keeps the proxy it already has
         upstream = f"http://{'127.0.0.1' if http.host in ('0.0.0.0', '::') else http.host}:{http.port}"
         app = deployment(model_dir, options.replicas, settings, providers, threads, cpus, low_memory,
-                         options.graceful_timeout_s, stems_dir=options.stems_dir)
+                         options.graceful_timeout_s, stems_dir=options.stems_dir, exact_stems=exact_stems)
         deployed = True
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False,
                   logging_config={"encoding": "JSON"} if options.log_format == "json" else None)

@@ -5,6 +5,8 @@ server in a thread. Importable as ``helpers`` because pyproject's pytest setting
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 FAMILIES = ["tiny-melody", "tiny-melody-stereo", "tiny-text", "tiny-text-stereo"]
 BUNDLED = ROOT / "models" / "tiny-melody"
+BUNDLED_STEMS = ROOT / "models" / "tiny-stems"
 CLI = [sys.executable, "-m", "musicgen_onnx.cli"]
 
 
@@ -38,6 +41,32 @@ def run_cli_here(*args: str, **kw) -> subprocess.CompletedProcess:
     argv = list(map(str, args))
     result = CliRunner().invoke(main, argv, prog_name="musicgen-onnx", catch_exceptions=False)
     return subprocess.CompletedProcess([*CLI, *argv], result.exit_code, result.stdout, result.stderr)
+
+
+def fast_stems_entry(folder: Path, exact: dict) -> dict:
+    """The manifest entry of a ``stems_fast`` graph that is a copy of ``exact``'s (made in ``folder``): tests
+    of which tier is taken need the two graphs told apart, not quantised (tests/export does that)."""
+    from musicgen_onnx.runtime.manifest import sha256_file
+
+    shutil.copy(folder / exact["file"], folder / "stems_fast.onnx")
+    return {**exact, "file": "stems_fast.onnx", "precision": "int8",
+            "files": {"stems_fast.onnx": sha256_file(folder / "stems_fast.onnx")}}
+
+
+def melody_folder_with_stems_tiers(folder: Path) -> Path:
+    """The bundled tiny melody model copied to ``folder`` with the bundled tiny stems graph, exact and "fast"
+    (:func:`fast_stems_entry`), without torch."""
+    from musicgen_onnx.runtime.manifest import MANIFEST_NAME, STEMS_MANIFEST_NAME
+
+    shutil.copytree(BUNDLED, folder)
+    stems = json.loads((BUNDLED_STEMS / STEMS_MANIFEST_NAME).read_text())
+    shutil.copy(BUNDLED_STEMS / "stems.onnx", folder / "stems.onnx")
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    data["stems"] = stems["stems"]
+    data["graphs"]["stems"] = stems["graphs"]["stems"]
+    data["graphs"]["stems_fast"] = fast_stems_entry(folder, stems["graphs"]["stems"])
+    (folder / MANIFEST_NAME).write_text(json.dumps(data))
+    return folder
 
 
 @contextlib.contextmanager

@@ -17,20 +17,13 @@ from musicgen_onnx.runtime import MusicGen
 from musicgen_onnx.runtime.errors import InvalidInputError, ModelFolderError
 from musicgen_onnx.runtime.layouts import describe
 from musicgen_onnx.runtime.manifest import (
-    MANIFEST_NAME, STEMS_MANIFEST_NAME, load_manifest, load_stems_manifest, sha256_file,
+    MANIFEST_NAME, STEMS_MANIFEST_NAME, load_manifest, load_stems_manifest,
 )
 from musicgen_onnx.runtime.native_layout import melody_stems_graph
 from musicgen_onnx.runtime.stems import StemSeparator
 
-from helpers import BUNDLED, ROOT
-
-STEMS = ROOT / "models" / "tiny-stems"
-
-
-def _fast_entry(folder, exact: dict) -> dict:
-    shutil.copy(folder / exact["file"], folder / "stems_fast.onnx")
-    return {**exact, "file": "stems_fast.onnx", "precision": "int8",
-            "files": {"stems_fast.onnx": sha256_file(folder / "stems_fast.onnx")}}
+from helpers import BUNDLED, fast_stems_entry, melody_folder_with_stems_tiers
+from helpers import BUNDLED_STEMS as STEMS
 
 
 @pytest.fixture(scope="module")
@@ -38,24 +31,14 @@ def stems_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stems") / "s"
     shutil.copytree(STEMS, folder)
     data = json.loads((folder / STEMS_MANIFEST_NAME).read_text())
-    data["graphs"]["stems_fast"] = _fast_entry(folder, data["graphs"]["stems"])
+    data["graphs"]["stems_fast"] = fast_stems_entry(folder, data["graphs"]["stems"])
     (folder / STEMS_MANIFEST_NAME).write_text(json.dumps(data))
     return folder
 
 
 @pytest.fixture(scope="module")
 def melody_folder(tmp_path_factory):
-    """The bundled tiny melody model with the bundled tiny stems graph, exact and "fast"."""
-    folder = tmp_path_factory.mktemp("melody") / "m"
-    shutil.copytree(BUNDLED, folder)
-    stems = json.loads((STEMS / STEMS_MANIFEST_NAME).read_text())
-    shutil.copy(STEMS / "stems.onnx", folder / "stems.onnx")
-    data = json.loads((folder / MANIFEST_NAME).read_text())
-    data["stems"] = stems["stems"]
-    data["graphs"]["stems"] = stems["graphs"]["stems"]
-    data["graphs"]["stems_fast"] = _fast_entry(folder, stems["graphs"]["stems"])
-    (folder / MANIFEST_NAME).write_text(json.dumps(data))
-    return folder
+    return melody_folder_with_stems_tiers(tmp_path_factory.mktemp("melody") / "m")
 
 
 def melody(seconds: float = 0.6) -> np.ndarray:
