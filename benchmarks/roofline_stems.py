@@ -52,16 +52,24 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 def node_flops(op: str, ins: list[list[int]], outs: list[list[int]], weight: tuple[int, ...] | None) -> float:
     """Multiply-adds x 2 of one node from the shapes it ran with (0 for what is not a dense product).
-    Conv-like nodes need the weight's dims (``weight``), matmuls and attention only the activations'."""
+    Conv-like nodes need the weight's dims (``weight``), matmuls and attention only the activations'.
+    A product whose count would be wrong raises rather than bend the floor: a conv without its weight,
+    and the kinds whose count depends on attributes the profile does not carry (Gemm's and
+    FusedMatMul's transposes, Attention's packed projection weights)."""
+    if op in ("Conv", "FusedConv", "ConvInteger", "QLinearConv", "ConvTranspose") and not weight:
+        raise ValueError(f"a {op} node without a weight initializer in the graph file: its arithmetic is unknown")
     if op in ("Conv", "FusedConv", "ConvInteger", "QLinearConv"):
-        return 2.0 * math.prod(outs[0]) * math.prod(weight[1:]) if weight else float("nan")
+        return 2.0 * math.prod(outs[0]) * math.prod(weight[1:])
     if op == "ConvTranspose":
-        return 2.0 * math.prod(ins[0]) * math.prod(weight[1:]) if weight else float("nan")
-    if op in ("MatMul", "FusedMatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
-              "Gemm", "QLinearMatMul"):
+        return 2.0 * math.prod(ins[0]) * math.prod(weight[1:])
+    if op in ("MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul"):
         return 2.0 * math.prod(outs[0]) * ins[0][-1]
-    if op in ("MultiHeadAttention", "Attention"):
-        return 4.0 * math.prod(ins[0]) * ins[1][-2]  # Q K^T and softmax x V: B x Lq x Lk x D each
+    if op == "MultiHeadAttention":  # 3-D query, key and value: Q K^T and softmax x V, B x Lq x Lk x D each
+        if len(ins) < 2 or len(ins[0]) != 3 or len(ins[1]) != 3:
+            raise ValueError(f"MultiHeadAttention with packed or 4-D inputs {ins}: not counted")
+        return 4.0 * math.prod(ins[0]) * ins[1][-2]
+    if op in PRODUCTS:
+        raise ValueError(f"{op}: no count for this kind (its shapes alone do not give its arithmetic)")
     return 0.0
 
 
@@ -101,9 +109,11 @@ def profile_graph(path: Path, threads: int, rounds: int = 3) -> dict:
         op, name = a["op_name"], e["name"][: -len("_kernel_time")]
         ms[op] += e["dur"] / 1e3
         count[op] += 1
-        weight = weights.get(name) or weights.get(name.rsplit("_", 1)[0])
-        gflop[op] += node_flops(op, _shapes(a.get("input_type_shape", [])), _shapes(a.get("output_type_shape", [])),
-                                weight) / 1e9
+        try:
+            gflop[op] += node_flops(op, _shapes(a.get("input_type_shape", [])),
+                                    _shapes(a.get("output_type_shape", [])), weights.get(name)) / 1e9
+        except ValueError as exc:
+            raise ValueError(f"{path}: node {name!r}: {exc}") from None
     return {"wall_s": walls[best], "ops": {op: {"ms": ms[op], "gflop": gflop[op], "nodes": count[op]}
                                           for op, _ in ms.most_common()}}
 

@@ -68,3 +68,53 @@ def test_bounds_put_int8_and_fp32_products_at_their_own_ceilings():
     assert b["floor_with_other_s"] == pytest.approx(1.0 + 0.25)
     assert b["floor_with_other_x_torch_segment"] == pytest.approx(4.0 / 1.25)
     assert b["x_torch_segment"] == pytest.approx(2.0)
+
+
+def test_counts_the_fused_kinds_of_the_stems_graphs(tmp_path, monkeypatch):
+    """The kinds that carry most of the count and that torch's own counter cannot check: attention
+    (85 of the exact graph's 335 GFLOP) with queries and keys of different lengths as in the cross
+    layers, QLinearConv (its weight is input 3) and DynamicQuantizeMatMul (the int8 graph's products)."""
+    rng = np.random.default_rng(0)
+    ms = "com.microsoft"
+    inits = [numpy_helper.from_array(rng.integers(-127, 127, (6, 2, 3, 1), dtype=np.int8), "w_q"),
+             numpy_helper.from_array(rng.integers(-127, 127, (8, 5), dtype=np.int8), "w_dq")]
+    inits += [numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in
+              (("s", 0.1, np.float32), ("zu", 0, np.uint8), ("zs", 0, np.int8))]
+    nodes = [
+        helper.make_node("MultiHeadAttention", ["query", "kv", "kv"], ["att"], name="mha", domain=ms, num_heads=2),
+        helper.make_node("QLinearConv", ["xq", "s", "zu", "w_q", "s", "zs", "s", "zu"], ["cq"], name="qconv", group=2),
+        helper.make_node("DynamicQuantizeMatMul", ["a", "w_dq", "s", "zs"], ["dq"], name="dqmm", domain=ms),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("query", TensorProto.FLOAT, [1, 10, 8]),
+         helper.make_tensor_value_info("kv", TensorProto.FLOAT, [1, 6, 8]),
+         helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 4, 9, 3]),
+         helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 7, 8])],
+        [helper.make_tensor_value_info(n, t, None) for n, t in
+         (("att", TensorProto.FLOAT), ("cq", TensorProto.UINT8), ("dq", TensorProto.FLOAT))], initializer=inits)
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ms, 1)]),
+              str(path), save_as_external_data=True, location="g.onnx.data", size_threshold=0)
+    feeds = {"query": np.ones((1, 10, 8), np.float32), "kv": np.ones((1, 6, 8), np.float32),
+             "xq": np.ones((1, 4, 9, 3), np.uint8), "a": np.ones((2, 7, 8), np.float32)}
+    monkeypatch.setattr(roofline_stems, "_feeds", lambda session: feeds)
+    ops = roofline_stems.profile_graph(path, threads=1)["ops"]
+    want = {
+        "MultiHeadAttention": 2 * (2 * 10 * 6 * 8),  # Q K^T and weights x V: Lq x Lk x (heads x head size) each
+        "QLinearConv": 2 * (1 * 6 * 7 * 3) * 2 * 3 * 1,  # output (1, 6, 9 - 3 + 1, 3), C_in / group x kernel
+        "DynamicQuantizeMatMul": 2 * 2 * 7 * 5 * 8,
+    }
+    for op, flop in want.items():
+        assert ops[op]["gflop"] * 1e9 == pytest.approx(flop, rel=1e-12), op
+
+
+@pytest.mark.parametrize("op, ins, weight", [
+    ("Conv", [[1, 4, 9]], None),  # a weight the graph file does not hold as an initializer
+    ("Attention", [[1, 10, 8], [8, 24]], None),  # input 1 is the packed projection weight, not the keys
+    ("Gemm", [[8, 10], [8, 5]], None),  # transA would make ins[0][-1] the rows, not the inner dimension
+    ("MultiHeadAttention", [[1, 10, 2, 3, 4]], None),  # packed QKV: no key input
+])
+def test_a_product_it_cannot_count_raises_rather_than_counting_wrong(op, ins, weight):
+    with pytest.raises(ValueError):
+        roofline_stems.node_flops(op, ins, [[1, 10, 8]], weight)
