@@ -143,29 +143,13 @@ def run_melody(folder: str, wav_path: str, threads: int) -> dict:
 
 
 def profile(folder: Path, threads: int) -> list[tuple[str, float, int]]:
-    """onnxruntime's profiler on one segment of ``stems.onnx``, the second of two calls (the first
-    allocates), summed by node type: ``[(op type, ms, nodes)]``, largest first. Session options as
-    the runtime's ``open_session``."""
-    import collections
+    """onnxruntime's profiler on one segment of ``stems.onnx`` (roofline_stems.profile_graph: the runtime's
+    session options, the fastest of three calls), summed by node type: ``[(op type, ms, nodes)]``, largest
+    first."""
+    from benchmarks.roofline_stems import profile_graph
 
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.enable_profiling, opts.profile_file_prefix = True, str(Path(tempfile.mkdtemp()) / "stems")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    opts.enable_cpu_mem_arena, opts.intra_op_num_threads = False, threads
-    session = ort.InferenceSession(str(folder / "stems.onnx"), opts, providers=["CPUExecutionProvider"])
-    feeds = {i.name: np.random.default_rng(0).standard_normal([1, *i.shape[1:]]).astype(np.float32)
-             for i in session.get_inputs()}
-    session.run(None, feeds)
-    session.run(None, feeds)
-    events = json.loads(Path(session.end_profiling()).read_text())
-    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    ms, count = collections.Counter(), collections.Counter()
-    for e in nodes[len(nodes) // 2:]:
-        ms[e["args"]["op_name"]] += e["dur"] / 1e3
-        count[e["args"]["op_name"]] += 1
-    return [(op, t, count[op]) for op, t in ms.most_common()]
+    ops = profile_graph(folder / "stems.onnx", threads)["ops"]
+    return [(op, v["ms"], v["nodes"]) for op, v in ops.items()]
 
 
 def parity(hub: Path, folder: Path, threads: int) -> dict:

@@ -30,6 +30,7 @@ import numpy as np
 PRODUCTS = {"Conv", "FusedConv", "QLinearConv", "ConvInteger", "ConvTranspose", "MatMul", "FusedMatMul",
             "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul",
             "MultiHeadAttention", "Attention"}
+CONVS = ("Conv", "FusedConv", "QLinearConv", "ConvInteger", "ConvTranspose")  # torch's "convolution", all of them
 INT8 = {"QLinearConv", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
         "QLinearMatMul"}
 
@@ -81,21 +82,23 @@ def _feeds(session) -> dict[str, np.ndarray]:
 
 def profile_graph(path: Path, threads: int, rounds: int = 3) -> dict:
     """onnxruntime's profile of one segment (the fastest of ``rounds`` calls: its wall time and its nodes'
-    times), runtime session settings: per node kind, milliseconds and GFLOP."""
+    times), the runtime's session options for a stems graph (arena on, shrunk after each run): per node
+    kind, milliseconds and GFLOP."""
     import onnxruntime as ort
 
+    from musicgen_onnx.runtime.session import SessionSettings, session_options
+
     scratch = Path(tempfile.mkdtemp())
-    opts = ort.SessionOptions()
+    opts = session_options(SessionSettings.resolve("cpu", threads), arena=True)
     opts.enable_profiling, opts.profile_file_prefix = True, str(scratch / "roofline")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    opts.enable_cpu_mem_arena, opts.intra_op_num_threads = True, threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    shrink = ort.RunOptions()
+    shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     feeds = _feeds(session)
     walls = []
     for _ in range(rounds):
         t = time.perf_counter()
-        session.run(None, feeds)
+        session.run(None, feeds, shrink)
         walls.append(time.perf_counter() - t)
     events = json.loads(Path(session.end_profiling()).read_text())
     shutil.rmtree(scratch, ignore_errors=True)
@@ -170,7 +173,7 @@ def ceilings(threads: int, sizes=((2688, 512, 2048), (4096, 4096, 4096), (1344, 
     return out
 
 
-def torch_segment(threads: int, rounds: int = 3) -> tuple[float, dict[str, float]]:
+def torch_segment(demucs: Path, threads: int, rounds: int = 3) -> tuple[float, dict[str, float]]:
     """Seconds of one segment of ``HTDemucs.forward`` in torch (the model apply_model calls), best of
     ``rounds`` after one warm-up: the reference's arithmetic at its own speed. Also torch's own count of
     that arithmetic (``torch.utils.flop_counter``, GFLOP per aten op), a cross-check of the graph count:
@@ -179,11 +182,10 @@ def torch_segment(threads: int, rounds: int = 3) -> tuple[float, dict[str, float
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmarks.bench_stems import ensure_demucs
     from musicgen_onnx.export.stems import load_demucs
 
     torch.set_num_threads(threads)
-    model = load_demucs(str(ensure_demucs()))[0].eval()
+    model = load_demucs(str(demucs))[0].eval()
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 2, int(model.segment * model.samplerate)),
                                                                    dtype=np.float32))
     times = []
@@ -219,23 +221,30 @@ def bounds(prof: dict, ceil: dict, torch_s: float) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folder", type=Path, default=None)
+    parser.add_argument("--folder", type=Path, default=None, help="stems folder (default: bench_stems's export)")
+    parser.add_argument("--demucs", type=Path, default=None,
+                        help="the HTDemucs the folder was exported from (default: bench_stems's random htdemucs)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    if args.folder is None:
-        from benchmarks.bench_stems import ensure_export
+    from benchmarks.bench_stems import ensure_demucs, ensure_export
 
-        args.folder = ensure_export()
+    args.folder = args.folder or ensure_export()
+    args.demucs = args.demucs or ensure_demucs()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     report: dict = {"threads": args.threads, "load": os.getloadavg()[0], "ceilings_gflops": ceilings(args.threads)}
-    torch_s, report["torch_counted_gflop"] = torch_segment(args.threads)
+    torch_s, report["torch_counted_gflop"] = torch_segment(args.demucs, args.threads)
     report["torch_segment_s"] = torch_s
     for graph in ("stems", "stems_fast"):
         path = args.folder / f"{graph}.onnx"
         if path.exists():
             prof = profile_graph(path, args.threads)
             report[graph] = {"profile": prof, "bounds": bounds(prof, report["ceilings_gflops"], torch_s)}
+            convs = sum(prof["ops"].get(op, {}).get("gflop", 0.0) for op in CONVS)
+            torch_convs = report["torch_counted_gflop"].get("convolution", 0.0)
+            if abs(convs - torch_convs) > 1e-6 * torch_convs:
+                raise SystemExit(f"{path}: its convolutions count {convs:.3f} GFLOP, torch's forward of {args.demucs} "
+                                 f"{torch_convs:.3f}: not the same model, or the count is wrong")
     print(f"ceilings, GFLOP/s ({args.threads} threads, load {report['load']:.1f}):")
     for size, row in report["ceilings_gflops"].items():
         print(f"  {size:>16}  " + "  ".join(f"{k} {v:6.0f}" for k, v in row.items()))

@@ -122,6 +122,20 @@ def open_session(path: Path, settings: SessionSettings = SessionSettings(), grap
     through a :class:`Graph` with ``shrink_arena`` so the arena is handed back after each run."""
     import onnxruntime as ort
 
+    opts = session_options(settings, arena)
+    providers = capture.provider_options(settings, graph)
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ModelFolderError(f"{path}: onnxruntime cannot load this graph ({first})") from None
+
+
+def session_options(settings: SessionSettings = SessionSettings(), arena: bool = False):
+    """The runtime's onnxruntime session options (open_session's; benchmarks that profile a graph add
+    profiling to these rather than restate them)."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     # EXTENDED, not ALL: ALL adds CPU layout transforms that cost seconds at load (small fp32 decoder:
@@ -140,12 +154,7 @@ def open_session(path: Path, settings: SessionSettings = SessionSettings(), grap
         opts.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     if settings.threads:
         opts.intra_op_num_threads = settings.threads
-    providers = capture.provider_options(settings, graph)
-    try:
-        return ort.InferenceSession(str(path), opts, providers=providers)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelFolderError(f"{path}: onnxruntime cannot load this graph ({first})") from None
+    return opts
 
 
 def _ort_errors() -> tuple[type, ...]:
