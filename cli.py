@@ -127,9 +127,12 @@ def _bundled_notice() -> None:
 @click.option("--stems", "stems", default=None, metavar="DEMUCS",
               help="Add Demucs stem separation (stems.onnx) for melodies, as audiocraft: a demucs hub folder "
                    "(bag .yaml + .safetensors), a .th file (with --allow-pickle) or a name such as htdemucs (online).")
+@click.option("--block-size", type=int, default=None,
+              help="int8/int4: weights per quantisation scale, 16/32/64/128/256 (default 32); 128 is ~1.4x faster "
+                   "on CPU and coarser.")
 @_NO_STEMS_FAST
 def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pickle, text_encoder, codec, reference,
-           kv_cache, kv_dtype, atol, rtol, stems, no_stems_fast):
+           kv_cache, kv_dtype, atol, rtol, stems, block_size, no_stems_fast):
     """Export CHECKPOINT (a transformers folder, a hub id in the Hugging Face cache, or an audiocraft folder /
     solver checkpoint.th) to OUT_DIR."""
     try:
@@ -139,7 +142,8 @@ def export(checkpoint, out_dir, precision, opset, no_validate, force, allow_pick
     run_export(checkpoint, out_dir, precision=precision, opset=opset, validate_graphs=not no_validate,
                force=force, allow_pickle=allow_pickle, kv_cache=kv_cache, kv_dtype=kv_dtype, atol=atol, rtol=rtol,
                text_encoder=text_encoder, codec=codec, reference=reference,
-               stems=stems, stems_fast=not no_stems_fast, progress=lambda msg: click.echo(msg, err=True))
+               stems=stems, stems_fast=not no_stems_fast, block_size=block_size,
+               progress=lambda msg: click.echo(msg, err=True))
 
 
 @main.command("export-stems", cls=_Command)

@@ -83,6 +83,9 @@ def export(checkpoint: str, out_dir: str | os.PathLike, options: ExportOptions |
         manifest = folder_manifest.build_manifest(
             model, ckpt, graphs, kv_cache, options.source_label, options.reference or ckpt.source_format,
             tokenizer_sha256=sha256_file(tmp / "tokenizer.json"), kv_dtype=options.kv_dtype_written)
+        if options.precision in precision_mod.QUANT_BITS:
+            manifest = dataclasses.replace(manifest, source={
+                **manifest.source, "decoder_quant": precision_mod.quant_source(options.precision, options.quant_block)})
         if demucs is not None:
             manifest = dataclasses.replace(manifest, stems=stems_params,
                                            source={**manifest.source, "stems": demucs_source,
@@ -140,7 +143,8 @@ def _export_graphs(model, ckpt, specs, kv_cache: str, options: ExportOptions, tm
         if precision == "fp16" and spec.name in ("text_encoder", "decoder"):
             precision_mod.to_fp16(path)
         elif precision in precision_mod.QUANT_BITS and spec.name == "decoder":
-            precision_mod.quantize(path, precision, kv_fp16=options.kv_dtype == "fp16")
+            precision_mod.quantize(path, precision, kv_fp16=options.kv_dtype == "fp16",
+                                   block_size=options.quant_block)
         elif precision != "fp32":
             graph_precision = "fp32"  # the codec (and, quantised, the text encoder) stay fp32
         release_freed_memory()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..runtime.errors import ExportError
 from ..runtime.manifest import KV_CACHES, KV_DTYPES, PRECISIONS, REFERENCES
-from .precision import QUANT_BITS
+from .precision import QUANT_BITS, QUANT_BLOCK, QUANT_BLOCKS
 
 OPSETS = (14, 21)  # the opsets validated against (inclusive)
 
@@ -21,7 +21,8 @@ class ExportOptions:
     reproduces where transformers and audiocraft differ (manifest.REFERENCES; default: the checkpoint's own
     format). ``stems``: a Demucs model (export/stems.py) to add as ``stems.onnx``, so that melodies are
     separated before their chroma as audiocraft does; ``stems_fast``: with it, the melody path's int8
-    ``stems_fast.onnx`` too (export/stems_fast.py)."""
+    ``stems_fast.onnx`` too (export/stems_fast.py). ``block_size``: int8/int4 only, the weights per
+    quantisation scale (None: precision.QUANT_BLOCK); coarser is faster on CPU and less precise."""
 
     precision: str = "fp32"
     opset: int = 17
@@ -38,6 +39,7 @@ class ExportOptions:
     reference: str | None = None
     stems: str | None = None
     stems_fast: bool = True
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         _choice("precision", self.precision, PRECISIONS)
@@ -54,12 +56,24 @@ class ExportOptions:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not 0 <= value < math.inf):
                 raise ExportError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.block_size is not None:
+            if self.precision not in QUANT_BITS:
+                raise ExportError(f"block_size applies to precision int8 or int4 (weight-only quantisation), "
+                                  f"not {self.precision}")
+            if isinstance(self.block_size, bool) or self.block_size not in QUANT_BLOCKS:
+                raise ExportError(f"block_size {self.block_size!r} is not supported; choose one of "
+                                  f"{', '.join(map(str, QUANT_BLOCKS))}")
         if self.reference is not None:
             _choice("reference", self.reference, REFERENCES)
         if not isinstance(self.stems_fast, bool):
             raise ExportError(f"stems_fast must be True or False, got {self.stems_fast!r}")
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not OPSETS[0] <= self.opset <= OPSETS[1]:
             raise ExportError(f"opset {self.opset} is not supported; choose an opset in [{OPSETS[0]}, {OPSETS[1]}]")
+
+    @property
+    def quant_block(self) -> int:
+        """The block size the decoder is quantised with (int8/int4)."""
+        return QUANT_BLOCK if self.block_size is None else self.block_size
 
     @property
     def kv_dtype_written(self) -> str:
