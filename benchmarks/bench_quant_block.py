@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from musicgen_onnx.export.precision import QUANT_BITS, QUANT_BLOCKS
+from musicgen_onnx.export.precision import QUANT_ACCURACY_LEVEL, QUANT_BITS, QUANT_BLOCKS
 
 # melody 1.5B: hidden 1536, ffn 6144; 256 rows ~ a prefill of ~250 positions, 2 rows a CFG decode step
 SHAPES = ((256, 1536, 6144), (256, 6144, 1536), (2, 1536, 6144))
@@ -64,7 +64,7 @@ def measure(precision: str, blocks, threads: int, repeats: int) -> list[dict]:
         rows.append({"shape": (m, k, n), "block": "fp32", "gflops": flops / seconds / 1e9, "rel_err": 0.0})
         for block in blocks:
             quantizer = MatMulNBitsQuantizer(_graph(k, n), bits=QUANT_BITS[precision], block_size=block,
-                                             is_symmetric=True, accuracy_level=4)
+                                             is_symmetric=True, accuracy_level=QUANT_ACCURACY_LEVEL)
             quantizer.process()
             seconds, y = _best(_session(quantizer.model.model, threads), a, repeats)
             rows.append({"shape": (m, k, n), "block": block, "gflops": flops / seconds / 1e9,

@@ -21,15 +21,17 @@ from .tracing import load_skeleton, write_graph
 QUANT_BITS = {"int8": 8, "int4": 4}
 QUANT_BLOCK = 32
 # The block sizes offered: MatMulNBits takes powers of two from 16. Coarser blocks are faster on CPU
-# (onnxruntime 1.32, AVX512-VNNI, a 256 x 1536 x 6144 product: 242 GFLOP/s at 32, 334 at 128) and
-# coarser in precision (one scale per block).
+# (measured: benchmarks/bench_quant_block.py) and coarser in precision (one scale per block).
 QUANT_BLOCKS = (16, 32, 64, 128, 256)
+QUANT_ACCURACY_LEVEL = 4  # MatMulNBits computes in int8 on CPU (activations quantised per block)
 
 
 def quant_source(precision: str, block_size: int) -> str:
     """The manifest's record of how the decoder was quantised (its ``source`` entry ``decoder_quant``)."""
-    return (f"{precision}: MatMulNBits {QUANT_BITS[precision]}-bit, block {block_size}, symmetric, accuracy level 4; "
-            f"LM heads 8-bit, block {QUANT_BLOCK}")
+    return (f"{precision}: MatMulNBits {QUANT_BITS[precision]}-bit, block {block_size}, symmetric, "
+            f"accuracy level {QUANT_ACCURACY_LEVEL}; LM heads 8-bit, block {QUANT_BLOCK}")
+
+
 def to_fp16(path: Path) -> None:
     """fp16 weights and compute, fp32 inputs/outputs (CUDA tier; layer norms and softmax kept safe by ORT).
     Streamed: the converter sees each external tensor with no elements (it only reads their type and
@@ -86,7 +88,7 @@ def quantize(path: Path, precision: str, kv_fp16: bool = False, block_size: int 
     for bits, block, scope in ((QUANT_BITS[precision], block_size, {"nodes_to_exclude": heads}),
                                (8, QUANT_BLOCK, {"nodes_to_include": heads})):
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True,
-                                         accuracy_level=4, **scope)
+                                         accuracy_level=QUANT_ACCURACY_LEVEL, **scope)
         quantizer.process()
         model = quantizer.model.model
     if kv_fp16:
