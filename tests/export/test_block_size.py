@@ -30,15 +30,24 @@ def b128(exported):
     return exported("tiny-text", precision="int4", block_size=128)
 
 
-def test_block_size_reaches_the_graph_and_the_manifest(b128):
-    graph = onnx.load(str(b128 / "decoder.onnx"), load_external_data=False).graph
+def _matmul_blocks(folder) -> dict[str, set]:
+    """(bits, block_size) of the decoder's MatMulNBits nodes, LM heads apart."""
+    graph = onnx.load(str(folder / "decoder.onnx"), load_external_data=False).graph
     blocks = {}
     for node in graph.node:
         if node.op_type == "MatMulNBits":
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             part = "heads" if node.name.startswith("/heads.") else "body"
             blocks.setdefault(part, set()).add((attrs["bits"], attrs["block_size"]))
-    assert blocks == {"body": {(4, 128)}, "heads": {(8, QUANT_BLOCK)}}
+    return blocks
+
+
+def test_block_size_reaches_the_graph_and_the_manifest(b128, exported):
+    assert _matmul_blocks(b128) == {"body": {(4, 128)}, "heads": {(8, QUANT_BLOCK)}}
+    assert _matmul_blocks(exported("tiny-text", precision="int8", block_size=64)) == {
+        "body": {(8, 64)}, "heads": {(8, QUANT_BLOCK)}}
+    assert _matmul_blocks(exported("tiny-text", precision="int4")) == {"body": {(4, QUANT_BLOCK)},
+                                                                       "heads": {(8, QUANT_BLOCK)}}
     model = MusicGen.from_pretrained(b128, providers="cpu")
     assert "int4: MatMulNBits 4-bit, block 128" in model.manifest.source["decoder_quant"]
     assert model.manifest.graphs["decoder"].precision == "int4"
