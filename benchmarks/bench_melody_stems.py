@@ -180,8 +180,8 @@ def open_tier(folder: Path, graph_path: Path | None, plan: str, threads: int):
     manifest = load_stems_manifest(folder)
     info = manifest.graphs["stems"]
     path = graph_path or folder_file(folder, info.file)
-    session = open_graph(folder, "stems", Path(path), manifest, SessionSettings.resolve("cpu", threads))  # as StemSeparator.open
-    return StemSeparator(session, manifest.stems, info, plan=plan)
+    graph = open_graph(folder, "stems", Path(path), manifest, SessionSettings.resolve("cpu", threads))  # as StemSeparator.open
+    return StemSeparator(graph, manifest.stems, info, plan=plan)
 
 
 def melody_chroma(separator, wav: np.ndarray, sr: int, seed: int, cut_plan: str | None = None) -> tuple[np.ndarray, int]:

@@ -211,8 +211,8 @@ class StemSeparator:
         from .manifest import folder_file
 
         info = manifest.graphs[graph]
-        session = open_graph(folder, graph, folder_file(folder, info.file), manifest, settings)
-        return cls(session, manifest.stems, info, plan=plan)
+        return cls(open_graph(folder, graph, folder_file(folder, info.file), manifest, settings), manifest.stems, info,
+                   plan=plan)
 
     @property
     def sources(self) -> tuple[str, ...]:
