@@ -223,15 +223,14 @@ def export_stems_fast(folder: Path, exact_info: GraphInfo, p: StemsParams, valid
     path = folder / f"{NAME}.onnx"
     quantize(folder / exact_info.file, path, p, exact_info)
     info = graph_info(folder, NAME, exact_info.inputs, exact_info.outputs, PRECISION)
-    if validate:
-        step("checking the fast stems' chroma against the exact graph")
-        try:
-            agree = validate_fast(folder, exact_info, info, p, minimum)
-        except ExportError as exc:
-            log.warning("%s: left out, the melody path will use the exact stems graph", exc)
-            step(f"fast stems left out ({exc})")
-            for name in info.files:
-                (folder / name).unlink(missing_ok=True)
-            return None
-        step(f"fast stems: chroma agrees on {agree:.1%} of frames")
+    step("checking the fast stems' chroma against the exact graph")
+    try:
+        agree = validate_fast(folder, exact_info, info, p, minimum)
+    except ExportError as exc:
+        log.warning("%s: left out, the melody path will use the exact stems graph", exc)
+        step(f"fast stems left out ({exc})")
+        for name in info.files:
+            (folder / name).unlink(missing_ok=True)
+        return None
+    step(f"fast stems: chroma agrees on {agree:.1%} of frames")
     return info
