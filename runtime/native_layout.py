@@ -118,9 +118,9 @@ class NativeFolder:
     def stems(self, graphs, melody: bool = False, exact: bool = False):
         """The folder's :class:`~.stems.StemSeparator` (its graph opened on first use), or None: the exact
         graph, or with ``melody`` the one :func:`melody_stems_graph` picks for the melody path."""
-        name = melody_stems_graph(self.manifest, graphs.settings.device, exact) if melody else "stems"
-        if self.manifest.stems is None or name is None:
+        if self.manifest.stems is None:
             return None
+        name = melody_stems_graph(self.manifest, graphs.settings.device, exact) if melody else "stems"
         from .stems import StemSeparator
 
         # apply_model's segment plan for both graphs: the fast plan (fewer segments) moved 8% of the chroma
