@@ -5,10 +5,11 @@ path takes from each on a few music-like melodies.
     python -m benchmarks.bench_stems_fast --threads 2 --rounds 3 [--folder STEMS_FOLDER]
 
 Without ``--folder`` a stems folder with both graphs is exported once into benchmarks/cache/htdemucs-onnx-fast
-(no torch validation; the fast graph's own chroma check runs). Graph time is the onnxruntime call alone,
-segment time the whole per-segment melody step around it (normalisation, STFT, graph, inverse STFT); CPU
-time is the process's (intra-op spinning off, so it counts work, not waiting) and is what to read on a
-busy machine.
+(validated: ``--no-validate`` would leave the fast graph out). The graphs run with the runtime's session
+options for a stems graph (runtime/session.py ``session_options``), intra-op spinning off. Graph time is the
+onnxruntime call alone, segment time the whole per-segment melody step around it (normalisation, STFT, graph,
+inverse STFT); CPU time is the process's (spinning off, so it counts work, not waiting) and is what to read on
+a busy machine.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from benchmarks.bench_runtime import CACHE
 from benchmarks.bench_stems import ensure_demucs, music
@@ -33,7 +33,8 @@ def ensure_folder() -> Path:
     if not out.exists():
         from musicgen_onnx.export.stems import export_stems_folder
 
-        export_stems_folder(str(ensure_demucs()), out, validate_graphs=False, progress=lambda m: print(m, file=sys.stderr))
+        # validated: without it the export leaves the fast graph out (unchecked, it would become the default)
+        export_stems_folder(str(ensure_demucs()), out, progress=lambda m: print(m, file=sys.stderr))
     return out
 
 
@@ -55,14 +56,14 @@ def separators(folder: Path, threads: int) -> dict:
     import onnxruntime as ort
 
     from musicgen_onnx.runtime.manifest import folder_file, load_stems_manifest
+    from musicgen_onnx.runtime.session import SessionSettings, session_options
     from musicgen_onnx.runtime.stems import StemSeparator
 
     m = load_stems_manifest(folder)
     out = {}
     for name in TIERS:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so = session_options(SessionSettings.resolve("cpu", threads), arena=True)  # the runtime's, for a stems graph
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # CPU time counts work, not waiting
         session = ort.InferenceSession(str(folder_file(folder, m.graphs[name].file)), so, providers=["CPUExecutionProvider"])
         out[name] = StemSeparator(Timed(session), m.stems, m.graphs[name])
     return out
