@@ -34,7 +34,8 @@ def _graph(k: int, n: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _session(model, threads: int):
+def product_session(model, threads: int):
+    """A one-product model in onnxruntime on ``threads`` CPU threads (also roofline_stems' ceilings)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -42,14 +43,15 @@ def _session(model, threads: int):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _best(session, a: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
-    y = session.run(None, {"a": a})[0]
+def best_of(fn, repeats: int):
+    """``(fastest seconds of repeats calls after a warm-up, the warm-up's result)``."""
+    result = fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        session.run(None, {"a": a})
+        fn()
         times.append(time.perf_counter() - t)
-    return min(times), y
+    return min(times), result
 
 
 def measure(precision: str, blocks, threads: int, repeats: int) -> list[dict]:
@@ -60,13 +62,15 @@ def measure(precision: str, blocks, threads: int, repeats: int) -> list[dict]:
     for m, k, n in SHAPES:
         a = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
         flops = 2 * m * k * n
-        seconds, ref = _best(_session(_graph(k, n), threads), a, repeats)
+        session = product_session(_graph(k, n), threads)
+        seconds, ref = best_of(lambda: session.run(None, {"a": a})[0], repeats)
         rows.append({"shape": (m, k, n), "block": "fp32", "gflops": flops / seconds / 1e9, "rel_err": 0.0})
         for block in blocks:
             quantizer = MatMulNBitsQuantizer(_graph(k, n), bits=QUANT_BITS[precision], block_size=block,
                                              is_symmetric=True, accuracy_level=QUANT_ACCURACY_LEVEL)
             quantizer.process()
-            seconds, y = _best(_session(quantizer.model.model, threads), a, repeats)
+            quantized = product_session(quantizer.model.model, threads)
+            seconds, y = best_of(lambda: quantized.run(None, {"a": a})[0], repeats)
             rows.append({"shape": (m, k, n), "block": block, "gflops": flops / seconds / 1e9,
                          "rel_err": float(np.linalg.norm(y - ref) / np.linalg.norm(ref))})
     return rows

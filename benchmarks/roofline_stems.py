@@ -125,9 +125,10 @@ def ceilings(threads: int, sizes=((2688, 512, 2048), (4096, 4096, 4096), (1344, 
     """Best-of-5 GFLOP/s of one dense product at each size (M, K, N): onnxruntime fp32 MatMul (MLAS
     sgemm), onnxruntime int8 MatMulInteger (u8 x s8, MLAS's VNNI kernels where the CPU has them) and
     torch.mm fp32 (oneDNN/MKL)."""
-    import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper
+
+    from benchmarks.bench_quant_block import best_of, product_session
 
     torch.set_num_threads(threads)
     out: dict = {}
@@ -144,18 +145,10 @@ def ceilings(threads: int, sizes=((2688, 512, 2048), (4096, 4096, 4096), (1344, 
                    helper.make_tensor_value_info("b", TensorProto.INT8, [k, n])]
             y = helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])
         model = helper.make_model(helper.make_graph([node], "g", ins, [y]), opset_imports=[helper.make_opsetid("", 17)])
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return product_session(model, threads)
 
     def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
+        return best_of(fn, 5)[0]
 
     rng = np.random.default_rng(0)
     for m, k, n in sizes:
