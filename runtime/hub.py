@@ -174,24 +174,23 @@ def _from_hub(repo: str, revision: str | None, precision: str | None) -> Path:
     where = f"hub repo {repo!r}" + (f" @ {revision}" if revision else "")
     not_cached = ModelFolderError(f"model {repo!r}: {_no_folder(repo)}{where} is not in the local Hugging Face "
                                   f"cache ({offline or 'the hub cannot be reached'})")
-    if offline and not (Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}").is_dir():
-        raise not_cached  # before importing the download machinery: over a second on a loaded machine
+    sub = f"{precision}/" if precision else ""
+    if offline:
+        return _cached_snapshot(repo, revision, sub, constants.HF_HUB_CACHE, not_cached)
     from huggingface_hub import hf_hub_download, snapshot_download
 
     errors = _hub_errors()
-    local_only = {"local_files_only": True} if offline else {}
-    sub = f"{precision}/" if precision else ""
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)  # its retry warnings would bury the one line this call ends with
     try:
-        manifest_path = Path(hf_hub_download(repo, f"{sub}{MANIFEST_NAME}", revision=revision, **local_only))
+        manifest_path = Path(hf_hub_download(repo, f"{sub}{MANIFEST_NAME}", revision=revision))
         from .manifest import load_manifest
 
         manifest = load_manifest(manifest_path.parent)
         files = [f"{sub}{manifest.tokenizer}", f"{sub}{MANIFEST_NAME}"]
         files += [f"{sub}{rel}" for info in manifest.graphs.values() for rel in info.files]
-        snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=files, **local_only))
+        snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=files))
     except errors.LocalEntryNotFoundError:
         raise not_cached from None
     except errors.RepositoryNotFoundError:
@@ -209,3 +208,19 @@ def _from_hub(repo: str, revision: str | None, precision: str | None) -> Path:
     finally:
         hub_log.setLevel(level)
     return snapshot / sub if sub else snapshot
+
+
+def _cached_snapshot(repo: str, revision: str | None, sub: str, cache: str, not_cached: ModelFolderError) -> Path:
+    """The cached snapshot's folder, found on disk alone. Not ``hf_hub_download(local_files_only=True)``:
+    huggingface_hub 2.x builds its request headers even then, and the first build fetches a registry from
+    the hub, waiting its 3 s timeout when the hub does not answer. Files the manifest names but the cache
+    lacks are the folder loader's one-line error, as for any folder."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo, f"{sub}{MANIFEST_NAME}", cache_dir=cache, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"{not_cached} ({exc})") from None
+    if not isinstance(found, str):  # None (not cached) or the cache's marker of a file the hub lacks
+        raise not_cached
+    return Path(found).parent  # the snapshot's folder, or its precision sub-folder
