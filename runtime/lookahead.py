@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # ~1e-1 of it (full-size 32 kHz codec, random weights: look-ahead 3 differs by 1.1e-2 at a peak of 0.1).
 RELATIVE_TOLERANCE = 1e-4
 PROBES = 3  # span ends checked; the look-ahead is the largest any of them shows
-SPACING = 7  # frames between probes, so that no two share a phase of a short periodic coincidence
+SPACING = 7  # frames between span ends: each probe sees other codes around its end
 
 
 def measure_lookahead(decode: Callable[[np.ndarray], np.ndarray], num_codebooks: int, codebook_size: int,

@@ -23,7 +23,7 @@ def window_decoder(reach: int):
     def decode(codes):
         x = np.sin(codes.astype(np.float64) * 0.37).sum(axis=1)  # [B, T]
         t = x.shape[1]
-        y = np.stack([x[:, j:j + reach + 1].sum(axis=1) * (1 + 0.1 * j % 3) for j in range(t)], axis=1)
+        y = np.stack([x[:, j:j + reach + 1].sum(axis=1) * (1 + 0.1 * (j % 3)) for j in range(t)], axis=1)
         return np.repeat(y, HOP, axis=1)[:, None].astype(np.float32)
     return decode
 
