@@ -90,6 +90,8 @@ def export(checkpoint: str, out_dir: str | os.PathLike, options: ExportOptions |
             manifest = dataclasses.replace(manifest, stems=stems_params,
                                            source={**manifest.source, "stems": demucs_source,
                                                    **stems_mod.fast_source(graphs)})
+        step("measuring the audio decoder's look-ahead")
+        manifest = folder_manifest.with_codec_lookahead(tmp, manifest)
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     step(f"done: {out}")
     return out

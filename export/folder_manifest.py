@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
+from ..runtime.errors import ExportError
+from ..runtime.lookahead import folder_lookahead
 from ..runtime.manifest import (
-    ChromaParams, GraphInfo, Manifest, checkpoint_defaults, codebook_delays, hop_length, sha256_file,
+    MAX_CODEC_LOOKAHEAD, ChromaParams, GraphInfo, Manifest, checkpoint_defaults, codebook_delays, hop_length,
+    sha256_file,
 )
 
 
@@ -73,3 +77,13 @@ def build_manifest(model, ckpt, graphs: dict[str, GraphInfo], kv_cache: str, sou
         source={"checkpoint": source_label or ckpt.name, "revision": ckpt.revision, "weights_sha256": ckpt.weights_sha256(),
                 "transformers": __import__("transformers").__version__, "torch": torch.__version__},
     )
+
+
+def with_codec_lookahead(folder: Path, manifest: Manifest) -> Manifest:
+    """``manifest`` with its audio decoder's look-ahead, measured on the graph written in ``folder``: a
+    stream holds each span back by exactly what the graph needs, where it used to hold back 8 frames."""
+    found = folder_lookahead(folder, manifest)
+    if found is None:
+        raise ExportError(f"graph audio_decoder: its look-ahead is not within {MAX_CODEC_LOOKAHEAD} frames (codes "
+                          f"{MAX_CODEC_LOOKAHEAD} frames later still change the audio), so it cannot be streamed")
+    return dataclasses.replace(manifest, codec_lookahead=found)

@@ -15,6 +15,7 @@ class AudioCodec:
         self.graphs = graphs
         self.num_codebooks = manifest.num_codebooks
         self.channels = manifest.audio_channels
+        self.lookahead = manifest.stream_lookahead
         dec = manifest.graphs["audio_decoder"]
         self._decode_io = dec.name(roles.AUDIO_CODES), dec.name(roles.AUDIO_VALUES)
         enc = manifest.graphs.get("audio_encoder")
@@ -57,16 +58,17 @@ lookahead, where a full chunk would wait for 50 (README "Streaming", time to fir
 class StreamDecoder:
     """Decodes codes as they arrive, span by span, for streaming.
 
-    EnCodec's decoder is not causal: its convolutions look a few frames ahead and its LSTM carries
-    state from the very first frame. Each span is therefore decoded with ``left_context`` frames of
-    history (to warm the LSTM and the convolutions up) and held back until ``lookahead`` frames past
-    it are known. Only those frames are kept in memory, so memory does not grow with the output.
+    EnCodec's decoder LSTMs run forward only, but carry state from the very first frame, and its
+    convolutions look a few frames ahead. Each span is therefore decoded with ``left_context`` frames of
+    history (to warm the LSTMs and the convolutions up) and held back until ``lookahead`` frames past it
+    are known: by default the folder's measured look-ahead (``Manifest.stream_lookahead``). Only those
+    frames are kept in memory, so memory does not grow with the output.
     """
 
-    def __init__(self, codec: AudioCodec, left_context: int = 50, lookahead: int = 8):
+    def __init__(self, codec: AudioCodec, left_context: int = 50, lookahead: int | None = None):
         self.codec = codec
         self.left_context = left_context
-        self.lookahead = lookahead
+        self.lookahead = codec.lookahead if lookahead is None else lookahead
         self._codes: np.ndarray | None = None  # frames [self._first, available)
         self._first = 0
         self._emitted = 0

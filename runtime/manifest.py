@@ -46,6 +46,10 @@ OPTIONAL_GRAPHS = ("audio_encoder", "stems", "stems_fast", "decoder_with_past")
 FAST_STEMS_PRECISION = "int8"
 GRAPH_NAMES = REQUIRED_GRAPHS + OPTIONAL_GRAPHS
 MAX_FRAME_RATE = 200
+# Frames StreamDecoder holds a span back (lookahead.py measures a graph's; export records it as
+# codec_lookahead). Folders without the field keep the value every earlier release used.
+DEFAULT_CODEC_LOOKAHEAD = 8
+MAX_CODEC_LOOKAHEAD = 64
 MAX_MANIFEST_BYTES = 1 << 20  # a real manifest is a few kB
 
 
@@ -220,6 +224,7 @@ class Manifest:
     max_positions: int | None = None
     chroma: ChromaParams | None = None
     stems: StemsParams | None = None  # with graph "stems": Demucs separation before the chroma
+    codec_lookahead: int | None = None  # the audio decoder's measured look-ahead in frames (None: not recorded)
     defaults: GenerationOptions = GenerationOptions()  # audiocraft's MusicGen defaults (musicgen.py, set_generation_params)
     tokenizer: str = "tokenizer.json"
     tokenizer_sha256: str | None = None  # None only in version 1 folders
@@ -247,6 +252,11 @@ class Manifest:
         return max(self.delays)
 
     @property
+    def stream_lookahead(self) -> int:
+        """Frames past a span that a stream waits for before decoding it."""
+        return DEFAULT_CODEC_LOOKAHEAD if self.codec_lookahead is None else self.codec_lookahead
+
+    @property
     def is_melody(self) -> bool:
         return self.conditioning == "prefix"
 
@@ -258,8 +268,9 @@ class Manifest:
     # ---- (de)serialisation ----
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if data["stems"] is None:  # folders without stems stay readable by releases that predate the field
-            del data["stems"]
+        for name in ("stems", "codec_lookahead"):  # unset: readable by releases that predate the field
+            if data[name] is None:
+                del data[name]
         return data
 
     def to_json(self) -> str:
@@ -313,6 +324,7 @@ class Manifest:
             max_duration=r.number(data.get("max_duration", 30.0), "max_duration"),
             max_positions=r.optional_integer(data.get("max_positions"), "max_positions"),
             text_vocab_size=r.optional_integer(data.get("text_vocab_size"), "text_vocab_size"),
+            codec_lookahead=r.optional_integer(data.get("codec_lookahead"), "codec_lookahead"),
             chroma=chroma, stems=stems,
             defaults=top_k_within(defaults, ints.get("codebook_size", cls.codebook_size)),
             tokenizer=r.file(data.get("tokenizer", "tokenizer.json"), "tokenizer"),
@@ -369,6 +381,8 @@ class Manifest:
              f"max_duration must be in (0, 600] seconds, got {self.max_duration!r}")
         if self.max_positions is not None:
             int_in("max_positions", self.max_positions, 1, 1 << 20)
+        if self.codec_lookahead is not None:
+            int_in("codec_lookahead", self.codec_lookahead, 0, MAX_CODEC_LOOKAHEAD)
         if self.is_melody:
             need(self.chroma is not None, "a prefix-conditioned (melody) model needs chroma parameters")
         if self.chroma is not None:

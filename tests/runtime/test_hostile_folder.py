@@ -76,6 +76,10 @@ MANIFEST_CASES = {
     "terabytes": (_edited(hidden_size=16384, num_heads=1, hop_length=1, sample_rate=384000), "must be between 1 and 200"),
     "special-65536": (_edited(special_token_id=65536), "special_token_id must equal codebook_size"),
     "unknown-field": (_edited(surprise=1), "unknown field(s) 'surprise'"),
+    "lookahead-65": (_edited(codec_lookahead=65), "codec_lookahead must be an integer in [0, 64], got 65"),
+    "lookahead-negative": (_edited(codec_lookahead=-1), "codec_lookahead must be an integer in [0, 64], got -1"),
+    "lookahead-float": (_edited(codec_lookahead=4.0), "codec_lookahead must be an integer, got 4.0"),
+    "lookahead-bool": (_edited(codec_lookahead=True), "codec_lookahead must be an integer, got True"),
     "num-heads-4": (_edited(num_heads=4), "has size 2 on axis 1, the manifest implies 4"),
     # found by the fuzz test below: a role key with a newline was echoed raw into the error
     "role-key-newline": (_edited(graphs__audio_decoder__roles={**ORIGINAL["graphs"]["audio_decoder"]["roles"], "a\nb": 5}),
