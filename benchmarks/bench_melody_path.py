@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -65,16 +66,19 @@ class StageClock:
         return wrapper
 
     def stepper(self, new_stepper):
-        """Each stepper's ``run``: its first call is the prefill, the others the steps."""
+        """Each stepper's ``run``: its first call is the prefill, the others the steps. The wrapper holds
+        the stepper weakly: a bound ``run`` stored on the stepper would be a reference cycle, keeping its
+        buffers alive past the loop until a garbage collection, and the codec's decode after the loop then
+        page-faults fresh memory instead of reusing theirs (measured: 2.2 s instead of 0.8 s)."""
         def wrapper(*args, **kwargs):
             stepper = new_stepper(*args, **kwargs)
-            run, first = stepper.run, [True]
+            me, run, first = weakref.ref(stepper), type(stepper).run, [True]
 
             def timed_run(*a, **k):
                 stage = "prefill" if first[0] else "steps"
                 first[0] = False
                 self.decoder_calls += 1
-                return self.timed(stage, run)(*a, **k)
+                return self.timed(stage, run)(me(), *a, **k)
             stepper.run = timed_run
             return stepper
         return wrapper
