@@ -69,7 +69,7 @@ class StageClock:
         """Each stepper's ``run``: its first call is the prefill, the others the steps. The wrapper holds
         the stepper weakly: a bound ``run`` stored on the stepper would be a reference cycle, keeping its
         buffers alive past the loop until a garbage collection, and the codec's decode after the loop then
-        page-faults fresh memory instead of reusing theirs (measured: 2.2 s instead of 0.8 s)."""
+        page-faults fresh memory instead of reusing theirs (measured: 2.2-2.5 s instead of 0.8-0.9 s)."""
         def wrapper(*args, **kwargs):
             stepper = new_stepper(*args, **kwargs)
             me, run, first = weakref.ref(stepper), type(stepper).run, [True]

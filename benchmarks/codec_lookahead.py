@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from ..runtime.errors import MusicGenError
 from ..runtime.lookahead import folder_lookahead
 from ..runtime.manifest import MANIFEST_NAME, MAX_CODEC_LOOKAHEAD, Manifest, load_manifest
 from ..runtime.session import SessionSettings
@@ -28,8 +29,11 @@ def record(folder: str | os.PathLike, lookahead: int) -> None:
     data["codec_lookahead"] = lookahead
     Manifest.from_dict(data, where=str(path))
     tmp = path.with_name(f".{MANIFEST_NAME}.partial")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main(argv=None) -> None:
@@ -39,14 +43,21 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     settings = SessionSettings(threads=args.threads)
-    for folder in args.folders:
-        manifest = load_manifest(folder)
-        found = folder_lookahead(folder, manifest, settings)
-        if found is None:
-            raise SystemExit(f"{folder}: look-ahead not within {MAX_CODEC_LOOKAHEAD} frames")
-        print(f"{folder}: codec_lookahead {found} (manifest: {manifest.codec_lookahead})")
-        if args.write:
-            record(folder, found)
+    failed = []
+    for folder in args.folders:  # each folder on its own: one that fails is named, the others still done
+        try:
+            manifest = load_manifest(folder)
+            found = folder_lookahead(folder, manifest, settings)
+            if found is None:
+                raise MusicGenError(f"look-ahead not within {MAX_CODEC_LOOKAHEAD} frames")
+            print(f"{folder}: codec_lookahead {found} (manifest: {manifest.codec_lookahead})")
+            if args.write:
+                record(folder, found)
+        except (MusicGenError, OSError, ValueError) as exc:
+            print(f"{folder}: error: {exc}")
+            failed.append(folder)
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(args.folders)} folder(s) failed")
 
 
 if __name__ == "__main__":

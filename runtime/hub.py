@@ -92,7 +92,7 @@ def resolve_model(model: str | os.PathLike, revision: str | None = None, precisi
     checkpoint = checkpoint_of(name)
     if checkpoint is not None:
         return _exported(checkpoint, precision or default_precision(providers), export, progress)
-    if not _REPO_ID.match(name) or ".." in name or path.parent.is_dir():  # models/x: a folder that is missing
+    if not _REPO_ID.fullmatch(name) or ".." in name or path.parent.is_dir():  # models/x: a folder that is missing
         what = "is not a directory" if path.exists() else "does not exist"
         raise ModelFolderError(f"model folder {name!r} {what} ({path.absolute()}); nor is it a bundled model "
                                f"({', '.join(BUNDLED_MODELS)}), an audiocraft name such as 'melody', or a hub "
@@ -176,7 +176,9 @@ def _from_hub(repo: str, revision: str | None, precision: str | None) -> Path:
                                   f"cache ({offline or 'the hub cannot be reached'})")
     sub = f"{precision}/" if precision else ""
     if offline:
-        return _cached_snapshot(repo, revision, sub, constants.HF_HUB_CACHE, not_cached)
+        if not (Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}").is_dir():
+            raise not_cached  # before importing the cache machinery: over a tenth of a second
+        return _cached_snapshot(repo, revision, sub, constants.HF_HUB_CACHE, not_cached, f"{where} ({offline})")
     from huggingface_hub import hf_hub_download, snapshot_download
 
     errors = _hub_errors()
@@ -210,11 +212,12 @@ def _from_hub(repo: str, revision: str | None, precision: str | None) -> Path:
     return snapshot / sub if sub else snapshot
 
 
-def _cached_snapshot(repo: str, revision: str | None, sub: str, cache: str, not_cached: ModelFolderError) -> Path:
+def _cached_snapshot(repo: str, revision: str | None, sub: str, cache: str, not_cached: ModelFolderError,
+                     where: str) -> Path:
     """The cached snapshot's folder, found on disk alone. Not ``hf_hub_download(local_files_only=True)``:
     huggingface_hub 2.x builds its request headers even then, and the first build fetches a registry from
-    the hub, waiting its 3 s timeout when the hub does not answer. Files the manifest names but the cache
-    lacks are the folder loader's one-line error, as for any folder."""
+    the hub, waiting its 3 s timeout when the hub does not answer. A repo cached only in part (a download
+    that stopped) is named as such, rather than left to the folder loader's "file is missing"."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
@@ -223,4 +226,13 @@ def _cached_snapshot(repo: str, revision: str | None, sub: str, cache: str, not_
         raise ModelFolderError(f"{not_cached} ({exc})") from None
     if not isinstance(found, str):  # None (not cached) or the cache's marker of a file the hub lacks
         raise not_cached
-    return Path(found).parent  # the snapshot's folder, or its precision sub-folder
+    folder = Path(found).parent  # the snapshot's folder, or its precision sub-folder
+    from .manifest import load_manifest
+
+    manifest = load_manifest(folder)
+    missing = [rel for rel in (manifest.tokenizer, *(f for info in manifest.graphs.values() for f in info.files))
+               if not (folder / rel).exists()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ModelFolderError(f"model {repo!r}: {where} is cached only in part: {missing[0]!r}{more} is missing")
+    return folder

@@ -87,7 +87,8 @@ def test_hub_failures_are_one_line(tmp_path, hub_env, cli):
     _one_line(cli("generate", "x", "--model", "org/tiny", *args, env=hub_env), "sha256 does not match")
     # a missing file
     (snapshot / "decoder.onnx").unlink()
-    _one_line(cli("generate", "x", "--model", "org/tiny", *args, env=hub_env), "'decoder.onnx' is missing")
+    _one_line(cli("generate", "x", "--model", "org/tiny", *args, env=hub_env),
+              "hub repo 'org/tiny' (offline: HF_HUB_OFFLINE is set) is cached only in part: 'decoder.onnx' is missing")
     assert not (tmp_path / "a.wav").exists()
 
 
@@ -268,3 +269,9 @@ def test_serve_offers_the_export_it_asks_for(tmp_path, monkeypatch):
     help_text = " ".join(_invoke("serve", "--help").stdout.split()).replace("- ", "-")
     assert "--export" in help_text and "audiocraft name" in help_text and "tiny-melody" in help_text
     assert "--model PATH" not in help_text
+
+
+def test_a_name_with_a_trailing_newline_is_not_a_hub_repo_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelFolderError, match=r"model folder 'org/x\\n' does not exist"):
+        resolve_model("org/x\n")
