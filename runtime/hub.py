@@ -190,8 +190,7 @@ def _from_hub(repo: str, revision: str | None, precision: str | None) -> Path:
         from .manifest import load_manifest
 
         manifest = load_manifest(manifest_path.parent)
-        files = [f"{sub}{manifest.tokenizer}", f"{sub}{MANIFEST_NAME}"]
-        files += [f"{sub}{rel}" for info in manifest.graphs.values() for rel in info.files]
+        files = [f"{sub}{rel}" for rel in (MANIFEST_NAME, *manifest.named_files)]
         snapshot = Path(snapshot_download(repo, revision=revision, allow_patterns=files))
     except errors.LocalEntryNotFoundError:
         raise not_cached from None
@@ -230,8 +229,7 @@ def _cached_snapshot(repo: str, revision: str | None, sub: str, cache: str, not_
     from .manifest import load_manifest
 
     manifest = load_manifest(folder)
-    missing = [rel for rel in (manifest.tokenizer, *(f for info in manifest.graphs.values() for f in info.files))
-               if not (folder / rel).exists()]
+    missing = [rel for rel in manifest.named_files if not (folder / rel).exists()]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise ModelFolderError(f"model {repo!r}: {where} is cached only in part: {missing[0]!r}{more} is missing")

@@ -252,6 +252,12 @@ class Manifest:
         return max(self.delays)
 
     @property
+    def named_files(self) -> list[str]:
+        """The files the folder holds besides its manifest: the tokenizer and every graph's files (what a
+        download of the folder must fetch)."""
+        return [self.tokenizer, *(rel for info in self.graphs.values() for rel in info.files)]
+
+    @property
     def stream_lookahead(self) -> int:
         """Frames past a span that a stream waits for before decoding it."""
         return DEFAULT_CODEC_LOOKAHEAD if self.codec_lookahead is None else self.codec_lookahead
